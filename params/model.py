@@ -1,0 +1,260 @@
+"""The one parameters model: every run, every flow and the Prefect UI form read it.
+
+A params file (`params/<name>.toml`) is validated into `Params`; per-run overrides
+(`--set section.key=value`, UI form, Buildkite env) go through `apply_overrides`, so a
+bad key or value is refused the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkite.errors import UserInputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_DIR = Path(__file__).resolve().parent
+DEFAULT_PARAMS_FILE = PARAMS_DIR / "sentiment.toml"
+
+
+class ParamsError(UserInputError, ValueError):
+    """A params file or override is wrong; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataParams(_Section):
+    source: Literal["local", "athena"] = Field(
+        "local", description="Where `query` runs: DuckDB over files in `path` (local) or Athena."
+    )
+    path: str = Field(
+        "data/demo",
+        description="Local source: folder whose *.csv / *.parquet files are tables named after the file "
+        "(relative paths are resolved against the current directory, then the repo).",
+    )
+    query: str = Field("SELECT text, sentiment AS label FROM comments", description="SQL that returns the rows.")
+    text_column: str = Field("text", description="Column holding the text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    labels: list[str] | None = Field(
+        None, description="Allowed labels, in output order. Rows with other labels are refused."
+    )
+    split_seed: int = Field(17, description="Seed of the stable hash split (train/validation/test).")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows for validation.")
+    test_fraction: float = Field(0.1, ge=0, lt=0.5, description="Share of rows for the test split.")
+    snapshot_max_rows: int = Field(
+        2_000_000, ge=0, description="Store the exact rows (Parquet) with the model up to this many rows."
+    )
+    # Athena (production twin of the local source)
+    athena_database: str = Field("trainkite", description="Athena/Glue database.")
+    athena_workgroup: str = Field("primary", description="Athena workgroup.")
+    athena_s3_output: str | None = Field(None, description="S3 folder for Athena query results.")
+    athena_ctas_approach: bool = Field(
+        False, description="awswrangler ctas_approach (fast; needs Glue create/delete table rights)."
+    )
+    athena_unload_approach: bool = Field(False, description="awswrangler unload_approach (Parquet, no Glue).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("needs at least two labels, e.g. ['negative', 'positive'], or leave it unset")
+            if len(set(v)) != len(v):
+                raise ValueError("labels must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataParams:
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise ValueError("validation_fraction + test_fraction must leave at least 20% for training")
+        return self
+
+
+class PreprocessParams(_Section):
+    lowercase: bool = Field(True, description="Lowercase text before tokenising.")
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD", "none"] = Field(
+        "NFKC", description="Unicode normalisation form."
+    )
+    ngram_max: int = Field(2, ge=1, le=5, description="Word n-grams from 1 up to this length.")
+    buckets: int = Field(
+        2**18, ge=2**8, le=2**24, description="Number of hash buckets for n-gram features (embedding rows)."
+    )
+    max_tokens: int = Field(256, ge=1, le=100_000, description="Words kept per text (longer texts are cut).")
+
+
+class ModelParams(_Section):
+    name: str = Field(
+        "sentiment",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Model name: the artifact folder `<root>/<name>/<model-id>/`.",
+    )
+    type: Literal["bow", "encoder"] = Field("bow", description="bow: fastText-style EmbeddingBag + linear.")
+    embedding_dim: int = Field(64, ge=2, le=1024, description="Embedding size (bow).")
+    encoder_mode: Literal["frozen", "finetune"] = Field(
+        "frozen", description="encoder: train only the head (frozen) or the whole encoder (finetune)."
+    )
+
+
+class TrainParams(_Section):
+    epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs.")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Examples per step.")
+    learning_rate: float = Field(0.5, gt=0, le=100, description="Initial learning rate (linear decay to 0).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 on the dense layer.")
+    patience: int = Field(3, ge=0, description="Early stopping: epochs without validation improvement (0 = off).")
+    seed: int = Field(1234, ge=0, description="Seed for weights and shuffling.")
+    threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
+    amp: bool = Field(True, description="Mixed precision on CUDA.")
+    checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every N epochs.")
+
+
+class EvaluationParams(_Section):
+    query: str | None = Field(
+        None, description="SQL for a separate human-labelled evaluation set (same source as data)."
+    )
+    primary_metric: Literal["accuracy", "macro_f1"] = Field(
+        "macro_f1", description="Metric used for early stopping, champion comparison and sweeps."
+    )
+
+
+class ArtifactsParams(_Section):
+    root: str | None = Field(
+        None,
+        description="Artifact store: a folder or s3://bucket/prefix. Default $TRAINKITE_HOME/artifacts.",
+    )
+
+
+class TrackingParams(_Section):
+    backend: Literal["wandb", "none"] = Field("wandb", description="Experiment tracking.")
+    project: str = Field("trainkite", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team).")
+
+
+class DeployParams(_Section):
+    endpoint_name: str | None = Field(None, description="SageMaker endpoint (default: trainkite-<model name>).")
+    instance_type: str = Field("ml.m5.large", description="SageMaker instance type.")
+    instance_count: int = Field(1, ge=1, le=100, description="SageMaker instance count.")
+    production_root: str | None = Field(None, description="Production artifact root (s3://bucket/prefix).")
+    execution_role_arn: str | None = Field(None, description="SageMaker execution role ARN.")
+
+
+class Params(BaseModel):
+    """Resolved training parameters (stored with every model)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: DataParams = Field(default_factory=DataParams, description="Which rows to train on.")
+    preprocess: PreprocessParams = Field(default_factory=PreprocessParams, description="Text to features.")
+    model: ModelParams = Field(default_factory=ModelParams, description="Architecture.")
+    train: TrainParams = Field(default_factory=TrainParams, description="Optimisation.")
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="Scoring.")
+    artifacts: ArtifactsParams = Field(default_factory=ArtifactsParams, description="Where models go.")
+    tracking: TrackingParams = Field(default_factory=TrackingParams, description="W&B.")
+    deploy: DeployParams = Field(default_factory=DeployParams, description="Serving target.")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def params_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def preprocess_key(self) -> dict[str, Any]:
+        """What decides the features (the preprocess cache key is built from this)."""
+        return self.preprocess.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _section_for(e["loc"][:-1])
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else ""
+            msg = f"unknown key; allowed keys here: {allowed}"
+        elif e["type"] == "literal_error" and e.get("ctx", {}).get("expected"):
+            msg = f"{msg}"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def validate_params(data: dict[str, Any], source: str = "parameters") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(err, source)) from None
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ParamsError(f"params file {str(p)!r} not found (try params/sentiment.toml or params/topic.toml)")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"params file {str(p)!r} cannot be read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ParamsError(f"params file {str(p)!r} is not valid TOML: {err}") from None
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are TOML literals (42, 0.1, true, "x", [..]); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParamsError(f"override {pair!r} must look like section.key=value (e.g. train.epochs=5)")
+        out[key] = _parse_value(raw.strip())
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = json.loads(json.dumps(data))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) != 2:
+            sections = ", ".join(Params.model_fields)
+            raise ParamsError(f"override key {key!r} must be section.key; sections: {sections}")
+        section, name = parts
+        if section not in Params.model_fields:
+            sections = ", ".join(Params.model_fields)
+            raise ParamsError(f"override key {key!r}: unknown section {section!r}; allowed: {sections}")
+        merged.setdefault(section, {})[name] = value
+    return merged
+
+
+def load_params(
+    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> Params:
+    """Read a params file, apply `section.key=value` overrides, validate."""
+    path = Path(path) if path else DEFAULT_PARAMS_FILE
+    data = read_params_file(path)
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        data = apply_overrides(data, ov)
+    return validate_params(data, source=str(path))

@@ -1,0 +1,52 @@
+"""The `bow` model: fastText-style mean of hashed n-gram embeddings, then a linear layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class BowClassifier(nn.Module):
+    def __init__(self, buckets: int, dim: int, n_classes: int):
+        super().__init__()
+        # sparse=True: one step touches a few hundred rows of a table with up to millions.
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True)
+        self.fc = nn.Linear(dim, n_classes)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        dim = self.embedding.embedding_dim
+        with torch.no_grad():
+            self.embedding.weight.uniform_(-1.0 / dim, 1.0 / dim, generator=generator)
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embedding(ids, offsets))
+
+
+def batch_slices(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather the ids of `rows` (texts) into one flat array + offsets for EmbeddingBag."""
+    ends = np.append(offsets[1:], n_ids)
+    starts = offsets[rows]
+    lengths = ends[rows] - starts
+    new_offsets = np.zeros(len(rows), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=new_offsets[1:])
+    if lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64), new_offsets
+    idx = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+    return idx, new_offsets
+
+
+@torch.inference_mode()
+def predict_proba(model: BowClassifier, ids: np.ndarray, offsets: np.ndarray, batch: int = 4096,
+                  device: str = "cpu") -> np.ndarray:
+    model.eval()
+    n = len(offsets)
+    out = []
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(n, start + batch))
+        idx, offs = batch_slices(offsets, len(ids), rows)
+        logits = model(torch.from_numpy(ids[idx]).to(device), torch.from_numpy(offs).to(device))
+        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), dtype=np.float32)

@@ -1,0 +1,81 @@
+"""Score the trained model on the test split and on the human-labelled evaluation set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from params.model import Params
+from tasks.bow import predict_proba
+from tasks.metrics import score
+from tasks.preprocess import FeaturesRef, load_features
+from tasks.train import TrainedModel, load_weights
+from trainkite.store import ArtifactStore
+
+
+class EvalReport(BaseModel):
+    metrics: dict
+    summary: dict[str, float]
+    metrics_path: str
+    plots: dict[str, str]
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)), dpi=100)
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fixed metadata keeps the PNG bytes stable for the same matrix.
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store: ArtifactStore,
+             workdir: Path) -> EvalReport:
+    arrays = load_features(features, store, workdir)
+    model = load_weights(trained.weights_path, params.preprocess.buckets, params.model.embedding_dim,
+                         len(features.labels))
+    metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+                     "history": trained.history}
+    plots: dict[str, str] = {}
+    for split in ("validation", "test", "evaluation"):
+        y = arrays[f"{split}_y"]
+        if len(y) == 0:
+            continue
+        probs = predict_proba(model, arrays[f"{split}_ids"], arrays[f"{split}_offsets"])
+        metrics[split] = score(y, probs, features.labels)
+        if split != "validation":
+            path = workdir / "plots" / f"confusion_{split}.png"
+            plot_confusion(metrics[split]["confusion"], features.labels, f"{split} (n={len(y)})", path)
+            plots[split] = str(path)
+    summary = {}
+    for split in ("validation", "test", "evaluation"):
+        if split in metrics:
+            summary[f"{split}_accuracy"] = round(metrics[split]["accuracy"], 4)
+            summary[f"{split}_macro_f1"] = round(metrics[split]["macro_f1"], 4)
+    metrics["summary"] = summary
+    out = workdir / "metrics.json"
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots)
+
+
+def one_line(summary: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in summary.items())

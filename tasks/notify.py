@@ -1,0 +1,78 @@
+"""Tell the Buildkite build how training went: unblock `training_finished` with the values the
+deploy step needs, and annotate. Outside a build: one log line, nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from buildkite.context import BuildContext
+
+log = logging.getLogger("trainkite.notify")
+
+STATUS_FIELD = "training-status"
+
+
+def model_env(model_id: str, artifact_uri: str) -> dict[str, str]:
+    """Env for the serving container: plain settings and secret *names/ARNs*, never secret values."""
+    env = {"TRAINKITE_MODEL_ID": model_id, "TRAINKITE_MODEL_URI": artifact_uri}
+    refs = os.environ.get("TRAINKITE_SERVING_SECRET_ARNS")
+    if refs:
+        env.update({k: v for k, v in json.loads(refs).items() if v.startswith("arn:")})
+    return env
+
+
+def success_fields(*, model_id: str, artifact_uri: str, wandb_run_id: str | None, docker_image: str | None,
+                   metrics_line: str) -> dict[str, str]:
+    return {
+        "model-id": model_id,
+        "model-data-path": artifact_uri,
+        "wandb-run-id": wandb_run_id or "none",
+        "model-env": json.dumps(model_env(model_id, artifact_uri), sort_keys=True),
+        "docker-image": docker_image or "none",
+        "metrics": metrics_line,
+        STATUS_FIELD: "passed",
+    }
+
+
+def failure_fields(model_id: str, reason: str) -> dict[str, str]:
+    # Every field gets a value so the step is released; `review` turns "failed" into a red step.
+    return {"model-id": model_id, "model-data-path": "none", "wandb-run-id": "none", "model-env": "{}",
+            "docker-image": "none", "metrics": f"training failed: {reason}"[:900], STATUS_FIELD: "failed"}
+
+
+def _client(build: BuildContext):
+    from buildkite.client import BuildkiteClient
+
+    return BuildkiteClient(org=build.organization, pipeline=build.pipeline)
+
+
+def notify_success(build: BuildContext | None, fields: dict[str, str], annotation: str) -> str:
+    if build is None:
+        log.info("not inside a Buildkite build: nothing to unblock (model %s)", fields["model-id"])
+        return "skipped"
+    client = _client(build)
+    client.annotate(build.number, annotation, context="trainkite-training", style="success")
+    client.unblock(build.number, build.step_key, fields)
+    log.info("unblocked %s of build %s #%s", build.step_key, build.pipeline, build.number)
+    return "unblocked"
+
+
+def notify_failure(build: BuildContext | None, *, model_id: str, flow_run: str, reason: str,
+                   failed_step: str | None = None) -> str:
+    if build is None:
+        log.info("not inside a Buildkite build: nothing to release (model %s failed: %s)", model_id, reason)
+        return "skipped"
+    client = _client(build)
+    body = (f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
+            f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}")
+    client.annotate(build.number, body, context="trainkite-training", style="error")
+    client.unblock(build.number, build.step_key, failure_fields(model_id, reason))
+    return "released"
+
+
+def annotation_markdown(model_id: str, artifact_uri: str, summary: dict[str, float], wandb: str) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary.items())
+    return (f"### Model `{model_id}`\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+            f"- artifacts: `{artifact_uri}`\n- W&B: {wandb}\n")

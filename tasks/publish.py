@@ -1,0 +1,98 @@
+"""Publish a trained model: files first, `manifest.json` (lineage + sha256 of every file) last."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from params.model import Params
+from tasks.data import DatasetRef
+from tasks.evaluate import EvalReport
+from tasks.train import TrainedModel
+from trainkite import manifest as mf
+from buildkite.context import BuildContext
+from trainkite.lineage import code_version, docker_image, git_info, package_versions
+from trainkite.store import ArtifactStore
+
+log = logging.getLogger("trainkite.publish")
+
+
+class Published(BaseModel):
+    model_id: str
+    model_name: str
+    artifact_uri: str
+    manifest: dict
+
+
+def feature_config(params: Params, labels: list[str]) -> dict:
+    return {
+        "model_type": params.model.type,
+        "labels": labels,
+        "preprocess": params.preprocess.model_dump(mode="json"),
+        "embedding_dim": params.model.embedding_dim,
+    }
+
+
+def wandb_run_id(model_id: str) -> str:
+    return model_id.replace(".", "-")
+
+
+def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
+                  report: EvalReport, store: ArtifactStore, workdir: Path,
+                  build: BuildContext | None = None) -> Published:
+    ref = mf.ModelRef(params.model.name, model_id)
+    stage = workdir / "publish"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "data").mkdir(parents=True)
+    files: dict[str, Path] = {"weights.safetensors": Path(trained.weights_path),
+                              "metrics.json": Path(report.metrics_path)}
+    (stage / "features.json").write_text(json.dumps(feature_config(params, trained.labels), indent=2,
+                                                    sort_keys=True))
+    (stage / "params.json").write_text(json.dumps(params.model_dump(mode="json"), indent=2, sort_keys=True))
+    files["features.json"] = stage / "features.json"
+    files["params.json"] = stage / "params.json"
+    for split, path in report.plots.items():
+        files[f"plots/confusion_{split}.png"] = Path(path)
+    rows = sum(dataset.counts.values())
+    snapshot = rows <= params.data.snapshot_max_rows
+    if snapshot:
+        files["data/snapshot.parquet"] = Path(dataset.snapshot_path)
+    source = {
+        "source": dataset.source, "query": dataset.query, "evaluation_query": dataset.evaluation_query,
+        "fingerprint": dataset.fingerprint, "counts": dataset.counts, "athena": dataset.athena,
+        "snapshot": "data/snapshot.parquet" if snapshot else None, "warnings": dataset.warnings,
+    }
+    (stage / "data" / "source.json").write_text(json.dumps(source, indent=2, sort_keys=True))
+    files["data/source.json"] = stage / "data" / "source.json"
+
+    tracking = params.tracking.backend != "none"
+    lineage = {
+        "model_id": model_id,
+        "build": build.model_dump() if build else None,
+        "git": git_info(),
+        "params_hash": params.params_hash(),
+        "data": {"fingerprint": dataset.fingerprint, "query": dataset.query,
+                 "evaluation_query": dataset.evaluation_query, "source": dataset.source,
+                 "counts": dataset.counts, "snapshot": source["snapshot"], "athena": dataset.athena},
+        "wandb": {"run_id": wandb_run_id(model_id), "project": params.tracking.project,
+                  "entity": params.tracking.entity} if tracking else None,
+        "docker_image": docker_image(),
+        "packages": package_versions(),
+        "code_version": code_version(),
+        "seed": params.train.seed,
+        "device": trained.device,
+        "threads": params.train.threads,
+    }
+    manifest = mf.publish(store, ref, files, {
+        "lineage": lineage,
+        "labels": trained.labels,
+        "metrics": report.summary,
+        "model_type": params.model.type,
+        "resumed_from_epoch": trained.resumed_from_epoch,
+    })
+    log.info("published %s to %s", model_id, store.uri(ref.prefix))
+    return Published(model_id=model_id, model_name=ref.name, artifact_uri=store.uri(ref.prefix), manifest=manifest)

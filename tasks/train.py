@@ -1,0 +1,209 @@
+"""Train the classifier: seeded, deterministic on CPU, early stopping, a checkpoint each epoch.
+
+Checkpoints live in the artifact store (S3 in the cloud: ECS and Batch containers share no
+disk), so a re-run of a crashed run resumes from the last finished epoch and ends with the
+same weights as a run that never failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+
+from params.model import Params
+from tasks.bow import BowClassifier, batch_slices, predict_proba
+from tasks.metrics import score
+from tasks.preprocess import FeaturesRef, load_features
+from trainkite.manifest import ModelRef
+from trainkite.store import ArtifactStore
+
+log = logging.getLogger("trainkite.train")
+# Step-level progress for the CLI's progress bar; kept off the Prefect API and the root logger.
+progress = logging.getLogger("trainkite_progress")
+progress.propagate = False
+
+
+class TrainedModel(BaseModel):
+    weights_path: str
+    labels: list[str]
+    history: list[dict]
+    best_epoch: int
+    epochs_run: int
+    device: str
+    resumed_from_epoch: int | None = None
+    train_seconds: float
+    samples_per_second: float
+
+
+def pick_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        from trainkite.errors import UserInputError
+
+        raise UserInputError("train.device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def make_deterministic(seed: int, threads: int, device: str) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.set_num_threads(threads)
+    if device == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # EmbeddingBag's CUDA backward has no deterministic kernel: GPU runs are tolerance-equal only.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def build_model(params: Params, n_classes: int, generator: torch.Generator) -> BowClassifier:
+    model = BowClassifier(params.preprocess.buckets, params.model.embedding_dim, n_classes)
+    model.reset_parameters(generator)
+    return model
+
+
+def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
+    return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
+
+
+def _save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: BowClassifier,
+                     best: dict[str, torch.Tensor], state: dict) -> None:
+    weights_key, state_key = _ckpt_keys(ref)
+    local = workdir / "checkpoint.safetensors"
+    tensors = {f"current.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best.items()})
+    save_file(tensors, str(local))
+    store.put_file(local, weights_key)
+    # The state file is written after the weights, so a state file always has its weights.
+    store.put_bytes(json.dumps(state).encode(), state_key)
+
+
+def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict):
+    weights_key, state_key = _ckpt_keys(ref)
+    if not store.exists(state_key):
+        return None
+    state = json.loads(store.get_bytes(state_key))
+    if state.get("identity") != identity:
+        log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+        return None
+    local = workdir / "resume.safetensors"
+    store.download(weights_key, local) if store.local_path(weights_key) is None else None
+    tensors = load_file(str(store.local_path(weights_key) or local))
+    current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return state, current, best
+
+
+def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
+                workdir: Path) -> TrainedModel:
+    tp = params.train
+    device = pick_device(tp.device)
+    gen = make_deterministic(tp.seed, tp.threads, device)
+    arrays = load_features(features, store, workdir)
+    n_classes = len(features.labels)
+    model = build_model(params, n_classes, gen).to(device)
+
+    tr_ids, tr_off, tr_y = arrays["train_ids"], arrays["train_offsets"], arrays["train_y"]
+    n = len(tr_off)
+    steps_per_epoch = max(1, -(-n // tp.batch_size))
+    total_steps = steps_per_epoch * tp.epochs
+    optimizer = torch.optim.SGD(model.parameters(), lr=tp.learning_rate)
+    identity = {"features": features.key, "params": params.params_hash(), "device": device}
+
+    history: list[dict] = []
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_metric, best_epoch, start_epoch, resumed = -1.0, 0, 1, None
+    ck = _load_checkpoint(store, ref, workdir, identity)
+    if ck is not None:
+        state, current, best_state = ck
+        model.load_state_dict(current)
+        history, best_metric, best_epoch = state["history"], state["best_metric"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        resumed = state["epoch"]
+        log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
+
+    use_amp = device == "cuda" and tp.amp
+    metric = params.evaluation.primary_metric
+    started = time.perf_counter()
+    seen = 0
+    stop = bool(ck and ck[0].get("stopped"))
+    for epoch in range(start_epoch, tp.epochs + 1):
+        if stop:
+            break
+        model.train()
+        # One generator per epoch: a resumed run shuffles exactly like an uninterrupted one.
+        eg = torch.Generator()
+        eg.manual_seed(tp.seed * 1000 + epoch)
+        order = torch.randperm(n, generator=eg).numpy()
+        loss_sum = 0.0
+        for b in range(steps_per_epoch):
+            rows = order[b * tp.batch_size : (b + 1) * tp.batch_size]
+            step = (epoch - 1) * steps_per_epoch + b
+            lr = tp.learning_rate * max(0.0, 1.0 - step / total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx, offs = batch_slices(tr_off, len(tr_ids), rows)
+            x = torch.from_numpy(tr_ids[idx]).to(device)
+            o = torch.from_numpy(offs).to(device)
+            y = torch.from_numpy(tr_y[rows]).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x, o)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            if tp.weight_decay:
+                loss = loss + tp.weight_decay * model.fc.weight.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            seen += len(rows)
+            if b % 50 == 0 or b == steps_per_epoch - 1:
+                progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
+                                                                    "step": b + 1, "steps": steps_per_epoch}})
+        probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
+        val = score(arrays["validation_y"], probs, features.labels)
+        row = {"epoch": epoch, "train_loss": loss_sum / n, "val_accuracy": val["accuracy"],
+               "val_macro_f1": val["macro_f1"], "lr": lr}
+        history.append(row)
+        improved = val[metric] > best_metric
+        if improved:
+            best_metric, best_epoch = val[metric], epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        stop = bool(tp.patience) and epoch - best_epoch >= tp.patience
+        log.info(
+            "epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, row["train_loss"],
+            val["accuracy"], val["macro_f1"], "  (best)" if improved else "",
+        )
+        if epoch % tp.checkpoint_every == 0 or stop or epoch == tp.epochs:
+            _save_checkpoint(store, ref, workdir, model, best_state, {
+                "epoch": epoch, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
+                "identity": identity, "stopped": stop})
+        if stop:
+            log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
+    elapsed = time.perf_counter() - started
+
+    weights = workdir / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
+    return TrainedModel(
+        weights_path=str(weights), labels=features.labels, history=history, best_epoch=best_epoch,
+        epochs_run=len(history), device=device, resumed_from_epoch=resumed, train_seconds=round(elapsed, 3),
+        samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
+    )
+
+
+def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:
+    model = BowClassifier(buckets, dim, n_classes)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return model

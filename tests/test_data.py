@@ -1,0 +1,124 @@
+"""Fetching, checking, splitting and fingerprinting rows (plain functions, real DuckDB)."""
+
+import pandas as pd
+import pytest
+
+from tasks import data
+from trainkite.errors import DataError
+
+
+def _params(params_factory, folder, **ov):
+    return params_factory(**{"data.path": str(folder), **ov})
+
+
+def _write(folder, name, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+
+
+def test_demo_data_fetch(params_factory, demo_data, tmp_path):
+    ds = data.fetch_dataset(_params(params_factory, demo_data), tmp_path / "wd")
+    assert ds.labels == ["negative", "neutral", "positive"]
+    assert ds.counts["evaluation"] == 200 and ds.counts["train"] > 600
+    assert len(ds.fingerprint) == 64
+    snap = data.read_snapshot(ds.snapshot_path)
+    assert set(snap["split"]) == {"train", "validation", "test", "evaluation"}
+
+
+def test_parquet_tables_work(params_factory, tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    df = pd.read_csv(data.resolve_data_path("data/demo") / "comments.csv")
+    df.to_parquet(folder / "comments.parquet")
+    p = _params(params_factory, folder, **{"evaluation.query": ""})
+    p.evaluation.query = None
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+    assert ds.counts["train"] > 600
+
+
+def test_split_is_stable_when_rows_are_added():
+    texts = [f"comment number {i}" for i in range(500)]
+    before = {t: data.split_of(t, 17, 0.1, 0.1) for t in texts}
+    more = texts + [f"new comment {i}" for i in range(500)]
+    after = {t: data.split_of(t, 17, 0.1, 0.1) for t in more}
+    assert all(after[t] == s for t, s in before.items())
+    assert 30 < sum(s == "test" for s in before.values()) < 75
+
+
+def test_fingerprint_ignores_row_order_but_not_content(params_factory, demo_data, tmp_path):
+    p = _params(params_factory, demo_data)
+    a = data.fetch_dataset(p, tmp_path / "a").fingerprint
+    p.data.query = "SELECT text, sentiment AS label FROM comments ORDER BY random()"
+    b = data.fetch_dataset(p, tmp_path / "b").fingerprint
+    assert a == b
+    p.data.query = "SELECT text, sentiment AS label FROM comments WHERE comment_id <> 'c00001'"
+    assert data.fetch_dataset(p, tmp_path / "c").fingerprint != a
+
+
+BAD = [
+    ("empty", [{"text": "a", "label": "x"}], "SELECT text, label FROM t WHERE 1=0", "no rows"),
+    ("missing column", [{"body": "a", "label": "x"}], "SELECT * FROM t", "'text'"),
+    ("null text", [{"text": None, "label": "negative"}, {"text": "b", "label": "positive"}], "SELECT * FROM t",
+     "null text"),
+    ("empty text", [{"text": "  ", "label": "negative"}, {"text": "b", "label": "positive"}],
+     "SELECT * FROM t", "empty text"),
+    ("one class", [{"text": f"t{i}", "label": "positive"} for i in range(50)], "SELECT * FROM t", "one class"),
+    ("label outside set", [{"text": "a", "label": "negative"}, {"text": "b", "label": "angry"}],
+     "SELECT * FROM t", "['angry'] are not in data.labels"),
+    ("sql error", [{"text": "a", "label": "x"}], "SELECT nope FROM t", "query failed in DuckDB"),
+    ("missing table", [{"text": "a", "label": "x"}], "SELECT * FROM other", "tables available: t"),
+]
+
+
+@pytest.mark.parametrize("name, rows, sql, needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_data_is_refused(params_factory, tmp_path, name, rows, sql, needle):
+    folder = tmp_path / "src"
+    _write(folder, "t", rows)
+    p = _params(params_factory, folder, **{"data.query": sql})
+    p.evaluation.query = None
+    with pytest.raises(DataError) as e:
+        data.fetch_dataset(p, tmp_path / "wd")
+    assert needle in str(e.value)
+    assert not (tmp_path / "wd" / "data").exists()
+
+
+def test_folder_without_tables(params_factory, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no \\*.csv or \\*.parquet"):
+        data.fetch_dataset(_params(params_factory, tmp_path / "empty"), tmp_path / "wd")
+    with pytest.raises(DataError, match="is not a folder"):
+        data.fetch_dataset(_params(params_factory, tmp_path / "nope"), tmp_path / "wd")
+
+
+def test_conflicting_duplicates_are_warned(params_factory, tmp_path):
+    rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
+    rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
+    rows += [{"text": "same words", "label": "positive"}, {"text": "same words", "label": "negative"}]
+    _write(tmp_path / "src", "t", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t",
+                                                     "data.labels": ["negative", "positive"]})
+    p.evaluation.query = None
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+    assert any("conflicting labels" in w for w in ds.warnings)
+
+
+def test_athena_source_through_awswrangler(aws, params_factory, tmp_path):
+    """The production twin: same SQL through awswrangler against moto's Athena (canned result)."""
+    import boto3
+    import requests
+
+    boto3.client("s3").create_bucket(Bucket="athena-out")
+    rows = [{"Data": [{"VarCharValue": "text"}, {"VarCharValue": "label"}]}]
+    for i in range(60):
+        lab = ["negative", "neutral", "positive"][i % 3]
+        rows.append({"Data": [{"VarCharValue": f"{lab} comment {i}"}, {"VarCharValue": lab}]})
+    col = [{"Name": n, "Type": "varchar", "CatalogName": "hive", "SchemaName": "", "TableName": "",
+            "Nullable": "UNKNOWN", "Precision": 0, "Scale": 0, "CaseSensitive": True} for n in ("text", "label")]
+    requests.post(f"{aws}/moto-api/static/athena/query-results",
+                  json={"results": [{"rows": rows, "column_info": col}]}, timeout=10)
+    p = params_factory(**{"data.source": "athena", "data.athena_s3_output": "s3://athena-out/q/",
+                          "data.query": "SELECT text, label FROM comments"})
+    p.evaluation.query = None
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+    assert sum(ds.counts.values()) == 60 and ds.source == "athena"
+    assert ds.athena["s3_output"] == "s3://athena-out/q/"

@@ -1,0 +1,3 @@
+from trainkite.cli import main
+
+main()

@@ -1,0 +1,255 @@
+"""`trainkite`: train, predict, list and inspect models; run the local Prefect server.
+
+Every command takes `--json`: exactly one JSON object on stdout, logs on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from trainkite.errors import TrainkiteError, UserInputError
+from trainkite.home import configure_quiet_offline_env
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reproducible text-classifier training on Prefect.")
+server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server trainkite runs in the background.")
+app.add_typer(server_app, name="server")
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; logs go to stderr.")]
+RootOpt = Annotated[str | None, typer.Option("--root", help="Artifact store root (folder or s3://...); "
+                                             "default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME/artifacts.")]
+
+
+def emit(obj: dict, as_json: bool, human: callable | None = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
+    elif human:
+        human()
+
+
+@contextlib.contextmanager
+def user_errors(as_json: bool):
+    try:
+        yield
+    except TrainkiteError as e:
+        if as_json:
+            emit({"error": str(e), "exit_code": e.exit_code}, True)
+        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+class _ProgressHandler(logging.Handler):
+    """Drives a rich progress bar from the training loop's progress records."""
+
+    def __init__(self, progress):
+        super().__init__()
+        self.progress = progress
+        self.task = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        info = getattr(record, "trainkite_progress", None)
+        if not info:
+            return
+        total = info["epochs"] * info["steps"]
+        done = (info["epoch"] - 1) * info["steps"] + info["step"]
+        if self.task is None:
+            self.task = self.progress.add_task("training", total=total)
+        self.progress.update(self.task, completed=done, total=total,
+                             description=f"epoch {info['epoch']}/{info['epochs']}")
+
+
+def _store(root: str | None):
+    from trainkite.store import open_store
+
+    return open_store(root)
+
+
+@app.command()
+def train(
+    params_file: Annotated[Path | None, typer.Option("--params", help="Params file (default params/sentiment.toml).")]
+    = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable.")] = None,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="Resume/name this model ID.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a model on the data the params file points at (local DuckDB by default)."""
+    with user_errors(as_json):
+        from params import load_params
+
+        params = load_params(params_file, overrides or [])
+        configure_quiet_offline_env()
+        from trainkite.ids import new_model_id, validate_model_id
+        from trainkite.prefect_server import ensure_api
+
+        ensure_api()
+        from buildkite.context import BuildContext
+
+        build = BuildContext.from_env()
+        mid = validate_model_id(model_id) if model_id else (build.model_id if build else new_model_id())
+        result = _run_train(params, mid, build, as_json)
+        sample = None
+        if not as_json:
+            from tasks.predict import Predictor
+
+            text = "The pay is fair but management ignores our workload."
+            sample = Predictor.from_store(_store(params.artifacts.root), mid).predict([text])[0]
+            sample["text"] = text
+
+        def human():
+            err.print(f"[bold green]model[/] {result['model_id']}")
+            err.print(f"artifacts  {result['artifact_uri']}")
+            for k, v in result["metrics"].items():
+                err.print(f"  {k:<22} {v:.4f}")
+            if sample:
+                err.print(f"sample prediction: {json.dumps(sample)}")
+            print(result["model_id"])
+
+        emit(result, as_json, human)
+
+
+def _run_train(params, model_id: str, build, as_json: bool) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.train import train as train_flow
+
+    progress_logger = logging.getLogger("trainkite_progress")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+        handler = _ProgressHandler(progress)
+        progress_logger.addHandler(handler)
+        progress_logger.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return train_flow(params=params, model_id=model_id, build=build)
+        finally:
+            progress_logger.removeHandler(handler)
+
+
+@app.command()
+def predict(
+    model_id: Annotated[str, typer.Argument(help="Model ID (see `trainkite models`).")],
+    text: Annotated[list[str] | None, typer.Option("--text", help="Text to classify, repeatable.")] = None,
+    input_csv: Annotated[Path | None, typer.Option("--input", help="CSV with a text column.")] = None,
+    output_csv: Annotated[Path | None, typer.Option("--output", help="Where to write the scored CSV.")] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of --input.")] = "text",
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify texts with a published model (hashes verified before loading)."""
+    with user_errors(as_json):
+        if bool(text) == bool(input_csv):
+            raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
+        if input_csv and not output_csv:
+            raise UserInputError("--input needs --output (where the scored CSV goes)")
+        from tasks.predict import Predictor
+
+        predictor = Predictor.from_store(_store(root), model_id)
+        if text:
+            preds = [{"text": t, **p} for t, p in zip(text, predictor.predict(text), strict=True)]
+            emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
+                 lambda: [print(json.dumps(p)) for p in preds])
+            return
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(input_csv, keep_default_na=False, dtype=str)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise UserInputError(f"--input {str(input_csv)!r} cannot be read as CSV: {e}") from None
+        if text_column not in df.columns:
+            raise UserInputError(f"--input has no column {text_column!r} (columns: {', '.join(df.columns)}); "
+                                 "use --text-column")
+        preds = predictor.predict(df[text_column].tolist())
+        df["label"] = [p["label"] for p in preds]
+        df["model_id"] = predictor.model_id
+        for lab in predictor.labels:
+            df[f"score_{lab}"] = [p["scores"][lab] for p in preds]
+        df.to_csv(output_csv, index=False)
+        emit({"model_id": predictor.model_id, "rows": len(df), "output": str(output_csv)}, as_json,
+             lambda: err.print(f"wrote {len(df)} predictions to {output_csv}"))
+
+
+@app.command()
+def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """List published models with their metrics."""
+    with user_errors(as_json):
+        from trainkite.manifest import list_models
+
+        store = _store(root)
+        ms = list_models(store)
+        rows = [{"model_id": m["model_id"], "model_name": m["model_name"], "created_at": m["created_at"],
+                 "metrics": m.get("metrics", {}), "uri": store.uri(f"{m['model_name']}/{m['model_id']}")}
+                for m in ms]
+
+        def human():
+            from rich.table import Table
+
+            t = Table("model ID", "name", "created", "test acc", "test macro-F1", "eval acc")
+            for r in rows:
+                m = r["metrics"]
+                t.add_row(r["model_id"], r["model_name"], r["created_at"],
+                          *(f"{m[k]:.4f}" if k in m else "-" for k in
+                            ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
+            Console().print(t)
+
+        emit({"root": store.root, "models": rows}, as_json, human)
+
+
+@app.command()
+def show(model_id: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Print a model's manifest (lineage, metrics, file hashes)."""
+    with user_errors(as_json):
+        from trainkite.manifest import find_model, read_manifest
+
+        store = _store(root)
+        m = read_manifest(store, find_model(store, model_id))
+        emit(m, as_json, lambda: print(json.dumps(m, indent=2, sort_keys=True)))
+
+
+@server_app.command("start")
+def server_start(as_json: JsonOpt = False) -> None:
+    """Start the local Prefect server (UI at the printed URL)."""
+    with user_errors(as_json):
+        from trainkite.prefect_server import start
+
+        s = start(quiet=as_json)
+        emit(s, as_json, lambda: err.print(f"Prefect server at {s['url'][:-4]} (pid {s['pid']}); "
+                                           "stop it with `trainkite server stop`"))
+
+
+@server_app.command("stop")
+def server_stop(as_json: JsonOpt = False) -> None:
+    """Stop the local Prefect server."""
+    from trainkite.prefect_server import stop
+
+    stopped = stop()
+    emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
+
+
+@server_app.command("status")
+def server_status(as_json: JsonOpt = False) -> None:
+    """Is the local Prefect server running?"""
+    from trainkite.prefect_server import status
+
+    s = status() or {"running": False}
+    s.setdefault("running", True)
+    emit(s, as_json, lambda: err.print(json.dumps(s)))
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "trainkite")
+    app()
+
+
+if __name__ == "__main__":
+    main()

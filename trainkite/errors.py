@@ -1,0 +1,23 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits with `exit_code`."""
+
+
+class TrainkiteError(Exception):
+    exit_code = 1
+
+
+class UserInputError(TrainkiteError):
+    """Bad parameters, data, model IDs or payloads: the message names the field or value."""
+
+    exit_code = 2
+
+
+class DataError(UserInputError):
+    """The query result cannot be trained on (empty, missing columns, nulls, one class, ...)."""
+
+
+class ModelNotFound(UserInputError):
+    pass
+
+
+class IntegrityError(TrainkiteError):
+    """An artifact does not match its manifest (tampered, truncated, or no manifest at all)."""

@@ -1,0 +1,47 @@
+"""Where trainkite keeps its local state, and the process environment it runs under."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def home() -> Path:
+    return Path(os.environ.get("TRAINKITE_HOME", "~/.trainkite")).expanduser().resolve()
+
+
+def default_artifact_root() -> str:
+    return str(home() / "artifacts")
+
+
+def runs_dir() -> Path:
+    return home() / "runs"
+
+
+def cache_dir() -> Path:
+    return home() / "cache"
+
+
+def configure_quiet_offline_env() -> None:
+    """Defaults that keep a laptop run offline and quiet; anything the user set wins."""
+    h = home()
+    defaults = {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_DIR": str(h / "wandb"),
+        "WANDB_CACHE_DIR": str(h / "wandb" / "cache"),
+        "WANDB_DATA_DIR": str(h / "wandb" / "data"),
+        "WANDB_CONFIG_DIR": str(h / "wandb" / "config"),
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)

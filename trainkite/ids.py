@@ -1,0 +1,32 @@
+"""Model IDs: `<pipeline-slug>-<build-number>` inside a Buildkite build, else a local ID that cannot collide."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from datetime import UTC, datetime
+
+from trainkite.errors import UserInputError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_model_id(model_id: str) -> str:
+    """Refuse anything that could leave the store (`../x`, `a/b`) or is not a plain name."""
+    if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
+        raise UserInputError(
+            f"invalid model ID {model_id!r}: use letters, digits, '.', '_' and '-' only "
+            "(e.g. trainkite-42 or local-20261127T101500Z-3f9a1c); see `trainkite models`"
+        )
+    return model_id
+
+
+def new_model_id(env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ) if env is None else env
+    number = env.get("BUILDKITE_BUILD_NUMBER")
+    slug = env.get("BUILDKITE_PIPELINE_SLUG")
+    if number and slug:
+        return validate_model_id(f"{slug}-{number}")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"local-{stamp}-{secrets.token_hex(3)}"

@@ -1,0 +1,67 @@
+"""Facts about where a model came from: build, commit, packages, code version."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from trainkite.home import REPO_ROOT
+
+_PACKAGES = ("trainkite", "torch", "numpy", "safetensors", "prefect", "duckdb", "pandas", "pyarrow", "wandb",
+             "pydantic")
+# Source whose change must invalidate cached steps and shows up in lineage.
+_CODE_PACKAGES = ("tasks", "params", "trainkite")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_info() -> dict[str, object]:
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        # Inside an image there is no .git: the build bakes the commit in.
+        commit = os.environ.get("TRAINKITE_GIT_COMMIT") or os.environ.get("BUILDKITE_COMMIT")
+        return {"commit": commit or "unknown", "dirty": None, "branch": os.environ.get("BUILDKITE_BRANCH")}
+    status = _git("status", "--porcelain", "--untracked-files=no") or ""
+    return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def code_version() -> str:
+    """sha256 over the steps' source: a code change invalidates cached steps and is visible in lineage."""
+    h = hashlib.sha256()
+    for pkg in _CODE_PACKAGES:
+        for path in sorted((REPO_ROOT / pkg).rglob("*.py")):
+            h.update(path.relative_to(REPO_ROOT).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def docker_image() -> str | None:
+    return os.environ.get("TRAINKITE_DOCKER_IMAGE")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

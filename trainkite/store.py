@@ -1,0 +1,260 @@
+"""The one artifact-store interface: a local folder or S3, chosen by the root URI.
+
+Keys are POSIX paths relative to the root (`sentiment/local-.../weights.safetensors`).
+Writes of single objects are atomic on both backends (temp file + rename locally, one PUT
+on S3), which is what lets `manifest.json`, written last, act as the commit marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import urlparse
+
+from trainkite.errors import TrainkiteError, UserInputError
+from trainkite.home import default_artifact_root
+
+
+class StoreError(TrainkiteError):
+    pass
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UserInputError(f"invalid artifact key {key!r}")
+    return key
+
+
+class ArtifactStore(ABC):
+    root: str
+
+    @abstractmethod
+    def put_file(self, local: Path, key: str) -> None: ...
+
+    @abstractmethod
+    def put_bytes(self, data: bytes, key: str) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def download(self, key: str, local: Path) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix/` (recursive), relative to the root."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """Names of the immediate sub-folders of `prefix`."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    def uri(self, key: str = "") -> str:
+        return f"{self.root.rstrip('/')}/{key}" if key else self.root
+
+    def local_path(self, key: str) -> Path | None:
+        """A path on this machine for `key`, when the store is a local folder."""
+        return None
+
+
+class LocalStore(ArtifactStore):
+    def __init__(self, root: str | Path):
+        self.base = Path(root).expanduser().resolve()
+        self.root = str(self.base)
+
+    def _path(self, key: str) -> Path:
+        return self.base / _check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def put_file(self, local: Path, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            shutil.copyfile(local, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(key)} does not exist") from None
+
+    def download(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(self._path(key), local)
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(key)} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.base
+        if not base.is_dir():
+            return []
+        out = []
+        for p in base.rglob("*"):
+            if p.is_file() and not p.name.endswith(".part"):
+                out.append(p.relative_to(self.base).as_posix())
+        return sorted(out)
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.base
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+
+class S3Store(ArtifactStore):
+    """S3 through boto3; `AWS_ENDPOINT_URL` (moto, MinIO) is honoured by boto3 itself."""
+
+    def __init__(self, uri: str, client=None):
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise UserInputError(f"artifact root {uri!r} must look like s3://bucket/prefix")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.root = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # "standard" retries cover 500/503/SlowDown with backoff; a publish either lands whole or the
+            # manifest (written last) is never written.
+            self._client = boto3.client(
+                "s3", config=Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10,
+                                    read_timeout=60)
+            )
+        return self._client
+
+    def _key(self, key: str) -> str:
+        _check_key(key) if key else None
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(*args, **kwargs)
+        except NoCredentialsError:
+            raise StoreError(
+                f"{what}: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "(or use a local artifacts.root)"
+            ) from None
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket",):
+                raise StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix artifacts.root")\
+                    from None
+            if code in ("AccessDenied", "403", "AllAccessDisabled"):
+                raise StoreError(
+                    f"{what}: access denied to s3://{self.bucket}; the role needs s3:GetObject/PutObject/ListBucket "
+                    "on this prefix"
+                ) from None
+            if code in ("NoSuchKey", "404"):
+                raise StoreError(f"{what}: does not exist") from None
+            raise StoreError(f"{what}: {code or err}") from None
+        except BotoCoreError as err:
+            raise StoreError(f"{what}: {err}") from None
+
+    def put_file(self, local: Path, key: str) -> None:
+        self._call(f"upload {self.uri(key)}", self.client.upload_file, str(local), self.bucket, self._key(key))
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        resp = self._call(f"get {self.uri(key)}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return resp["Body"].read()
+
+    def download(self, key: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + ".part")
+        self._call(f"download {self.uri(key)}", self.client.download_file, self.bucket, self._key(key), str(tmp))
+        os.replace(tmp, local)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            return bool(self._call(f"head {self.uri(key)}", self.client.head_object, Bucket=self.bucket,
+                                   Key=self._key(key)))
+
+    def _paginate(self, **kwargs):
+        paginator = self.client.get_paginator("list_objects_v2")
+        return self._call(f"list {self.root}", lambda: list(paginator.paginate(Bucket=self.bucket, **kwargs)))
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys = [o["Key"][strip:] for page in self._paginate(Prefix=full) for o in page.get("Contents", [])]
+        return sorted(keys)
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        full = self._key(prefix).rstrip("/") + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        out = []
+        for page in self._paginate(Prefix=full, Delimiter="/"):
+            for cp in page.get("CommonPrefixes", []):
+                out.append(cp["Prefix"][len(full):].rstrip("/"))
+        return sorted(out)
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list(prefix)
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+            self._call(f"delete {self.uri(prefix)}", self.client.delete_objects, Bucket=self.bucket,
+                       Delete={"Objects": batch})
+
+
+def open_store(root: str | None = None) -> ArtifactStore:
+    root = root or os.environ.get("TRAINKITE_ARTIFACTS") or default_artifact_root()
+    if root.startswith("s3://"):
+        return S3Store(root)
+    if "://" in root:
+        raise UserInputError(f"artifact root {root!r}: use a folder path or s3://bucket/prefix")
+    return LocalStore(root)
