@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, default=G5_XLARGE_CPU)
     parser.add_argument("--memory", type=int, default=G5_XLARGE_MEMORY_MIB)
     parser.add_argument("--capacity-provider", default=DEFAULT_CAPACITY_PROVIDER)
-    parser.add_argument("--cluster")
+    parser.add_argument("--cluster", default="trainkite", help="ECS cluster (stack output EcsClusterName)")
     parser.add_argument("--task-role-arn")
     parser.add_argument("--execution-role-arn")
     parser.add_argument("--log-group", default=DEFAULT_LOG_GROUP)

@@ -246,6 +246,31 @@ def server_status(as_json: JsonOpt = False) -> None:
     emit(s, as_json, lambda: err.print(json.dumps(s)))
 
 
+# Command groups that live next to what they drive; each module has `register(app)`.
+_EXTENSIONS = (
+    "trainkite.cli_serving",
+    "trainkite.cli_buildkite",
+    "trainkite.cli_deployments",
+    "trainkite.cli_repro",
+)
+
+
+def _register_extensions() -> None:
+    import importlib
+
+    for name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "trainkite")
     app()

@@ -161,7 +161,8 @@ class S3Store(ArtifactStore):
 
             # "standard" retries cover 500/503/SlowDown with backoff; a publish either lands whole or the
             # manifest (written last) is never written.
-            self._client = boto3.client(
+            # A fresh session: the module-level default one caches credentials across env changes.
+            self._client = boto3.session.Session().client(
                 "s3", config=Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10,
                                     read_timeout=60)
             )

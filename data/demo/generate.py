@@ -42,10 +42,10 @@ MAX_WORDS = 45
 # In the held-out set, probability that a core slot (subject, predicate,
 # standalone sentence, attitude verb) uses a reserved fragment.  The remaining
 # slots (openers, details, hedges, closers) always use reserved fragments.
-HOLDOUT_RESERVED_CORE = 0.25
+HOLDOUT_RESERVED_CORE = 0.2
 # Probability that a subject is drawn from the first few ("head") subjects of a
 # topic, which makes the everyday words (pay, manager, workload...) frequent.
-HEAD_SUBJECT_P = 0.45
+HEAD_SUBJECT_P = 0.55
 N_HEAD_SUBJECTS = 6
 
 SENTIMENTS = ["negative", "neutral", "positive"]
@@ -259,7 +259,7 @@ TOPIC_PREDICATES = {
             "{has} made it hard to take any leave",
             "{be} relentless with no quiet periods",
             "{be} leaving no time for proper testing",
-            "{be} piling up faster than we can clear it",
+            "{be} piling up faster than we can clear {it}",
             "{be} wearing everyone down",
         ],
         "neutral": [
@@ -459,7 +459,7 @@ NEGATED_PREDICATES = {
     ],
     "negative": [
         "{be} not great", "{be} not good enough",
-        "{be} nowhere near where it should be", "{be} not fair",
+        "{be} nowhere near where {it} should be", "{be} not fair",
         "{dont} work for me", "{be} not improving", "{be} far from ideal",
         "{be} not fit for purpose", "{be} never good",
         "{dont} get any better", "{be} not good at all",
@@ -733,6 +733,27 @@ CLOSERS = {
     ],
 }
 
+# Short evaluative tails that restate the comment's sentiment.
+EVAL_TAILS = {
+    "positive": [
+        ", which is great", ", and I'm really happy about that",
+        ", which I appreciate", ", which is good to see",
+        ", and that makes a big difference", ", which is a relief",
+        ", and I'm glad", ", which is brilliant",
+    ],
+    "negative": [
+        ", which is really frustrating", ", and it's not okay",
+        ", which is a real shame", ", and it's getting me down",
+        ", which is unacceptable", ", and that worries me",
+        ", which is poor", ", and it's exhausting",
+    ],
+    "neutral": [
+        ", for what it's worth", ", as far as I know", ", which is standard",
+        ", which seems normal", ", nothing more to it", ", as you'd expect",
+        ", which is neither here nor there", ", if that's useful",
+    ],
+}
+
 # Label-neutral phrases that tie a comment to its topic.
 TOPIC_CONTEXT = {
     "pay": [
@@ -889,11 +910,11 @@ class Composer:
             raise RuntimeError(f"no predicate for {phrase!r} ({topic}/{sentiment})")
         return f"{phrase} {conjugate(pred, plural)}"
 
-    def decorate(self, body: str, topic: str, allow_opener=True) -> str:
+    def decorate(self, body: str, topic: str, sentiment: str, allow_opener=True) -> str:
         """Add an optional opener/detail/topic context/hedge to a lower-case
         clause and return a finished sentence."""
         rng = self.rng
-        if rng.random() < 0.22:
+        if rng.random() < 0.3:
             body = f"{body} {self._pick(TOPIC_CONTEXT[topic], core=False)}"
         detail = self._pick(DETAILS, core=False) if rng.random() < 0.3 else None
         front_detail = detail is not None and rng.random() < 0.4
@@ -904,7 +925,10 @@ class Composer:
                 body = self._pick(OPENERS, core=False) + body
             if detail:
                 body = f"{body} {detail}"
-        if rng.random() < 0.2:
+        r = rng.random()
+        if r < 0.2:
+            body += self._pick(EVAL_TAILS[sentiment], core=True)
+        elif r < 0.38:
             body += self._pick(HEDGES, core=False)
         return cap(body) + "."
 
@@ -915,20 +939,20 @@ class Composer:
         if sentiment == "neutral":
             # subject+predicate, standalone fact, attitude, mixed
             if r < 0.38:
-                return self.decorate(self.clause(topic, sentiment), topic)
+                return self.decorate(self.clause(topic, sentiment), topic, sentiment)
             if r < 0.58:
                 return self._pick(STANDALONE[topic][sentiment], core=True)
-            if r < 0.72:
+            if r < 0.77:
                 att = self._pick(ATTITUDES[sentiment], core=True)
-                return self.decorate(f"{att} {self.subject(topic)[0]}", topic, allow_opener=False)
+                return self.decorate(f"{att} {self.subject(topic)[0]}", topic, sentiment, allow_opener=False)
             return self.mixed(topic)
         if r < 0.5:
-            return self.decorate(self.clause(topic, sentiment), topic)
+            return self.decorate(self.clause(topic, sentiment), topic, sentiment)
         if r < 0.68:
             return self._pick(STANDALONE[topic][sentiment], core=True)
         if r < 0.85:
             att = self._pick(ATTITUDES[sentiment], core=True)
-            return self.decorate(f"{att} {self.subject(topic)[0]}", topic, allow_opener=False)
+            return self.decorate(f"{att} {self.subject(topic)[0]}", topic, sentiment, allow_opener=False)
         return self.turnaround(topic, sentiment)
 
     def mixed(self, topic) -> str:
@@ -954,19 +978,19 @@ class Composer:
         r = rng.random()
         if r < 0.55:
             return None
-        if r < 0.83:
+        if r < 0.86:
             return self._pick(CLOSERS[sentiment], core=True), False
         # A passing mention of another topic, usually neutral and factual.
         other = rng.choice([t for t in TOPICS if t != topic])
         q = rng.random()
-        if q < 0.6:
+        if q < 0.62:
             s2 = "neutral"
-        elif q < 0.85:
+        elif q < 0.9:
             s2 = sentiment
         else:
             s2 = rng.choice(SENTIMENTS)
         if rng.random() < 0.35:
-            return self._pick(STANDALONE[other][s2], core=True), True
+            return self._pick(STANDALONE[other][s2], core=True), s2 == "neutral"
         aside = self._pick(ASIDES, core=False)
         return cap(aside + self.clause(other, s2)) + ".", False
 

@@ -1,0 +1,83 @@
+"""The whole train flow against the session's real Prefect server."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainkite.store import open_store
+
+
+def _task_states(flow_run_id) -> dict[str, list[str]]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+    return out
+
+
+def _run(params, model_id):
+    from flows.train import train
+
+    state = train(params=params, model_id=model_id, return_state=True)
+    return state.result(), state.state_details.flow_run_id
+
+
+def test_train_flow_publishes_a_verified_model(prefect_api, tk_home, params_factory):
+    params = params_factory(**{"tracking.backend": "wandb"})
+    result, run_id = _run(params, "flow-test-1")
+    assert result["model_id"] == "flow-test-1"
+    store = open_store()
+    folder = Path(store.local_path("sentiment/flow-test-1"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for f in ("weights.safetensors", "features.json", "params.json", "metrics.json", "data/snapshot.parquet",
+              "data/source.json", "plots/confusion_test.png", "plots/confusion_evaluation.png"):
+        assert f in manifest["files"], f
+    lin = manifest["lineage"]
+    assert lin["params_hash"] == params.params_hash() and len(lin["data"]["fingerprint"]) == 64
+    assert lin["wandb"]["run_id"] == "flow-test-1" and lin["seed"] == params.train.seed
+    assert lin["device"] == "cpu" and "torch" in lin["packages"] and lin["git"]["commit"]
+    assert json.loads((folder / "params.json").read_text())["train"]["epochs"] == 3
+    assert 0 <= result["metrics"]["test_accuracy"] <= 1
+    # W&B offline run files exist and hold the run
+    import os
+
+    runs = list((Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*-flow-test-1"))
+    assert runs and (runs[0] / "run-flow-test-1.wandb").stat().st_size > 0
+    # Prefect artifacts: markdown model card + metrics table
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        arts = c.read_artifacts()
+    keys = {a.key for a in arts if a.flow_run_id == run_id}
+    assert {"model-card", "model-metrics"} <= keys
+
+
+def test_same_inputs_give_identical_weights_and_reuse_preprocessing(prefect_api, tk_home, params_factory):
+    params = params_factory()
+    _, run_a = _run(params, "det-a")
+    _, run_b = _run(params, "det-b")
+    store = open_store()
+    ma = json.loads(store.get_bytes("sentiment/det-a/manifest.json"))
+    mb = json.loads(store.get_bytes("sentiment/det-b/manifest.json"))
+    assert ma["files"]["weights.safetensors"] == mb["files"]["weights.safetensors"]
+    assert _task_states(run_a)["preprocess"] == ["Completed"]
+    assert _task_states(run_b)["preprocess"] == ["Cached"]
+    # Only training params changed: preprocessing is still reused, weights differ.
+    _, run_c = _run(params_factory(**{"train.seed": 99}), "det-c")
+    assert _task_states(run_c)["preprocess"] == ["Cached"]
+    mc = json.loads(store.get_bytes("sentiment/det-c/manifest.json"))
+    assert mc["files"]["weights.safetensors"] != ma["files"]["weights.safetensors"]
+
+
+def test_bad_data_fails_the_flow_and_writes_nothing(prefect_api, tk_home, params_factory, tmp_path):
+    from trainkite.errors import DataError
+
+    params = params_factory(**{"data.query": "SELECT text, sentiment AS label FROM comments WHERE 1=0"})
+    with pytest.raises(DataError, match="no rows"):
+        _run(params, "bad-1")
+    assert open_store().list("sentiment") == []
