@@ -70,7 +70,8 @@ def moto_url():
 
 
 @pytest.fixture
-def aws(moto_url, monkeypatch):
+def batch_aws(moto_url, monkeypatch):
+    """Env for boto3 -> this module's moto server (own server: the failure switch is read from os.environ)."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -85,7 +86,7 @@ def aws(moto_url, monkeypatch):
 
 
 @pytest.fixture
-def gpu_queue(aws):
+def gpu_queue(batch_aws):
     """A Spot GPU compute environment + queue + GPU job definition shaped like the stack's."""
     suffix = uuid.uuid4().hex[:8]
     iam = boto3.client("iam", config=NO_RETRIES)

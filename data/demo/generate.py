@@ -926,9 +926,9 @@ class Composer:
             if detail:
                 body = f"{body} {detail}"
         r = rng.random()
-        if r < 0.2:
+        if r < 0.28:
             body += self._pick(EVAL_TAILS[sentiment], core=True)
-        elif r < 0.38:
+        elif r < 0.42:
             body += self._pick(HEDGES, core=False)
         return cap(body) + "."
 
