@@ -13,8 +13,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from trainkite.errors import UserInputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainkite.errors import UserInputError
 
 PARAMS_DIR = Path(__file__).resolve().parent
 DEFAULT_PARAMS_FILE = PARAMS_DIR / "sentiment.toml"

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 from params.model import DataParams, Params
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
+from trainkite.runfiles import local_copy, run_key, stage
+from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.data")
 
@@ -25,6 +27,7 @@ class DatasetRef(BaseModel):
     """What the later steps need to know about the fetched rows (small, JSON-able)."""
 
     snapshot_path: str
+    snapshot_key: str | None = None
     fingerprint: str
     labels: list[str]
     counts: dict[str, int]
@@ -177,8 +180,12 @@ def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
     return seen
 
 
-def fetch_dataset(params: Params, workdir: Path) -> DatasetRef:
-    """Run the queries, check and split the rows, write the snapshot (Parquet) and fingerprint it."""
+def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = None,
+                  prefix: str | None = None) -> DatasetRef:
+    """Run the queries, check and split the rows, write the snapshot (Parquet) and fingerprint it.
+
+    With a store, the snapshot is also staged there (`<prefix>/run/snapshot.parquet`) for re-runs.
+    """
     data = params.data
     raw, athena = run_query(data, data.query)
     rows, warnings = check_rows(raw, data, "data.query")
@@ -206,8 +213,10 @@ def fetch_dataset(params: Params, workdir: Path) -> DatasetRef:
     snap = workdir / "data" / "snapshot.parquet"
     snap.parent.mkdir(parents=True, exist_ok=True)
     rows[["split", "text", "label"]].to_parquet(snap, index=False)
+    key = stage(store, snap, run_key(prefix, "snapshot.parquet")) if store is not None and prefix else None
     return DatasetRef(
         snapshot_path=str(snap),
+        snapshot_key=key,
         fingerprint=fingerprint(rows),
         labels=labels,
         counts=counts,
@@ -221,3 +230,13 @@ def fetch_dataset(params: Params, workdir: Path) -> DatasetRef:
 
 def read_snapshot(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
+
+
+def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
+    if ref.snapshot_key is None:
+        return Path(ref.snapshot_path)
+    return local_copy(store, ref.snapshot_key, Path(ref.snapshot_path))
+
+
+def snapshot_fingerprint(path: str | Path) -> str:
+    return fingerprint(canonical(read_snapshot(path)))

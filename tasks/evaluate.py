@@ -12,7 +12,8 @@ from params.model import Params
 from tasks.bow import predict_proba
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
-from tasks.train import TrainedModel, load_weights
+from tasks.train import TrainedModel, load_weights, local_weights
+from trainkite.runfiles import run_key, stage
 from trainkite.store import ArtifactStore
 
 
@@ -21,6 +22,8 @@ class EvalReport(BaseModel):
     summary: dict[str, float]
     metrics_path: str
     plots: dict[str, str]
+    # Store keys of the same files, for a re-run on another machine.
+    staged: dict[str, str] = {}
 
 
 def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Path) -> None:
@@ -49,9 +52,9 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
 
 
 def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store: ArtifactStore,
-             workdir: Path) -> EvalReport:
+             workdir: Path, prefix: str) -> EvalReport:
     arrays = load_features(features, store, workdir)
-    model = load_weights(trained.weights_path, params.preprocess.buckets, params.model.embedding_dim,
+    model = load_weights(local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim,
                          len(features.labels))
     metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                      "history": trained.history}
@@ -74,7 +77,10 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
     metrics["summary"] = summary
     out = workdir / "metrics.json"
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots)
+    staged = {str(out): stage(store, out, run_key(prefix, "metrics.json"))}
+    for path in plots.values():
+        staged[path] = stage(store, Path(path), run_key(prefix, f"plots/{Path(path).name}"))
+    return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots, staged=staged)
 
 
 def one_line(summary: dict[str, float]) -> str:

@@ -23,7 +23,7 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
     present = cm.sum(axis=1) > 0
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(tp.sum() / len(y_true)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from params.model import PreprocessParams
-from tasks.data import DatasetRef, read_snapshot
+from tasks.data import DatasetRef, local_snapshot, read_snapshot
 from trainkite.store import ArtifactStore
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
@@ -77,7 +77,7 @@ def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, w
                       fingerprint=dataset.fingerprint)
     if store.exists(store_key):
         return ref
-    rows = read_snapshot(dataset.snapshot_path)
+    rows = read_snapshot(local_snapshot(dataset, store))
     label_index = {lab: i for i, lab in enumerate(dataset.labels)}
     arrays: dict[str, np.ndarray] = {}
     for split in ("train", "validation", "test", "evaluation"):

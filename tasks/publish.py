@@ -9,13 +9,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from buildkite.context import BuildContext
 from params.model import Params
-from tasks.data import DatasetRef
+from tasks.data import DatasetRef, local_snapshot
 from tasks.evaluate import EvalReport
 from tasks.train import TrainedModel
 from trainkite import manifest as mf
-from buildkite.context import BuildContext
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
+from trainkite.runfiles import local_copy
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.publish")
@@ -48,19 +49,22 @@ def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained
     stage = workdir / "publish"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "data").mkdir(parents=True)
-    files: dict[str, Path] = {"weights.safetensors": Path(trained.weights_path),
-                              "metrics.json": Path(report.metrics_path)}
+    def local(path: str, key: str | None) -> Path:
+        return local_copy(store, key, Path(path)) if key else Path(path)
+
+    files: dict[str, Path] = {"weights.safetensors": local(trained.weights_path, trained.weights_key),
+                              "metrics.json": local(report.metrics_path, report.staged.get(report.metrics_path))}
     (stage / "features.json").write_text(json.dumps(feature_config(params, trained.labels), indent=2,
                                                     sort_keys=True))
     (stage / "params.json").write_text(json.dumps(params.model_dump(mode="json"), indent=2, sort_keys=True))
     files["features.json"] = stage / "features.json"
     files["params.json"] = stage / "params.json"
     for split, path in report.plots.items():
-        files[f"plots/confusion_{split}.png"] = Path(path)
+        files[f"plots/confusion_{split}.png"] = local(path, report.staged.get(path))
     rows = sum(dataset.counts.values())
     snapshot = rows <= params.data.snapshot_max_rows
     if snapshot:
-        files["data/snapshot.parquet"] = Path(dataset.snapshot_path)
+        files["data/snapshot.parquet"] = local_snapshot(dataset, store)
     source = {
         "source": dataset.source, "query": dataset.query, "evaluation_query": dataset.evaluation_query,
         "fingerprint": dataset.fingerprint, "counts": dataset.counts, "athena": dataset.athena,
@@ -75,6 +79,7 @@ def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained
         "build": build.model_dump() if build else None,
         "git": git_info(),
         "params_hash": params.params_hash(),
+        "params": params.model_dump(mode="json"),
         "data": {"fingerprint": dataset.fingerprint, "query": dataset.query,
                  "evaluation_query": dataset.evaluation_query, "source": dataset.source,
                  "counts": dataset.counts, "snapshot": source["snapshot"], "athena": dataset.athena},

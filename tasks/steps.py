@@ -1,7 +1,14 @@
-"""Thin Prefect tasks over the plain step functions. Policy (caching, retries) lives here; logic doesn't."""
+"""Thin Prefect tasks over the plain step functions. Policy (caching, retries) lives here; logic doesn't.
+
+Cache keys hold the model ID, the inputs that decide the output and the code version, so
+re-running a failed or crashed run with the same inputs reuses every step that finished
+(state `Cached`), while a code or parameter change recomputes. Preprocessing is keyed by data
+fingerprint + preprocess params only, so it is shared across runs and sweep configurations.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from prefect import task
@@ -10,9 +17,17 @@ from prefect.cache_policies import NONE
 
 from buildkite.context import BuildContext
 from params.model import Params
-from tasks import data, evaluate as ev, notify as nt, preprocess as pp, publish as pb, track as tr, train as tn
+from tasks import data
+from tasks import evaluate as ev
+from tasks import notify as nt
+from tasks import preprocess as pp
+from tasks import publish as pb
+from tasks import track as tr
+from tasks import train as tn
 from trainkite.errors import UserInputError
 from trainkite.home import runs_dir
+from trainkite.lineage import code_version
+from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore, open_store
 
 
@@ -22,6 +37,10 @@ def _store(params: Params) -> ArtifactStore:
 
 def _workdir(model_id: str) -> Path:
     return runs_dir() / model_id
+
+
+def _ref(params: Params, model_id: str) -> ModelRef:
+    return ModelRef(params.model.name, model_id)
 
 
 def _not_user_error(task, task_run, state) -> bool:
@@ -35,63 +54,89 @@ def _not_user_error(task, task_run, state) -> bool:
     return False
 
 
-@task(name="fetch_data", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
+def _key(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, (*parts, code_version()))).encode()).hexdigest()[:32]
+
+
+def _fetch_key(context, p) -> str:
+    params: Params = p["params"]
+    return "fetch-" + _key(_store(params).root, p["model_id"], params.data.model_dump_json(),
+                           params.evaluation.query)
+
+
+def _preprocess_key(context, p) -> str:
+    params: Params = p["params"]
+    return "preprocess-" + _key(_store(params).root, pp.cache_key(p["dataset"].fingerprint, params.preprocess))
+
+
+def _train_key(context, p) -> str:
+    params: Params = p["params"]
+    return "train-" + _key(_store(params).root, p["model_id"], p["features"].key, params.params_hash())
+
+
+def _evaluate_key(context, p) -> str:
+    return "evaluate-" + _key(p["model_id"], p["trained"].weights_key, p["params"].params_hash())
+
+
+def _track_key(context, p) -> str:
+    return "track-" + _key(p["published"].model_id, p["published"].manifest["files"])
+
+
+_cached = {"persist_result": True, "result_serializer": "json"}
+
+
+@task(name="fetch_data", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error,
+      cache_key_fn=_fetch_key, **_cached)
 def fetch_data(params: Params, model_id: str) -> data.DatasetRef:
-    return data.fetch_dataset(params, _workdir(model_id))
+    return data.fetch_dataset(params, _workdir(model_id), _store(params), _ref(params, model_id).prefix)
 
 
-def _preprocess_key(context, parameters) -> str:
-    p: Params = parameters["params"]
-    ds: data.DatasetRef = parameters["dataset"]
-    return f"preprocess-{_store(p).root}-{pp.cache_key(ds.fingerprint, p.preprocess)}"
-
-
-@task(name="preprocess", cache_key_fn=_preprocess_key, persist_result=True, result_serializer="json")
+@task(name="preprocess", cache_key_fn=_preprocess_key, **_cached)
 def preprocess(dataset: data.DatasetRef, params: Params, model_id: str) -> pp.FeaturesRef:
     return pp.preprocess(dataset, params.preprocess, _store(params), _workdir(model_id))
 
 
-@task(name="train", cache_policy=NONE)
+@task(name="train", cache_key_fn=_train_key, **_cached)
 def train_model(features: pp.FeaturesRef, params: Params, model_id: str) -> tn.TrainedModel:
-    from trainkite.manifest import ModelRef
-
-    return tn.train_model(features, params, _store(params), ModelRef(params.model.name, model_id),
-                          _workdir(model_id))
+    return tn.train_model(features, params, _store(params), _ref(params, model_id), _workdir(model_id))
 
 
-@task(name="evaluate", cache_policy=NONE)
+@task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
 def evaluate(trained: tn.TrainedModel, features: pp.FeaturesRef, params: Params, model_id: str) -> ev.EvalReport:
-    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id))
+    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
 def publish(params: Params, model_id: str, dataset: data.DatasetRef, trained: tn.TrainedModel,
             report: ev.EvalReport, build: BuildContext | None) -> pb.Published:
+    # Idempotent by itself: re-publishing identical files returns the existing manifest.
     return pb.publish_model(params=params, model_id=model_id, dataset=dataset, trained=trained, report=report,
                             store=_store(params), workdir=_workdir(model_id), build=build)
 
 
-@task(name="track", cache_policy=NONE)
+@task(name="track", cache_key_fn=_track_key, **_cached)
 def track(params: Params, published: pb.Published, report: ev.EvalReport, tags: list[str]) -> dict | None:
     return tr.track_run(params=params, published=published, report=report, store=_store(params), tags=tags)
+
+
+def _wandb_link(tracking: dict | None) -> str:
+    return tr.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
 
 
 @task(name="notify", retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalReport,
            tracking: dict | None) -> str:
-    wandb_link = tr.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
     fields = nt.success_fields(
         model_id=published.model_id, artifact_uri=published.artifact_uri,
         wandb_run_id=tracking["run_id"] if tracking else None,
         docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary))
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, wandb_link)
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
     return nt.notify_success(build, fields, md)
 
 
 @task(name="report", cache_policy=NONE)
 def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None) -> dict:
-    wandb_link = tr.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, wandb_link)
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
     create_markdown_artifact(key="model-card", markdown=md, description=f"model {published.model_id}")
     create_table_artifact(key="model-metrics", table=[{"metric": k, "value": v} for k, v in report.summary.items()],
                           description=f"metrics of {published.model_id}")

@@ -23,6 +23,7 @@ from tasks.bow import BowClassifier, batch_slices, predict_proba
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from trainkite.manifest import ModelRef
+from trainkite.runfiles import local_copy, run_key, stage
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.train")
@@ -33,6 +34,7 @@ progress.propagate = False
 
 class TrainedModel(BaseModel):
     weights_path: str
+    weights_key: str
     labels: list[str]
     history: list[dict]
     best_epoch: int
@@ -195,11 +197,17 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
 
     weights = workdir / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
+    weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
     return TrainedModel(
-        weights_path=str(weights), labels=features.labels, history=history, best_epoch=best_epoch,
-        epochs_run=len(history), device=device, resumed_from_epoch=resumed, train_seconds=round(elapsed, 3),
+        weights_path=str(weights), weights_key=weights_key, labels=features.labels, history=history,
+        best_epoch=best_epoch, epochs_run=len(history), device=device, resumed_from_epoch=resumed,
+        train_seconds=round(elapsed, 3),
         samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
     )
+
+
+def local_weights(trained: TrainedModel, store: ArtifactStore) -> Path:
+    return local_copy(store, trained.weights_key, Path(trained.weights_path))
 
 
 def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:

@@ -49,12 +49,12 @@ def pytest_configure(config):
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url
-    log = open(base / "prefect-server.log", "wb")
-    _server["proc"] = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PREFECT_UI_ENABLED": "false"},
-    )
+    with open(base / "prefect-server.log", "wb") as log:
+        _server["proc"] = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PREFECT_UI_ENABLED": "false"},
+        )
     _server["url"] = url
 
 

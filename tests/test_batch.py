@@ -147,7 +147,9 @@ def gpu_queue(batch_aws):
         name=f"trainkite-train-gpu-{suffix}",
         job_role_arn=job_role,
         execution_role_arn=execution_role,
-        secrets={"WANDB_API_KEY": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:trainkite/wandb-api-key-AbCdEf"},
+        secrets={
+            "WANDB_API_KEY": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:trainkite/wandb-api-key-AbCdEf"
+        },
         environment={"TRAINKITE_ARTIFACTS_ROOT": "s3://trainkite-artifacts/models"},
         log_group="/trainkite/training",
     )
@@ -159,8 +161,14 @@ def gpu_queue(batch_aws):
 
 
 def test_job_definition_spec_is_a_valid_register_job_definition_request():
-    spec = job_definition_spec(IMAGE, vcpus=4, memory_mib=14336, gpus=1, execution_role_arn="arn:x", secrets={
-        "WANDB_API_KEY": "arn:aws:secretsmanager:us-east-1:1:secret:w"})
+    spec = job_definition_spec(
+        IMAGE,
+        vcpus=4,
+        memory_mib=14336,
+        gpus=1,
+        execution_role_arn="arn:x",
+        secrets={"WANDB_API_KEY": "arn:aws:secretsmanager:us-east-1:1:secret:w"},
+    )
     model = botocore.session.get_session().get_service_model("batch")
     report = ParamValidator().validate(spec, model.operation_model("RegisterJobDefinition").input_shape)
     assert not report.has_errors(), report.generate_report()
@@ -176,7 +184,9 @@ def test_job_definition_spec_is_a_valid_register_job_definition_request():
     assert retry["evaluateOnExit"][-1] == {"onReason": "*", "action": "EXIT"}
     # secrets by ARN, never env values
     container = spec["containerProperties"]
-    assert container["secrets"] == [{"name": "WANDB_API_KEY", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:w"}]
+    assert container["secrets"] == [
+        {"name": "WANDB_API_KEY", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:w"}
+    ]
     assert "environment" not in container
 
 
@@ -266,14 +276,20 @@ def test_failed_training_job_is_surfaced(gpu_queue, monkeypatch):
     batch.terminate_job(jobId=job_id, reason="Host EC2 (instance i-0abc) terminated.")
     result = wait_for_job(job_id, client=batch, poll_seconds=0.05, timeout_seconds=10)
     assert result.status_reason == "Host EC2 (instance i-0abc) terminated."
-    with pytest.raises(BatchJobFailed, match=r"FAILED after 1 attempt\(s\): Host EC2 \(instance i-0abc\) terminated"):
+    with pytest.raises(
+        BatchJobFailed, match=r"FAILED after 1 attempt\(s\): Host EC2 \(instance i-0abc\) terminated"
+    ):
         result.raise_for_status()
 
 
 def test_unknown_job_id_is_a_clear_error(gpu_queue):
     with pytest.raises(BatchJobNotFound, match="not found"):
-        wait_for_job("00000000-0000-0000-0000-000000000000", client=gpu_queue["batch"], poll_seconds=0.05,
-                     timeout_seconds=1)
+        wait_for_job(
+            "00000000-0000-0000-0000-000000000000",
+            client=gpu_queue["batch"],
+            poll_seconds=0.05,
+            timeout_seconds=1,
+        )
     with pytest.raises(BatchJobNotFound):
         wait_for_job("", client=gpu_queue["batch"])
 
@@ -328,45 +344,70 @@ def test_polls_until_failed_and_reports_last_attempt():
     logs, logs_stub = _stubbed("logs")
     spot_reclaim = {
         "container": {"exitCode": 137, "logStreamName": "batch/default/attempt1"},
-        "startedAt": 1, "stoppedAt": 2,
+        "startedAt": 1,
+        "stoppedAt": 2,
         "statusReason": "Host EC2 (instance i-0123456789abcdef0) terminated.",
     }
     crash = {
         "container": {"exitCode": 1, "logStreamName": "batch/default/attempt2", "reason": "OutOfMemoryError"},
-        "startedAt": 3, "stoppedAt": 4,
+        "startedAt": 3,
+        "stoppedAt": 4,
         "statusReason": "Essential container in task exited",
     }
     for status in ("SUBMITTED", "RUNNABLE", "STARTING", "RUNNING"):
         stub.add_response("describe_jobs", {"jobs": [_job(status)]}, {"jobs": [JOB_ID]})
     stub.add_response(
         "describe_jobs",
-        {"jobs": [_job(
-            "FAILED",
-            statusReason="Essential container in task exited",
-            attempts=[spot_reclaim, crash],
-            container={
-                "exitCode": 1,
-                "logStreamName": "batch/default/attempt2",
-                "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/trainkite/training"}},
-            },
-        )]},
+        {
+            "jobs": [
+                _job(
+                    "FAILED",
+                    statusReason="Essential container in task exited",
+                    attempts=[spot_reclaim, crash],
+                    container={
+                        "exitCode": 1,
+                        "logStreamName": "batch/default/attempt2",
+                        "logConfiguration": {
+                            "logDriver": "awslogs",
+                            "options": {"awslogs-group": "/trainkite/training"},
+                        },
+                    },
+                )
+            ]
+        },
         {"jobs": [JOB_ID]},
     )
     logs_stub.add_response(
         "get_log_events",
-        {"events": [{"timestamp": 1, "message": "epoch 3/5"}, {"timestamp": 2, "message": "CUDA out of memory\n"}]},
-        {"logGroupName": "/trainkite/training", "logStreamName": "batch/default/attempt2", "limit": 50,
-         "startFromHead": False},
+        {
+            "events": [
+                {"timestamp": 1, "message": "epoch 3/5"},
+                {"timestamp": 2, "message": "CUDA out of memory\n"},
+            ]
+        },
+        {
+            "logGroupName": "/trainkite/training",
+            "logStreamName": "batch/default/attempt2",
+            "limit": 50,
+            "startFromHead": False,
+        },
     )
     sleeps: list[float] = []
     with stub, logs_stub:
-        result = wait_for_job(JOB_ID, client=batch, logs_client=logs, poll_seconds=7, timeout_seconds=3600,
-                              sleep=sleeps.append)
+        result = wait_for_job(
+            JOB_ID, client=batch, logs_client=logs, poll_seconds=7, timeout_seconds=3600, sleep=sleeps.append
+        )
     assert sleeps == [7, 7, 7, 7]
     assert result == BatchJobResult(
-        job_id=JOB_ID, status="FAILED", status_reason="Essential container in task exited", attempts=2,
-        log_stream_name="batch/default/attempt2", exit_code=1, job_name="sentiment-44",
-        log_group="/trainkite/training", log_tail=("epoch 3/5", "CUDA out of memory"),
+        job_id=JOB_ID,
+        status="FAILED",
+        status_reason="Essential container in task exited",
+        attempts=2,
+        log_stream_name="batch/default/attempt2",
+        exit_code=1,
+        job_name="sentiment-44",
+        log_group="/trainkite/training",
+        log_tail=("epoch 3/5", "CUDA out of memory"),
     )
     with pytest.raises(BatchJobFailed) as info:
         result.raise_for_status()
@@ -386,7 +427,11 @@ def test_wait_is_bounded():
 
 def test_client_exception_on_describe_is_not_found():
     batch, stub = _stubbed("batch")
-    stub.add_client_error("describe_jobs", service_error_code="ClientException", service_message="bad job id",
-                          http_status_code=400)
+    stub.add_client_error(
+        "describe_jobs",
+        service_error_code="ClientException",
+        service_message="bad job id",
+        http_status_code=400,
+    )
     with stub, pytest.raises(BatchJobNotFound, match="bad job id"):
         wait_for_job("not-a-job", client=batch, sleep=lambda _s: None)

@@ -108,8 +108,14 @@ def test_prefect_server_accepts_template_and_rejects_integer_gpu_count():
     is_valid_schema(schema, preprocess=False)
 
     def check(job_variables: dict) -> None:
-        validate(job_variables, schema, raise_on_error=True, preprocess=True, ignore_required=True,
-                 allow_none_with_default=True)
+        validate(
+            job_variables,
+            schema,
+            raise_on_error=True,
+            preprocess=True,
+            ignore_required=True,
+            allow_none_with_default=True,
+        )
 
     check({"gpu_count": "4", "image": VALUES["image"], "secrets": VALUES["secrets"]})
     with pytest.raises(ValidationError, match="gpu_count"):
@@ -144,7 +150,9 @@ def test_rendered_requests_are_valid_ecs_calls(ecs_model):
     assert run_request["capacityProviderStrategy"] == VALUES["capacity_provider_strategy"]
     assert run_request["cluster"] == "trainkite"
     assert run_request["overrides"]["taskRoleArn"] == VALUES["task_role_arn"]
-    env = {e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])}
+    env = {
+        e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])
+    }
     assert "PREFECT_API_KEY" not in env
     assert "PREFECT__FLOW_RUN_ID" in env
     tags = {t["key"] for t in run_request["tags"]}
@@ -155,14 +163,18 @@ def test_without_secret_arn_the_worker_key_would_be_plain_env():
     """Why the pool must set prefect_api_key_secret_arn: otherwise the worker's key is copied as env."""
     values = {k: v for k, v in VALUES.items() if k != "prefect_api_key_secret_arn"}
     task_definition, run_request = _render(gpu_base_job_template(), values)  # worker has PREFECT_API_KEY set
-    env = {e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])}
+    env = {
+        e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])
+    }
     assert "PREFECT_API_KEY" in env
     assert {s["name"] for s in task_definition["containerDefinitions"][0]["secrets"]} == {"WANDB_API_KEY"}
 
 
 def test_multi_gpu_override(ecs_model):
     task_definition, _ = _render(gpu_base_job_template(), {**VALUES, "gpu_count": "4"})
-    assert task_definition["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "4"}]
+    assert task_definition["containerDefinitions"][0]["resourceRequirements"] == [
+        {"type": "GPU", "value": "4"}
+    ]
     assert not _validate(task_definition, ecs_model, "RegisterTaskDefinition").has_errors()
 
 
@@ -187,7 +199,9 @@ def test_shipped_json_is_current(tmp_path):
     assert shipped == gpu_base_job_template(cluster="trainkite"), "run: python -m deployments.ecs"
 
     out = tmp_path / "pool.json"
-    assert main(["-o", str(out), "--gpu-count", "2", "--execution-role-arn", VALUES["execution_role_arn"]]) == 0
+    assert (
+        main(["-o", str(out), "--gpu-count", "2", "--execution-role-arn", VALUES["execution_role_arn"]]) == 0
+    )
     written = json.loads(out.read_text())
     assert written["variables"]["properties"]["gpu_count"]["default"] == "2"
     assert written["variables"]["properties"]["execution_role_arn"]["default"] == VALUES["execution_role_arn"]

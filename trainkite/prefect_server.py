@@ -78,11 +78,11 @@ def start(timeout: float = 180.0, quiet: bool = False) -> dict:
     ph.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(ph), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
-    log = open(ph / "server.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
+    with open(ph / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
     state = {"pid": proc.pid, "url": url, "port": port, "log": str(ph / "server.log")}
     _state_file().write_text(json.dumps(state))
     if not quiet:

@@ -401,7 +401,7 @@ TOPIC_PREDICATES = {
             "{be} run once a quarter",
             "{be} mostly online these days",
             "{be} what you would expect for a company this size",
-            "{has} a lot of long-serving staff in it",
+            "{be} shaped by a lot of long-serving staff",
             "{be} set out in the values document",
             "{be} coordinated by the people team",
             "{be} changing as we grow",
@@ -764,7 +764,7 @@ TOPIC_CONTEXT = {
     "management": [
         "in terms of how we're managed", "when it comes to leadership",
         "from a management point of view", "as far as day-to-day supervision goes",
-        "in terms of decisions from the top", "when it comes to my boss",
+        "in terms of decisions from the top", "in terms of line management",
     ],
     "workload": [
         "given how busy we are", "with the current staffing",
@@ -808,16 +808,21 @@ TURN_PAST = {
         "used to be something I'd brag about",
     ],
 }
+# Fragments without {it}/{itbe} also suit people ("my manager ... it" does not).
 TURN_NOW = {
     "positive": [
-        "{it} {has} improved a lot", "{itbe} much better now",
-        "things have really turned around", "{itbe} genuinely good these days",
-        "{it} {has} come on leaps and bounds",
+        "{it} {has} improved a lot", "things are much better",
+        "things have really turned around", "{itbe} genuinely good",
+        "{it} {has} come on leaps and bounds", "the difference is night and day",
+        "things have improved no end", "{itbe} really good",
+        "{itbe} a lot better",
     ],
     "negative": [
-        "{it} {has} gone downhill", "{itbe} much worse now",
-        "things have really slipped", "{itbe} a shambles these days",
-        "{it} {has} fallen apart",
+        "{it} {has} gone downhill", "things are much worse",
+        "things have really slipped", "{itbe} a shambles",
+        "{it} {has} fallen apart", "things have gone downhill fast",
+        "the whole thing has gone wrong", "{itbe} really poor",
+        "{itbe} a lot worse",
     ],
 }
 TURN_WHEN = [
@@ -914,10 +919,12 @@ class Composer:
         """Add an optional opener/detail/topic context/hedge to a lower-case
         clause and return a finished sentence."""
         rng = self.rng
-        if rng.random() < 0.3:
-            body = f"{body} {self._pick(TOPIC_CONTEXT[topic], core=False)}"
+        context = self._pick(TOPIC_CONTEXT[topic], core=False) if rng.random() < 0.3 else None
+        if context and body.split()[-1] != context.split()[0]:  # no "on on"
+            body = f"{body} {context}"
         detail = self._pick(DETAILS, core=False) if rng.random() < 0.3 else None
-        front_detail = detail is not None and rng.random() < 0.4
+        # At most one trailing phrase: with a topic context the detail goes first.
+        front_detail = detail is not None and (context is not None or rng.random() < 0.4)
         if front_detail:
             body = f"{cap(detail)}, {body}"
         else:
@@ -967,7 +974,12 @@ class Composer:
     def turnaround(self, topic, sentiment) -> str:
         phrase, plural = self.subject(topic)
         past = conjugate(self._pick(TURN_PAST[sentiment], core=True), plural)
-        now = conjugate(self._pick(TURN_NOW[sentiment], core=True), plural)
+        person = topic == "management" and phrase not in NON_PERSON_SUBJECTS
+        while True:
+            now = self._pick(TURN_NOW[sentiment], core=True)
+            if not (person and "{it" in now):
+                break
+        now = conjugate(now, plural)
         when = self._pick(TURN_WHEN, core=False)
         return cap(f"{phrase} {past}, but{when} {now}") + "."
 

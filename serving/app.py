@@ -1,0 +1,191 @@
+"""The SageMaker container contract as a plain Starlette app: `GET /ping`, `POST /invocations`.
+
+The model loads in a background thread started from the lifespan, so uvicorn binds the socket at
+once (SageMaker wants connections accepted within 250 ms) and `/ping` answers 503 until the model's
+hashes are verified and its weights loaded. Heavy imports (torch) happen in that thread too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from serving.payload import (
+    MAX_BODY_BYTES,
+    PayloadError,
+    check_declared_length,
+    max_instances_from_env,
+    parse_instances,
+    too_large,
+)
+from trainkite.errors import TrainkiteError
+
+log = logging.getLogger("trainkite.serving")
+
+DEFAULT_MODEL_DIR = "/opt/ml/model"
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+# Bodies up to this size are parsed and scored on the event loop (cheaper than a thread hop, well under
+# a millisecond); larger ones go to a worker thread so /ping keeps answering within its 2 s timeout.
+INLINE_BODY_BYTES = 64 * 1024
+
+
+def _json(obj: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+class ModelSlot:
+    """The one model this process serves, and where loading it stands."""
+
+    def __init__(self, load):
+        self._load = load
+        self.status = "loading"
+        self.error: str | None = None
+        self.predictor = None
+        self.model_id: str | None = None
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="trainkite-model-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        try:
+            predictor = self._load()
+        except TrainkiteError as err:
+            # Names the file that failed verification; the container log is what an operator reads.
+            log.error("model failed to load: %s", err)
+            self.error, self.status = str(err), "failed"
+            return
+        except Exception:
+            log.exception("model failed to load")
+            self.error, self.status = "model failed to load (see the container log)", "failed"
+            return
+        self.predictor, self.model_id = predictor, predictor.model_id
+        self.status = "ready"
+        log.info("model %s loaded from %s; ready", predictor.model_id, predictor.folder)
+
+
+def _loader(model_dir, model_id, store_root, expected_model_id, torch_threads):
+    def load():
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        from tasks.predict import Predictor
+
+        if model_dir is not None:
+            predictor = Predictor.from_dir(Path(model_dir))
+        else:
+            from trainkite.store import open_store
+
+            predictor = Predictor.from_store(open_store(store_root), model_id)
+        if expected_model_id and predictor.model_id != expected_model_id:
+            raise TrainkiteError(f"this container was deployed for model {expected_model_id} (TRAINKITE_MODEL_ID) "
+                                 f"but the model files are {predictor.model_id}; refusing to serve them")
+        return predictor
+
+    return load
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    check_declared_length(request.headers.get("content-length"), cap)
+    chunks: list[bytes] = []
+    total = 0
+    # The declared length can be absent (chunked) or wrong: count the bytes actually received too.
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > cap:
+            raise PayloadError(413, too_large(f"more than {cap}", cap))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(model_dir: str | Path | None = None, model_id: str | None = None, store_root: str | None = None,
+               max_instances: int | None = None, *, expected_model_id: str | None = None,
+               torch_threads: int | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+    """The serving app for one model: a folder (SageMaker's /opt/ml/model) or a model ID in a store.
+
+    With neither, the folder is `$SM_MODEL_DIR` or /opt/ml/model. `max_instances` defaults to
+    `$TRAINKITE_MAX_INSTANCES` or 256. `expected_model_id` (the container's TRAINKITE_MODEL_ID)
+    makes a mismatched model fail to load instead of serving the wrong one.
+    """
+    if model_dir is None and model_id is None:
+        model_dir = os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
+    limit = max_instances if max_instances is not None else max_instances_from_env()
+    slot = ModelSlot(_loader(model_dir, model_id, store_root, expected_model_id, torch_threads))
+
+    def not_ready() -> Response:
+        if slot.status == "failed":
+            return _json({"status": "failed", "error": slot.error}, 503)
+        return _json({"status": "loading", "error": "the model is still loading"}, 503)
+
+    async def ping(request: Request) -> Response:
+        if slot.status != "ready":
+            return not_ready()
+        return _json({"status": "ok", "model_id": slot.model_id}, headers={"X-Model-Id": slot.model_id})
+
+    def score(body: bytes, content_type: str | None) -> bytes:
+        texts = parse_instances(body, content_type, limit)
+        preds = slot.predictor.predict(texts)
+        return json.dumps({"model_id": slot.model_id, "predictions": preds}, separators=(",", ":")).encode()
+
+    async def invocations(request: Request) -> Response:
+        headers = {}
+        attrs = request.headers.get(CUSTOM_ATTRIBUTES)
+        if attrs is not None:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = attrs
+        if slot.status != "ready":
+            response = not_ready()
+            response.headers.update(headers)
+            return response
+        headers["X-Model-Id"] = slot.model_id
+        try:
+            body = await _read_body(request, max_body_bytes)
+            content_type = request.headers.get("content-type")
+            if len(body) <= INLINE_BODY_BYTES:
+                out = score(body, content_type)
+            else:
+                out = await run_in_threadpool(score, body, content_type)
+        except PayloadError as err:
+            return _json({"error": err.message}, err.status, headers)
+        return Response(out, headers=headers, media_type="application/json")
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return _json({"error": exc.detail}, exc.status_code, dict(exc.headers or {}))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the log (uvicorn re-raises it there); the client learns nothing internal.
+        return _json({"error": "internal error"}, 500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        slot.load_in_background()
+        yield
+
+    app = Starlette(
+        routes=[Route("/ping", ping, methods=["GET"]), Route("/invocations", invocations, methods=["POST"])],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+    app.state.model = slot
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for every worker process: the container's environment says what to serve."""
+    threads = os.environ.get("TRAINKITE_TORCH_THREADS", "1")
+    return create_app(model_dir=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
+                      expected_model_id=os.environ.get("TRAINKITE_MODEL_ID") or None,
+                      torch_threads=int(threads) if threads.isdigit() and int(threads) > 0 else 1)

@@ -1,0 +1,88 @@
+"""`trainkite-container`: the image's ENTRYPOINT.
+
+`serve` (what SageMaker passes) starts the HTTP server; anything else is exec'd as a command, so
+the same image also runs `prefect flow-run execute ...` for training.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+USAGE = "usage: trainkite-container serve | trainkite-container COMMAND [ARGS...]"
+# SageMaker sends SIGKILL 30 s after SIGTERM; finish in-flight requests well before that.
+GRACEFUL_SHUTDOWN_S = 20
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        print(f"trainkite-container: {name}={raw!r} must be a whole number >= {minimum}", file=sys.stderr)
+        raise SystemExit(2)
+    return int(raw)
+
+
+def log_config() -> dict:
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["loggers"]["trainkite"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return cfg
+
+
+def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
+               expected_model_id: str | None = None) -> None:
+    """uvicorn over `serving.app:app_from_env`; each worker process reads the model folder from the env."""
+    import uvicorn
+
+    os.environ["SM_MODEL_DIR"] = str(model_dir)
+    if expected_model_id:
+        os.environ["TRAINKITE_MODEL_ID"] = expected_model_id
+    uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_config=log_config(),
+                access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1", server_header=False,
+                lifespan="on")
+
+
+def serve() -> None:
+    # Validate before uvicorn starts so a bad setting is one clear line, not a traceback per worker.
+    from serving.payload import max_instances_from_env
+    from trainkite.errors import UserInputError
+
+    try:
+        max_instances_from_env()
+    except UserInputError as err:
+        print(f"trainkite-container: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    port = _env_int("SAGEMAKER_BIND_TO_PORT", 8080)
+    workers = _env_int("TRAINKITE_SERVE_WORKERS", 1)
+    model_dir = os.environ.get("SM_MODEL_DIR") or "/opt/ml/model"
+    run_server(model_dir, host="0.0.0.0", port=port, workers=workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(0 if args else 2)
+    if args[0] == "serve":
+        if len(args) > 1:
+            print(f"trainkite-container: `serve` takes no arguments (got {' '.join(args[1:])}); "
+                  "configure it with SM_MODEL_DIR, SAGEMAKER_BIND_TO_PORT, TRAINKITE_SERVE_WORKERS",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        serve()
+        return
+    try:
+        os.execvp(args[0], args)
+    except OSError as err:
+        print(f"trainkite-container: cannot run {args[0]!r}: {err.strerror}", file=sys.stderr)
+        raise SystemExit(127) from None
+
+
+if __name__ == "__main__":
+    main()
