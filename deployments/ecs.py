@@ -87,11 +87,7 @@ def gpu_base_job_template(
     The keyword arguments only set variable *defaults*; every one stays overridable per
     deployment (``job_variables``) or per run.
     """
-    if (
-        not isinstance(gpu_count_default, str)
-        or not gpu_count_default.isdigit()
-        or int(gpu_count_default) < 1
-    ):
+    if not isinstance(gpu_count_default, str) or not gpu_count_default.isdigit() or int(gpu_count_default) < 1:
         raise ValueError(f"gpu_count_default must be a string like '1', got {gpu_count_default!r}")
     if int(cpu) <= 0 or int(memory) <= 0:
         raise ValueError("cpu and memory must be positive")
@@ -146,9 +142,7 @@ def gpu_base_job_template(
     }
     props["cpu"]["default"] = int(cpu)
     props["memory"]["default"] = int(memory)
-    props["capacity_provider_strategy"]["default"] = [
-        {"capacityProvider": capacity_provider, "weight": 1, "base": 0}
-    ]
+    props["capacity_provider_strategy"]["default"] = [{"capacityProvider": capacity_provider, "weight": 1, "base": 0}]
     props["match_latest_revision_in_family"]["default"] = True
     props["configure_cloudwatch_logs"]["default"] = True
     props["cloudwatch_logs_options"]["default"] = {

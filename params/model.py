@@ -142,6 +142,15 @@ class DeployParams(_Section):
     instance_count: int = Field(1, ge=1, le=100, description="SageMaker instance count.")
     production_root: str | None = Field(None, description="Production artifact root (s3://bucket/prefix).")
     execution_role_arn: str | None = Field(None, description="SageMaker execution role ARN.")
+    image: str | None = Field(
+        None, description="Serving image URI; default the model manifest's lineage.docker_image."
+    )
+    wait_delay_s: float = Field(
+        30, ge=0, le=600, description="Seconds between endpoint status polls while it is Creating/Updating."
+    )
+    wait_timeout_s: int = Field(
+        3600, ge=1, le=4 * 3600, description="Give up waiting for the endpoint to be InService after this long."
+    )
 
 
 class Params(BaseModel):

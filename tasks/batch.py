@@ -303,9 +303,9 @@ def _log_tail(logs: Any, group: str, stream: str, lines: int) -> tuple[str, ...]
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        events = logs.get_log_events(
-            logGroupName=group, logStreamName=stream, limit=lines, startFromHead=False
-        ).get("events", [])
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream, limit=lines, startFromHead=False).get(
+            "events", []
+        )
     except (BotoCoreError, ClientError) as exc:  # best effort: a missing stream must not hide the failure
         log.warning("could not read %s/%s: %s", group, stream, exc)
         return ()

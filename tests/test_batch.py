@@ -98,9 +98,7 @@ def gpu_queue(batch_aws):
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
         }
-        return iam.create_role(RoleName=f"{name}-{suffix}", AssumeRolePolicyDocument=json.dumps(doc))["Role"][
-            "Arn"
-        ]
+        return iam.create_role(RoleName=f"{name}-{suffix}", AssumeRolePolicyDocument=json.dumps(doc))["Role"]["Arn"]
 
     service_role = role("batch-service", "batch.amazonaws.com")
     instance_role = role("gpu-instance", "ec2.amazonaws.com")
@@ -147,10 +145,8 @@ def gpu_queue(batch_aws):
         name=f"trainkite-train-gpu-{suffix}",
         job_role_arn=job_role,
         execution_role_arn=execution_role,
-        secrets={
-            "WANDB_API_KEY": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:trainkite/wandb-api-key-AbCdEf"
-        },
-        environment={"TRAINKITE_ARTIFACTS_ROOT": "s3://trainkite-artifacts/models"},
+        secrets={"WANDB_API_KEY": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:trainkite/wandb-api-key-AbCdEf"},
+        environment={"TRAINKITE_ARTIFACTS": "s3://trainkite-artifacts/models"},
         log_group="/trainkite/training",
     )
     job_definition = batch.register_job_definition(**spec)["jobDefinitionArn"]
@@ -276,9 +272,7 @@ def test_failed_training_job_is_surfaced(gpu_queue, monkeypatch):
     batch.terminate_job(jobId=job_id, reason="Host EC2 (instance i-0abc) terminated.")
     result = wait_for_job(job_id, client=batch, poll_seconds=0.05, timeout_seconds=10)
     assert result.status_reason == "Host EC2 (instance i-0abc) terminated."
-    with pytest.raises(
-        BatchJobFailed, match=r"FAILED after 1 attempt\(s\): Host EC2 \(instance i-0abc\) terminated"
-    ):
+    with pytest.raises(BatchJobFailed, match=r"FAILED after 1 attempt\(s\): Host EC2 \(instance i-0abc\) terminated"):
         result.raise_for_status()
 
 

@@ -150,9 +150,7 @@ def test_rendered_requests_are_valid_ecs_calls(ecs_model):
     assert run_request["capacityProviderStrategy"] == VALUES["capacity_provider_strategy"]
     assert run_request["cluster"] == "trainkite"
     assert run_request["overrides"]["taskRoleArn"] == VALUES["task_role_arn"]
-    env = {
-        e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])
-    }
+    env = {e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])}
     assert "PREFECT_API_KEY" not in env
     assert "PREFECT__FLOW_RUN_ID" in env
     tags = {t["key"] for t in run_request["tags"]}
@@ -163,18 +161,14 @@ def test_without_secret_arn_the_worker_key_would_be_plain_env():
     """Why the pool must set prefect_api_key_secret_arn: otherwise the worker's key is copied as env."""
     values = {k: v for k, v in VALUES.items() if k != "prefect_api_key_secret_arn"}
     task_definition, run_request = _render(gpu_base_job_template(), values)  # worker has PREFECT_API_KEY set
-    env = {
-        e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])
-    }
+    env = {e["name"] for o in run_request["overrides"]["containerOverrides"] for e in o.get("environment", [])}
     assert "PREFECT_API_KEY" in env
     assert {s["name"] for s in task_definition["containerDefinitions"][0]["secrets"]} == {"WANDB_API_KEY"}
 
 
 def test_multi_gpu_override(ecs_model):
     task_definition, _ = _render(gpu_base_job_template(), {**VALUES, "gpu_count": "4"})
-    assert task_definition["containerDefinitions"][0]["resourceRequirements"] == [
-        {"type": "GPU", "value": "4"}
-    ]
+    assert task_definition["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "4"}]
     assert not _validate(task_definition, ecs_model, "RegisterTaskDefinition").has_errors()
 
 
@@ -199,9 +193,7 @@ def test_shipped_json_is_current(tmp_path):
     assert shipped == gpu_base_job_template(cluster="trainkite"), "run: python -m deployments.ecs"
 
     out = tmp_path / "pool.json"
-    assert (
-        main(["-o", str(out), "--gpu-count", "2", "--execution-role-arn", VALUES["execution_role_arn"]]) == 0
-    )
+    assert main(["-o", str(out), "--gpu-count", "2", "--execution-role-arn", VALUES["execution_role_arn"]]) == 0
     written = json.loads(out.read_text())
     assert written["variables"]["properties"]["gpu_count"]["default"] == "2"
     assert written["variables"]["properties"]["execution_role_arn"]["default"] == VALUES["execution_role_arn"]

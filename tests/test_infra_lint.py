@@ -4,7 +4,12 @@ that matter for GPU training are asserted on the parsed template (cfn-lint's loa
 
 Tools: cfn-lint and hadolint come from the project's dev extras (same venv as pytest);
 checkov lives in its own venv (its pins clash with ours): `.venv-checkov/bin/checkov` or
-$CHECKOV_BIN. A missing tool fails the test when CI=true and skips it locally.
+$CHECKOV_BIN, installed with
+
+    python3 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov==3.3.30
+
+and always run with --skip-download (no network: it would otherwise try to reach its
+platform API). A missing tool fails the test when CI=true and skips it locally.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ def _tool(name: str, env_var: str | None = None, extra: tuple[Path, ...] = ()) -
             return candidate
     message = f"{name} not found (looked at {', '.join(c for c in candidates if c)})"
     if IN_CI:
-        pytest.fail(message + " - CI must install it (see infra/docker/README.md)")
+        pytest.fail(message + " - CI must install it (see the docstring of tests/test_infra_lint.py)")
     pytest.skip(message)
 
 
@@ -123,9 +128,7 @@ def test_gpu_ami_is_al2023(cfn):
     text = MAIN_TEMPLATE.read_text()
     assert "amazon-linux-2/" not in text and "ECS_AL2_NVIDIA" not in text  # AL2 is end-of-life
     for name, ce in _of_type(cfn, "AWS::Batch::ComputeEnvironment").items():
-        assert ce["Properties"]["ComputeResources"]["Ec2Configuration"] == [
-            {"ImageType": "ECS_AL2023_NVIDIA"}
-        ], name
+        assert ce["Properties"]["ComputeResources"]["Ec2Configuration"] == [{"ImageType": "ECS_AL2023_NVIDIA"}], name
 
 
 def test_gpu_launch_template_and_capacity_provider(cfn):
@@ -171,9 +174,7 @@ def test_batch_spot_queue_and_retry_strategy(cfn):
         {"Ref": "BatchSpotComputeEnvironment"},
         {"Ref": "BatchOnDemandComputeEnvironment"},
     ]
-    assert any(
-        a["State"] == "RUNNABLE" and a["Action"] == "CANCEL" for a in queue["JobStateTimeLimitActions"]
-    )
+    assert any(a["State"] == "RUNNABLE" and a["Action"] == "CANCEL" for a in queue["JobStateTimeLimitActions"])
 
     job = cfn["Resources"]["GpuTrainingJobDefinition"]["Properties"]
     retry = job["RetryStrategy"]
@@ -202,16 +203,13 @@ def test_buckets_are_private_encrypted_versioned_tls_only(cfn):
             "IgnorePublicAcls": True,
             "RestrictPublicBuckets": True,
         }, name
-        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
-            "ServerSideEncryptionByDefault"
-        ]
+        sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
         assert sse["SSEAlgorithm"] in {"aws:kms", "AES256"}, name
         assert props["VersioningConfiguration"]["Status"] == "Enabled", name
         assert bucket.get("DeletionPolicy") == "Retain", name
         statements = policies[name]["Properties"]["PolicyDocument"]["Statement"]
         assert any(
-            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-            for s in statements
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in statements
         ), f"{name} has no TLS-only policy"
 
 
@@ -257,19 +255,13 @@ def test_secrets_are_referenced_by_arn_never_plain_env(cfn):
             secret_refs |= refs
     assert secret_refs == {"BuildkiteApiTokenSecret", "WandbApiKeySecret", "PrefectApiAuthSecret"}
 
-    batch_secrets = cfn["Resources"]["GpuTrainingJobDefinition"]["Properties"]["ContainerProperties"][
-        "Secrets"
-    ]
+    batch_secrets = cfn["Resources"]["GpuTrainingJobDefinition"]["Properties"]["ContainerProperties"]["Secrets"]
     assert {s["Name"] for s in batch_secrets} == {"WANDB_API_KEY", "BUILDKITE_API_TOKEN"}
     worker = cfn["Resources"]["PrefectWorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
-    assert _refs(worker["Secrets"]) - {"AWS::NoValue"} == {
-        "PrefectApiAuthSecret"
-    }  # NoValue: PrefectAuthMode=none
+    assert _refs(worker["Secrets"]) - {"AWS::NoValue"} == {"PrefectApiAuthSecret"}  # NoValue: PrefectAuthMode=none
 
     # The training execution role may read exactly the pipeline's secrets and nothing else.
-    statements = cfn["Resources"]["TrainingExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"][
-        "Statement"
-    ]
+    statements = cfn["Resources"]["TrainingExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     secret_statements = [s for s in statements if s["Action"] == "secretsmanager:GetSecretValue"]
     assert len(secret_statements) == 1
     assert _refs(secret_statements[0]["Resource"]) == {
@@ -297,9 +289,7 @@ def test_prefect_worker_and_observer_queue(cfn):
     assert rule["Targets"][0]["Arn"] == {"Fn::GetAtt": ["EcsEventsQueue", "Arn"]}
     queue_policy = cfn["Resources"]["EcsEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
     assert queue_policy["Principal"] == {"Service": "events.amazonaws.com"}
-    assert queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {
-        "Fn::GetAtt": ["EcsTaskStateChangeRule", "Arn"]
-    }
+    assert queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["EcsTaskStateChangeRule", "Arn"]}
 
 
 def test_checkov_skips_are_justified():

@@ -96,6 +96,7 @@ def train(
         from buildkite.context import BuildContext
 
         build = BuildContext.from_env()
+        _check_tree(build)
         mid = validate_model_id(model_id) if model_id else (build.model_id if build else new_model_id())
         result = _run_train(params, mid, build, as_json)
         sample = None
@@ -116,6 +117,17 @@ def train(
             print(result["model_id"])
 
         emit(result, as_json, human)
+
+
+def _check_tree(build) -> None:
+    """A model must lead back to a commit: a dirty tree is refused in CI and warned about locally."""
+    from trainkite.lineage import git_info
+
+    if not git_info().get("dirty"):
+        return
+    if build is not None:
+        raise UserInputError("the git tree has uncommitted changes; a Buildkite build only trains committed code")
+    err.print("[yellow]warning:[/] the git tree has uncommitted changes; the manifest records it as dirty")
 
 
 def _run_train(params, model_id: str, build, as_json: bool) -> dict:

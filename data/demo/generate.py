@@ -894,7 +894,7 @@ class Composer:
         r = self.rng.random()
         if r < 0.55:
             pool = TOPIC_PREDICATES[topic][sentiment]
-        elif r < 0.8:
+        elif r < 0.83:
             pool = GENERIC_PREDICATES[sentiment]
         else:
             pool = NEGATED_PREDICATES[sentiment]
@@ -949,7 +949,7 @@ class Composer:
                 return self.decorate(self.clause(topic, sentiment), topic, sentiment)
             if r < 0.58:
                 return self._pick(STANDALONE[topic][sentiment], core=True)
-            if r < 0.77:
+            if r < 0.81:
                 att = self._pick(ATTITUDES[sentiment], core=True)
                 return self.decorate(f"{att} {self.subject(topic)[0]}", topic, sentiment, allow_opener=False)
             return self.mixed(topic)

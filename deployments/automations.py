@@ -1,0 +1,95 @@
+"""Server-side automations that keep a Buildkite build from waiting forever on a dead training run.
+
+The flow's own state hooks (flows/hooks.py) run in the flow process, or in the process worker
+after it reports a crash. Nothing runs there when an ECS task is OOM-killed or its host
+vanishes, so these two automations act from the Prefect server's side:
+
+* `trainkite-release-build` (reactive): a flow run tagged `buildkite` enters Failed, TimedOut,
+  Crashed or Cancelled -> run the `release-build` deployment with that run's ID, which
+  annotates the build and releases its `training_finished` step with training-status=failed.
+* `trainkite-stale-training-runs` (proactive): a run tagged `buildkite` sent a heartbeat and
+  then nothing (no heartbeat, no final state) for ZOMBIE_AFTER_SECONDS -> mark it Crashed;
+  that Crashed event fires the first automation. This covers a worker that died with its run.
+
+Event names are `prefect.flow-run.<state name>` (prefect/server/models/events.py) and tags
+appear as related resources `prefect.tag.<tag>` with role `tag`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture, RunDeployment
+from prefect.client.schemas.objects import StateType
+
+from deployments.specs import BUILDKITE_TAG, ZOMBIE_AFTER_SECONDS
+
+RELEASE_AUTOMATION = "trainkite-release-build"
+STALE_AUTOMATION = "trainkite-stale-training-runs"
+
+# State *names*: TimedOut is a Failed-type state with its own event.
+FAILURE_EVENTS = frozenset({
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.TimedOut",
+    "prefect.flow-run.Crashed",
+    "prefect.flow-run.Cancelled",
+})
+FINAL_EVENTS = FAILURE_EVENTS | {"prefect.flow-run.Completed"}
+_BUILDKITE_RUNS = {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{BUILDKITE_TAG}"}
+
+
+def release_build_automation(release_deployment_id: UUID) -> AutomationCore:
+    return AutomationCore(
+        name=RELEASE_AUTOMATION,
+        description="A Buildkite-started flow run failed, crashed or was cancelled: release its build "
+        "(annotation with style error + training_finished unblocked with training-status=failed).",
+        trigger=EventTrigger(
+            expect=set(FAILURE_EVENTS),
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_BUILDKITE_RUNS,
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=release_deployment_id,
+                # A plain-jinja parameter renders to a string (a bare "{{ }}" would be JSON-typed).
+                parameters={"flow_run_id": {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}},
+            )
+        ],
+    )
+
+
+def stale_run_automation() -> AutomationCore:
+    return AutomationCore(
+        name=STALE_AUTOMATION,
+        description=f"A Buildkite-started flow run sent no heartbeat or final state for "
+        f"{ZOMBIE_AFTER_SECONDS} s (its process or host is gone): mark it Crashed so its build is released.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_BUILDKITE_RUNS,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {ZOMBIE_AFTER_SECONDS} s: the flow-run process or its host is gone "
+                "(OOM kill, lost instance, dead worker).",
+            )
+        ],
+    )
+
+
+def desired_automations(release_deployment_id: UUID | None) -> list[AutomationCore]:
+    found = [stale_run_automation()]
+    if release_deployment_id is not None:
+        found.insert(0, release_build_automation(release_deployment_id))
+    return found

@@ -1,0 +1,145 @@
+"""The project's Prefect work pools and deployments, as plain data (no Prefect import).
+
+`deployments/apply.py` makes the server match this list; `trainkite deployments show` diffs
+against it. Add a deployment here, not in a YAML file or a script: one list, one place.
+
+The UI's typed parameter form comes from each flow's signature (pydantic models such as
+`params.model.Params`), so nothing here repeats the parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainkite.home import REPO_ROOT
+
+PROCESS_POOL = "trainkite-process"
+ECS_POOL = "trainkite-gpu-ecs"
+# Where the GPU image keeps the code (infra/docker/Dockerfile.gpu: WORKDIR /opt/app).
+IMAGE_APP_DIR = "/opt/app"
+
+TRAIN_DEPLOYMENT = f"train/{PROCESS_POOL}"
+RELEASE_DEPLOYMENT = f"release-build/{PROCESS_POOL}"
+# Flow runs started from Buildkite carry this tag; the release automations match on it.
+BUILDKITE_TAG = "buildkite"
+
+# Seconds between flow-run heartbeats (Prefect's minimum is 30). The stale-run automation marks a
+# run Crashed after ZOMBIE_AFTER_SECONDS without one; 4 missed beats leaves room for a busy CPU.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_AFTER_SECONDS = 120
+
+_QUIET_OFFLINE_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "trainkite",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+    "PYTHONUNBUFFERED": "1",
+    # Our pyproject declares prefect: with this on and uv on PATH, a worker would `uv run` a fresh env.
+    "PREFECT_RUNNER_AUTO_INSTALL_DEPENDENCIES": "false",
+    "WANDB_SILENT": "true",
+    "WANDB_CONSOLE": "off",
+}
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    type: str
+    description: str
+    # "process" or "ecs_gpu": which base job template to create the pool with.
+    template: str
+    # An ECS pool needs deployments.ecs (another module); without it the pool is skipped.
+    optional_module: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    flow_name: str
+    name: str
+    entrypoint: str  # relative to `path`, like prefect.yaml
+    pool: str
+    description: str
+    path: str = str(REPO_ROOT)
+    job_variables: dict[str, Any] = field(default_factory=dict)
+    concurrency_limit: int | None = None
+    tags: tuple[str, ...] = ()
+    # Deployments of flows other engineers are still writing: skipped while the file is missing.
+    optional: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+    @property
+    def entrypoint_file(self) -> str:
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def module(self) -> str:
+        return self.entrypoint_file.removesuffix(".py").replace("/", ".")
+
+    @property
+    def attribute(self) -> str:
+        return self.entrypoint.split(":", 1)[1]
+
+
+POOLS: tuple[PoolSpec, ...] = (
+    PoolSpec(PROCESS_POOL, "process", "Local subprocesses: laptops, CI, and the release-build runs.",
+             template="process"),
+    PoolSpec(ECS_POOL, "ecs", "ECS tasks on the GPU capacity provider (EC2, g5).", template="ecs_gpu",
+             optional_module="deployments.ecs"),
+)
+
+_LOCAL_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "offline"}
+# Online W&B on AWS: WANDB_API_KEY arrives as an ECS secret (pool variable `secrets`), never here.
+_GPU_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "online"}
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec(
+        "train", PROCESS_POOL, "flows/train.py:train", PROCESS_POOL,
+        "Train, evaluate and publish one text classifier in a local subprocess (CPU, W&B offline). "
+        "Started by `trainkite launch` in Buildkite builds, or from this form.",
+        job_variables={"env": _LOCAL_ENV},
+        # Two trainings share one box comfortably (torch threads are pinned by params.train.threads);
+        # more would queue rather than thrash.
+        concurrency_limit=2,
+    ),
+    DeploymentSpec(
+        "train", ECS_POOL, "flows/train.py:train", ECS_POOL,
+        "Train one text classifier on an ECS GPU task (EC2 capacity provider), W&B online.",
+        path=IMAGE_APP_DIR,
+        job_variables={"env": _GPU_ENV},
+        # Each run holds a GPU instance: bound the bill, queue the rest.
+        concurrency_limit=4,
+    ),
+    DeploymentSpec(
+        "release-build", PROCESS_POOL, "flows/release.py:release_build", PROCESS_POOL,
+        "Tell a Buildkite build that its training run failed, crashed or was cancelled: annotate it and "
+        "release its `training_finished` step. Started by the `trainkite-release-build` automation.",
+        job_variables={"env": {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "disabled"}},
+        tags=("trainkite-release",),
+    ),
+    # Room for the flows still being written; each is skipped until its file exists.
+    DeploymentSpec(
+        "deploy", PROCESS_POOL, "flows/deploy.py:deploy", PROCESS_POOL,
+        "Verify a published model and deploy it (local serving or SageMaker).",
+        job_variables={"env": _LOCAL_ENV}, optional=True,
+    ),
+    DeploymentSpec(
+        "retrain", PROCESS_POOL, "flows/retrain.py:retrain", PROCESS_POOL,
+        "Scheduled retrain: skips when the data fingerprint is unchanged unless forced.",
+        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
+    ),
+    DeploymentSpec(
+        "sweep", PROCESS_POOL, "flows/sweep.py:sweep", PROCESS_POOL,
+        "Hyper-parameter sweep: many train runs, one champion.",
+        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
+    ),
+)
+
+
+def deployment(full_name: str) -> DeploymentSpec:
+    for spec in DEPLOYMENTS:
+        if spec.full_name == full_name:
+            return spec
+    raise KeyError(f"no deployment {full_name!r} in deployments/specs.py")

@@ -1,0 +1,134 @@
+"""Prove a model: rebuild it from its manifest alone and compare the weights tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from params.model import Params, validate_params
+from tasks import data, preprocess as pp, train as tn
+from trainkite.errors import IntegrityError
+from trainkite.lineage import git_info, package_versions
+from trainkite.manifest import ModelRef, fetch_model
+from trainkite.store import ArtifactStore, LocalStore
+
+
+@dataclass
+class VerifyReport:
+    model_id: str
+    identical: bool
+    mode: str  # "bit-identical" | "tolerance"
+    equal_within_tolerance: bool
+    tensors: dict[str, dict] = field(default_factory=dict)
+    lineage_changes: dict[str, dict] = field(default_factory=dict)
+    params_changes: dict[str, dict] = field(default_factory=dict)
+    data_check: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.identical if self.mode == "bit-identical" else self.equal_within_tolerance
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def diff_params(recorded: dict, other: dict) -> dict[str, dict]:
+    a, b = _flatten(recorded), _flatten(other)
+    return {k: {"manifest": a.get(k), "params.json": b.get(k)} for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def lineage_changes(manifest: dict, device: str) -> dict[str, dict]:
+    lin = manifest["lineage"]
+    changes: dict[str, dict] = {}
+    now_git = git_info()
+    if lin.get("git", {}).get("commit") != now_git["commit"]:
+        changes["commit"] = {"model": lin.get("git", {}).get("commit"), "now": now_git["commit"]}
+    now_pk = package_versions()
+    for name, version in sorted(lin.get("packages", {}).items()):
+        if now_pk.get(name) != version:
+            changes[f"packages.{name}"] = {"model": version, "now": now_pk.get(name)}
+    if lin.get("device") != device:
+        changes["device"] = {"model": lin.get("device"), "now": device}
+    return changes
+
+
+def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path) -> tuple[data.DatasetRef, str]:
+    """The exact rows: the stored snapshot, or the query re-run when the model kept only a fingerprint."""
+    lin = manifest["lineage"]["data"]
+    expected = lin["fingerprint"]
+    snap = folder / "data" / "snapshot.parquet"
+    if snap.is_file():
+        how = "snapshot"
+        path = snap
+    else:
+        how = "query re-run"
+        path = Path(data.fetch_dataset(params, workdir).snapshot_path)
+    got = data.snapshot_fingerprint(path)
+    if got != expected:
+        raise IntegrityError(
+            f"model {manifest['model_id']}: the data ({how}) no longer matches its fingerprint "
+            f"({got[:12]}… != {expected[:12]}…); refusing to rebuild from different rows"
+        )
+    ref = data.DatasetRef(snapshot_path=str(path), fingerprint=expected, labels=manifest["labels"],
+                          counts=lin.get("counts", {}), source=lin.get("source", "local"), query=lin.get("query", ""))
+    return ref, f"{how}: fingerprint {expected[:12]}… matches"
+
+
+def compare_weights(a: Path, b: Path, tolerance: float | None) -> tuple[bool, bool, dict[str, dict]]:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    tensors: dict[str, dict] = {}
+    identical, close = True, True
+    for name in sorted(set(ta) | set(tb)):
+        if name not in ta or name not in tb or ta[name].shape != tb[name].shape:
+            tensors[name] = {"equal": False, "reason": "missing or different shape"}
+            identical = close = False
+            continue
+        same = torch.equal(ta[name], tb[name])
+        diff = float((ta[name].float() - tb[name].float()).abs().max()) if not same else 0.0
+        ok = same or (tolerance is not None and diff <= tolerance)
+        tensors[name] = {"equal": same, "max_abs_diff": diff}
+        identical &= same
+        close &= ok
+    return identical, close, tensors
+
+
+def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -> VerifyReport:
+    folder, manifest = fetch_model(store, model_id)  # hashes first: a tampered file stops here
+    recorded = manifest["lineage"].get("params")
+    stored = json.loads((folder / "params.json").read_text())
+    if recorded is None:
+        recorded = stored
+    params_changes = diff_params(recorded, stored)
+    params = validate_params(recorded, source=f"manifest of {model_id}")
+    device = tn.pick_device("cpu")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"device": device})})
+    work = Path(tempfile.mkdtemp(prefix=f"verify-{model_id}-"))
+    try:
+        dataset, data_check = rows_for_rebuild(folder, manifest, params, work)
+        scratch = LocalStore(work / "store")
+        features = pp.preprocess(dataset, params.preprocess, scratch, work)
+        trained = tn.train_model(features, params, scratch, ModelRef(params.model.name, model_id), work)
+        gpu_model = manifest["lineage"].get("device") == "cuda"
+        identical, close, tensors = compare_weights(folder / "weights.safetensors", Path(trained.weights_path),
+                                                    tolerance if gpu_model else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return VerifyReport(
+        model_id=model_id, identical=identical, mode="tolerance" if gpu_model else "bit-identical",
+        equal_within_tolerance=close, tensors=tensors, lineage_changes=lineage_changes(manifest, device),
+        params_changes=params_changes, data_check=data_check,
+    )
