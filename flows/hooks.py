@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from buildkite.context import BuildContext
-from tasks.notify import notify_failure
+from tasks.notify import failure_reason, notify_failure
 
 log = logging.getLogger("trainkite.hooks")
 
@@ -23,6 +23,6 @@ def release_build_on_failure(flow, flow_run, state) -> None:
     model_id = params.get("model_id") or build.model_id
     try:
         notify_failure(build, model_id=model_id, flow_run=f"{flow_run.name} ({flow_run.id})",
-                       reason=f"{state.type.value}: {state.message or ''}".strip())
+                       reason=failure_reason(state.type.value, state.message))
     except Exception as err:  # never mask the run's own failure
         log.error("could not tell Buildkite about the failure: %s", err)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 USAGE = "usage: trainkite-container serve | trainkite-container COMMAND [ARGS...]"
@@ -34,11 +36,21 @@ def log_config() -> dict:
     return cfg
 
 
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
                expected_model_id: str | None = None) -> None:
     """uvicorn over `serving.app:app_from_env`; each worker process reads the model folder from the env."""
     import uvicorn
 
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn drains in-flight requests on SIGTERM/SIGINT, restores the previous handlers and re-raises
+        # the signal; with Python's defaults the process would then die "killed by SIGTERM" after a clean
+        # shutdown. Exiting 0 here is what that clean shutdown means (and covers a signal during startup).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_cleanly)
     os.environ["SM_MODEL_DIR"] = str(model_dir)
     if expected_model_id:
         os.environ["TRAINKITE_MODEL_ID"] = expected_model_id

@@ -309,3 +309,20 @@ def delete_superseded(sm, config: str) -> list[str]:
     except ClientError as err:
         log.warning("could not delete superseded %s: %s", config, err)
     return deleted
+
+
+def approval_markdown(candidate: Candidate, live: dict | None, champion: dict, target: str, endpoint: str) -> str:
+    """What a reviewer sees on the Prefect resume form: the candidate's metrics next to the live model's."""
+    names = sorted(set(candidate.metrics) | set(champion))
+    champ_id = live["model_id"] if live else "none"
+    rows = "\n".join(
+        f"| {k} | {candidate.metrics.get(k, float('nan')):.4f} | "
+        + (f"{champion[k]:.4f}" if k in champion else "-") + " |" for k in names
+    )
+    where = f"`{target}` endpoint `{endpoint}`"
+    head = f"### Deploy `{candidate.model_id}` to {where}?\n\n"
+    if live:
+        head += f"Live now: `{champ_id}` (since {live['time']}, approved by {live.get('approved_by') or 'nobody'}).\n\n"
+    else:
+        head += "Nothing is live there yet.\n\n"
+    return head + f"| metric | candidate `{candidate.model_id}` | live `{champ_id}` |\n|---|---|---|\n{rows}\n"

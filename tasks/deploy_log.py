@@ -50,7 +50,7 @@ def write(store: ArtifactStore, record: dict[str, Any]) -> str:
     return key
 
 
-def read_all(store: ArtifactStore) -> list[dict[str, Any]]:
+def read_log(store: ArtifactStore) -> list[dict[str, Any]]:
     """Every record, oldest first."""
     out = []
     for key in store.list(PREFIX):

@@ -45,7 +45,7 @@ def verify_model(params: Params, model_id: str) -> dp.Candidate:
 
 @task(name="live_deployment", cache_policy=NONE)
 def live_deployment(params: Params, target: str, endpoint: str) -> dict | None:
-    return deploy_log.live(deploy_log.read_all(_store(params)), target, endpoint)
+    return deploy_log.live(deploy_log.read_log(_store(params)), target, endpoint)
 
 
 @task(name="check_guards", cache_policy=NONE)

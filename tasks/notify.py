@@ -36,6 +36,12 @@ def success_fields(*, model_id: str, artifact_uri: str, wandb_run_id: str | None
     }
 
 
+def failure_reason(state_type: str, message: str | None) -> str:
+    """The one wording of a failure. The in-process hook and the release-build flow both unblock with
+    fields built from it; the unblock is idempotent only for identical values."""
+    return f"{state_type}: {message or ''}".strip()
+
+
 def failure_fields(model_id: str, reason: str) -> dict[str, str]:
     # Every field gets a value so the step is released; `review` turns "failed" into a red step.
     return {"model-id": model_id, "model-data-path": "none", "wandb-run-id": "none", "model-env": "{}",

@@ -85,7 +85,8 @@ def _save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: 
     weights_key, state_key = _ckpt_keys(ref)
     local = workdir / "checkpoint.safetensors"
     tensors = {f"current.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in best.items()})
+    if not state["best_is_current"]:
+        tensors.update({f"best.{k}": v for k, v in best.items()})
     save_file(tensors, str(local))
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
@@ -105,6 +106,8 @@ def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identit
     tensors = load_file(str(store.local_path(weights_key) or local))
     current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    if state.get("best_is_current"):
+        best = {k: v.clone() for k, v in current.items()}
     return state, current, best
 
 
@@ -125,7 +128,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
     history: list[dict] = []
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_state: dict[str, torch.Tensor] = {}  # epoch 1 always improves on -1
     best_metric, best_epoch, start_epoch, resumed = -1.0, 0, 1, None
     ck = _load_checkpoint(store, ref, workdir, identity)
     if ck is not None:
@@ -190,7 +193,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
         if epoch % tp.checkpoint_every == 0 or stop or epoch == tp.epochs:
             _save_checkpoint(store, ref, workdir, model, best_state, {
                 "epoch": epoch, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "identity": identity, "stopped": stop})
+                "identity": identity, "stopped": stop, "best_is_current": best_epoch == epoch})
         if stop:
             log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
     elapsed = time.perf_counter() - started

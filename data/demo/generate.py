@@ -1023,15 +1023,26 @@ def n_words(text: str) -> int:
     return len(text.split())
 
 
+def quota(n: int, labels: list[str], weights: list[float]) -> list[str]:
+    """n labels in (almost exactly) the given proportions, in label order."""
+    counts = [int(n * w) for w in weights]
+    for i in sorted(range(len(labels)), key=lambda i: -(n * weights[i] - counts[i]))[: n - sum(counts)]:
+        counts[i] += 1
+    return [lab for lab, c in zip(labels, counts) for _ in range(c)]
+
+
 def generate(n: int, seed: int, holdout: bool, exclude: set[str]) -> list[dict]:
     rng = random.Random(seed)
     comp = Composer(rng, holdout=holdout)
     prefix = "h" if holdout else "c"
     seen = set(exclude)
+    # Label plan: fixed proportions, sentiment and topic shuffled independently.
+    sentiments = quota(n, SENTIMENTS, SENTIMENT_WEIGHTS)
+    topics = quota(n, TOPICS, TOPIC_WEIGHTS)
+    rng.shuffle(sentiments)
+    rng.shuffle(topics)
     rows = []
-    while len(rows) < n:
-        sentiment = rng.choices(SENTIMENTS, weights=SENTIMENT_WEIGHTS)[0]
-        topic = rng.choices(TOPICS, weights=TOPIC_WEIGHTS)[0]
+    for sentiment, topic in zip(sentiments, topics):
         for _ in range(50):
             text = comp.comment(topic, sentiment)
             if MIN_WORDS <= n_words(text) <= MAX_WORDS and text not in seen:

@@ -1,0 +1,175 @@
+"""buildkite/pipeline.yml end to end: its command steps run here in order against the fake Buildkite,
+the session's Prefect server (deployments applied) and a real process worker.
+
+Covers the happy path (launch -> train -> unblock -> review -> approve -> deploy), launch retries
+(same flow run), a flow that raises, and a flow-run process killed with SIGKILL mid-training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.buildkite_e2e_helpers import SMALL, PipelineRun, read_flow_run, release_runs_for, wait_for
+from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
+
+pytest_plugins = ["tests.fixtures_buildkite_e2e"]
+
+FIELDS = {"model-id", "model-data-path", "wandb-run-id", "model-env", "docker-image", "metrics", "training-status"}
+# A bare worker poll (2 s) + process start + training of 3 epochs, on a busy 2-core box.
+TRAINING_TIMEOUT = 150
+
+
+@pytest.fixture
+def new_run(bk_fake, process_worker, e2e_home, clean_checkout):
+    def make(overrides: list[str]) -> PipelineRun:
+        number = bk_fake.create_build(ORG, PIPELINE)
+        return PipelineRun(bk_fake, number, e2e_home, clean_checkout, {"TRAINKITE_SET": "\n".join(overrides)})
+
+    return make
+
+
+def _launch(run: PipelineRun) -> str:
+    result = run.run_step("launch_training")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.last_line
+
+
+def _deploy_command_exists() -> bool:
+    from trainkite.cli import app
+
+    return any(c.name == "deploy" for c in app.registered_commands)
+
+
+def _error_annotations(run: PipelineRun) -> list[str]:
+    """Every error annotation body posted to the build (the hook's and release-build's; last one wins)."""
+    posts = run.fake.requests_to("POST", rf"/builds/{run.number}/annotations$")
+    return [r["body"]["body"] for r in posts if r["body"].get("style") == "error"]
+
+
+def _no_token_in(*values) -> None:
+    for value in values:
+        assert TOKEN not in json.dumps(value, default=str)
+
+
+def test_pipeline_trains_reviews_and_deploys(new_run, process_worker):
+    run = new_run(SMALL)
+    flow_run_id = _launch(run)
+
+    # A retried launch step (agent lost, manual retry) must not start a second training.
+    assert _launch(run) == flow_run_id
+
+    try:
+        meta = run.wait_unblocked("training_finished", TRAINING_TIMEOUT)
+    except AssertionError:
+        raise AssertionError(process_worker.tail()) from None
+    assert set(meta) >= FIELDS
+    assert meta["model-id"] == f"trainkite-{run.number}"
+    assert meta["training-status"] == "passed"
+    assert os.path.isdir(meta["model-data-path"]) and meta["model-data-path"].endswith(meta["model-id"])
+    assert "test_accuracy=" in meta["metrics"] and meta["wandb-run-id"] == "none"
+    assert json.loads(meta["model-env"])["TRAINKITE_MODEL_ID"] == meta["model-id"]
+
+    # The flow unblocks in its notify task; its last task (Prefect artifacts) runs after that.
+    flow_run = wait_for("the flow run to finish", lambda: (r := read_flow_run(flow_run_id)).state.is_final() and r, 60)
+    assert flow_run.state.is_completed()
+    assert "buildkite" in flow_run.tags
+    assert flow_run.idempotency_key == f"buildkite-{ORG}-{PIPELINE}-{run.number}"
+    assert flow_run.parameters["model_id"] == meta["model-id"]
+    assert flow_run.parameters["build"]["number"] == run.number
+    env = flow_run.job_variables["env"]
+    assert env["BUILDKITE_BUILD_NUMBER"] == str(run.number) and env["TRAINKITE_MODEL_ID"] == meta["model-id"]
+    assert not any("TOKEN" in k for k in env)
+
+    notes = run.annotations()
+    assert flow_run_id in notes["trainkite-launch"]["body"] and "/runs/flow-run/" in notes["trainkite-launch"]["body"]
+    assert notes["trainkite-training"]["style"] == "success"
+
+    review = run.run_step("review")
+    assert review.returncode == 0, review.stderr
+    note = run.annotations()["trainkite-review"]
+    assert note["style"] == "success"
+    assert "| test_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
+    assert "tracking was off" in note["body"]
+
+    _no_token_in(flow_run.parameters, flow_run.job_variables, run.build["meta_data"],
+                 [a["body"] for a in run.annotations().values()])
+
+    run.approve("deploy")
+    if not _deploy_command_exists():
+        pytest.skip("`trainkite deploy` does not exist yet: the deploy step was not run")
+    deploy = run.run_step("deploy_model", timeout=240)
+    assert deploy.returncode == 0, deploy.stderr[-3000:]
+
+
+def test_a_failing_flow_releases_the_build_and_review_fails(new_run, process_worker):
+    run = new_run([*SMALL, 'data.query="SELECT text, sentiment AS label FROM comments WHERE 1=0"'])
+    flow_run_id = _launch(run)
+
+    meta = run.wait_unblocked("training_finished", TRAINING_TIMEOUT)
+    assert meta["training-status"] == "failed"
+    assert meta["model-id"] == f"trainkite-{run.number}"
+    assert meta["metrics"].startswith("training failed: FAILED:") and "no rows" in meta["metrics"]
+    assert read_flow_run(flow_run_id).state.is_failed()
+
+    # The in-process hook released it first; the automation's release-build run must then find the
+    # step already unblocked with identical values and still succeed.
+    release = wait_for("the release-build run to finish",
+                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 90)
+    assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
+    note = run.annotations()["trainkite-training"]
+    assert note["style"] == "error" and flow_run_id in note["body"]
+    assert "`fetch_data`" in " ".join(_error_annotations(run)), "release-build names the failed step"
+
+    review = run.run_step("review")
+    assert review.returncode != 0
+    assert "did not pass" in review.stderr
+    assert run.annotations()["trainkite-review"]["style"] == "error"
+
+
+def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, process_worker, record_property):
+    slow = ["train.epochs=1000", "train.patience=0", "preprocess.buckets=4096", "model.embedding_dim=16",
+            'tracking.backend="none"']
+    run = new_run(slow)
+    flow_run_id = _launch(run)
+
+    def training_started():
+        from prefect import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        with get_client(sync_client=True) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        running = any(t.name.startswith("train-") and t.state.is_running() for t in tasks)
+        return running and process_worker.flow_run_process(flow_run_id)
+
+    pid = wait_for("the train task to run", training_started, TRAINING_TIMEOUT)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    meta = run.wait_unblocked("training_finished", 60)
+    released_after = time.monotonic() - killed
+    assert meta["training-status"] == "failed"
+    assert meta["metrics"].startswith("training failed: CRASHED:")
+    assert run.annotations()["trainkite-training"]["style"] == "error"
+    assert read_flow_run(flow_run_id).state.is_crashed()
+
+    # The server-side path on its own: the automation's release-build run, which does not need
+    # anything from the dead process.
+    release = wait_for("the release-build run to finish",
+                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60)
+    automation_after = time.monotonic() - killed
+    assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
+    assert flow_run_id in run.annotations()["trainkite-training"]["body"]
+    assert "`train (was Running)`" in " ".join(_error_annotations(run)), "release-build names the killed step"
+    record_property("kill_to_released_s", round(released_after, 1))
+    record_property("kill_to_release_flow_done_s", round(automation_after, 1))
+    print(f"\nSIGKILL -> training_finished released: {released_after:.1f}s; "
+          f"-> release-build run finished: {automation_after:.1f}s")
+    assert automation_after < 60
+
+    review = run.run_step("review")
+    assert review.returncode != 0
