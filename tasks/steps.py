@@ -24,6 +24,8 @@ from tasks import preprocess as pp
 from tasks import publish as pb
 from tasks import track as tr
 from tasks import train as tn
+from tasks.retrain import RetrainDecision
+from tasks.retrain import decide as retrain_decide
 from trainkite.errors import UserInputError
 from trainkite.home import runs_dir
 from trainkite.lineage import code_version
@@ -142,3 +144,12 @@ def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None
                           description=f"metrics of {published.model_id}")
     return {"model_id": published.model_id, "artifact_uri": published.artifact_uri, "metrics": report.summary,
             "wandb": tracking}
+
+
+@task(name="decide_retrain", cache_policy=NONE)
+def decide_retrain(params: Params, force: bool) -> RetrainDecision:
+    d = retrain_decide(params, _store(params), force)
+    verdict = "retrain" if d.retrain else "skip"
+    create_markdown_artifact(key="retrain-decision", markdown=f"**{verdict}**: {d.reason}",
+                             description="scheduled retrain decision")
+    return d

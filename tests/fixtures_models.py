@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,17 @@ def model_factory(trained_model_dir, tk_home):
         return copy_model(trained_model_dir, Path(default_artifact_root()), model_id, created_at)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_prefect_logs():
+    """Send queued flow-run logs while the session's Prefect server still runs.
+
+    The server stops in pytest_unconfigure; logs of a flow that ended in the last second or two are then
+    retried against a dead API at interpreter exit, which holds the test process for over a minute.
+    """
+    yield
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()

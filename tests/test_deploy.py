@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tasks import deploy as dp, deploy_log
 from tasks.package import list_archive
-from tests.fixtures_models import model_factory, trained_model_dir  # noqa: F401
+from tests.fixtures_models import flush_prefect_logs, model_factory, trained_model_dir  # noqa: F401
 from trainkite.store import open_store
 
 ROLE = "arn:aws:iam::123456789012:role/trainkite-sagemaker"

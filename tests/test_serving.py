@@ -20,7 +20,7 @@ import requests
 
 from tasks.package import build_archive, extract_archive, list_archive
 from tests.conftest import REPO
-from tests.fixtures_models import model_factory, trained_model_dir  # noqa: F401
+from tests.fixtures_models import flush_prefect_logs, model_factory, trained_model_dir  # noqa: F401
 
 CONTAINER = Path(sys.executable).parent / "trainkite-container"
 SIX_MIB = 6 * 1024 * 1024

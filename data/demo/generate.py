@@ -11,12 +11,22 @@ randomness comes from ``random.Random`` with fixed seeds, and nothing depends on
 set/hash ordering.
 
 Every comment is composed from the hand-written fragments below (written for
-this project; Apache-2.0 like the rest of the repository).  Each fragment pool
-is split in two: roughly one fragment in five is *reserved* for the held-out
-set, and the training set never uses reserved fragments.  The held-out set
-draws its core phrases (subjects, sentiment-bearing predicates, standalone
-sentences) mostly from the reserved part, so it checks generalisation to
-phrasing the model has not seen, not memorisation of combinations.
+this project; Apache-2.0 like the rest of the repository): openers, subjects,
+topic-specific and generic sentiment-bearing predicates, negated phrasings,
+hedges, concrete details, closing remarks and passing mentions of a second
+topic.  Mixed comments (one good and one bad point about the same topic) are
+labelled neutral; "used to be X, but now Y" comments take the label of Y.
+
+The held-out set is kept apart from the training file in three ways:
+
+* each fragment pool is split, one fragment in five being *reserved*: the
+  training file never uses reserved fragments, the held-out set uses them for
+  all decorative slots and for a share (HOLDOUT_RESERVED_CORE) of the
+  label-bearing ones;
+* subject/predicate pairings are split by a stable hash (``combo_reserved``),
+  so no pairing in the held-out set occurs in the training file;
+* every held-out comment has at least one sentence that never occurs in the
+  training file, and no text is shared.
 """
 
 from __future__ import annotations
@@ -1031,11 +1041,19 @@ def quota(n: int, labels: list[str], weights: list[float]) -> list[str]:
     return [lab for lab, c in zip(labels, counts) for _ in range(c)]
 
 
-def generate(n: int, seed: int, holdout: bool, exclude: set[str]) -> list[dict]:
+def sentences(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=[.])\s+", text) if x]
+
+
+def generate(n: int, seed: int, holdout: bool, exclude: list[str]) -> list[dict]:
+    """Make n rows.  ``exclude`` holds the texts of an earlier file: no text is
+    reused, and (held-out set) every comment has at least one sentence that
+    never occurs in them."""
     rng = random.Random(seed)
     comp = Composer(rng, holdout=holdout)
     prefix = "h" if holdout else "c"
     seen = set(exclude)
+    seen_sentences = {x for t in exclude for x in sentences(t)}
     # Label plan: fixed proportions, sentiment and topic shuffled independently.
     sentiments = quota(n, SENTIMENTS, SENTIMENT_WEIGHTS)
     topics = quota(n, TOPICS, TOPIC_WEIGHTS)
@@ -1045,8 +1063,11 @@ def generate(n: int, seed: int, holdout: bool, exclude: set[str]) -> list[dict]:
     for sentiment, topic in zip(sentiments, topics):
         for _ in range(50):
             text = comp.comment(topic, sentiment)
-            if MIN_WORDS <= n_words(text) <= MAX_WORDS and text not in seen:
-                break
+            if not MIN_WORDS <= n_words(text) <= MAX_WORDS or text in seen:
+                continue
+            if holdout and all(x in seen_sentences for x in sentences(text)):
+                continue
+            break
         else:
             raise RuntimeError(f"could not make a new comment for {topic}/{sentiment}")
         seen.add(text)
@@ -1079,9 +1100,9 @@ def summarise(name: str, rows: list[dict]) -> None:
 
 
 def main() -> int:
-    train = generate(N_TRAIN, TRAIN_SEED, holdout=False, exclude=set())
+    train = generate(N_TRAIN, TRAIN_SEED, holdout=False, exclude=[])
     holdout = generate(N_HOLDOUT, HOLDOUT_SEED, holdout=True,
-                       exclude={r["text"] for r in train})
+                       exclude=[r["text"] for r in train])
     write_csv(COMMENTS_PATH, train)
     write_csv(HOLDOUT_PATH, holdout)
     summarise(COMMENTS_PATH.name, train)
