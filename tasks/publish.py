@@ -30,6 +30,11 @@ class Published(BaseModel):
 
 
 def feature_config(params: Params, labels: list[str]) -> dict:
+    if params.model.type == "encoder":
+        from tasks.encoder import feature_config as encoder_config
+
+        return {"model_type": "encoder", "labels": labels,
+                "encoder": encoder_config(params.model.encoder_max_length, params.model.encoder_mode)}
     return {
         "model_type": params.model.type,
         "labels": labels,

@@ -18,11 +18,11 @@ from prefect.cache_policies import NONE
 from buildkite.context import BuildContext
 from params.model import Params
 from tasks import data
-from tasks import evaluate as ev
+from tasks import evaluate as ev, model_types
 from tasks import notify as nt
-from tasks import preprocess as pp
 from tasks import publish as pb
 from tasks import track as tr
+from tasks.preprocess import FeaturesRef
 from tasks import train as tn
 from tasks.retrain import RetrainDecision
 from tasks.retrain import decide as retrain_decide
@@ -68,7 +68,7 @@ def _fetch_key(context, p) -> str:
 
 def _preprocess_key(context, p) -> str:
     params: Params = p["params"]
-    return "preprocess-" + _key(_store(params).root, pp.cache_key(p["dataset"].fingerprint, params.preprocess))
+    return "preprocess-" + _key(_store(params).root, model_types.features_key(p["dataset"].fingerprint, params))
 
 
 def _train_key(context, p) -> str:
@@ -94,17 +94,17 @@ def fetch_data(params: Params, model_id: str) -> data.DatasetRef:
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, **_cached)
-def preprocess(dataset: data.DatasetRef, params: Params, model_id: str) -> pp.FeaturesRef:
-    return pp.preprocess(dataset, params.preprocess, _store(params), _workdir(model_id))
+def preprocess(dataset: data.DatasetRef, params: Params, model_id: str) -> FeaturesRef:
+    return model_types.featurize(dataset, params, _store(params), _workdir(model_id))
 
 
 @task(name="train", cache_key_fn=_train_key, **_cached)
-def train_model(features: pp.FeaturesRef, params: Params, model_id: str) -> tn.TrainedModel:
-    return tn.train_model(features, params, _store(params), _ref(params, model_id), _workdir(model_id))
+def train_model(features: FeaturesRef, params: Params, model_id: str) -> tn.TrainedModel:
+    return model_types.train(features, params, _store(params), _ref(params, model_id), _workdir(model_id))
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(trained: tn.TrainedModel, features: pp.FeaturesRef, params: Params, model_id: str) -> ev.EvalReport:
+def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str) -> ev.EvalReport:
     return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix)
 
 

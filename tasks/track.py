@@ -26,11 +26,13 @@ def track_run(*, params: Params, published: Published, report: EvalReport, store
     import wandb
 
     run_id = published.manifest["lineage"]["wandb"]["run_id"]
+    # A sweep's runs carry its ID as a tag (`sweep-...`); W&B groups them under it.
+    group = next((t for t in tags or [] if t.startswith("sweep-")), None)
     settings = wandb.Settings(x_disable_stats=True, x_save_requirements=False, disable_code=True,
                               disable_git=True, console="off", silent=True)
     run = wandb.init(
         project=params.tracking.project, entity=params.tracking.entity, id=run_id, name=published.model_id,
-        config=params.model_dump(mode="json"), job_type="train", tags=tags or [], resume="allow",
+        config=params.model_dump(mode="json"), job_type="train", tags=tags or [], group=group, resume="allow",
         settings=settings, reinit="create_new",
     )
     try:

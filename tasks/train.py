@@ -55,6 +55,27 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+@torch.no_grad()
+def sgd_step(parameters: list[torch.nn.Parameter], lr: float) -> None:
+    """Plain SGD, as torch.optim.SGD without momentum does it (sparse grads included).
+
+    Written out because torch.optim imports torch._dynamo: 1.5-3 s of every training process.
+    """
+    for p in parameters:
+        if p.grad is not None:
+            p.add_(p.grad, alpha=-lr)
+
+
+def _deterministic(warn_only: bool) -> None:
+    # torch.use_deterministic_algorithms also imports torch._inductor (2-3 s) only to set a
+    # torch.compile flag we never use; the C switch is the part that matters for eager kernels.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        setter(True, warn_only=warn_only)
+
+
 def make_deterministic(seed: int, threads: int, device: str) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -62,9 +83,9 @@ def make_deterministic(seed: int, threads: int, device: str) -> torch.Generator:
     if device == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # EmbeddingBag's CUDA backward has no deterministic kernel: GPU runs are tolerance-equal only.
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic(warn_only=True)
     else:
-        torch.use_deterministic_algorithms(True)
+        _deterministic(warn_only=False)
     g = torch.Generator()
     g.manual_seed(seed)
     return g
@@ -124,7 +145,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
     n = len(tr_off)
     steps_per_epoch = max(1, -(-n // tp.batch_size))
     total_steps = steps_per_epoch * tp.epochs
-    optimizer = torch.optim.SGD(model.parameters(), lr=tp.learning_rate)
+    params_list = list(model.parameters())
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
     history: list[dict] = []
@@ -157,20 +178,19 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
             rows = order[b * tp.batch_size : (b + 1) * tp.batch_size]
             step = (epoch - 1) * steps_per_epoch + b
             lr = tp.learning_rate * max(0.0, 1.0 - step / total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             idx, offs = batch_slices(tr_off, len(tr_ids), rows)
             x = torch.from_numpy(tr_ids[idx]).to(device)
             o = torch.from_numpy(offs).to(device)
             y = torch.from_numpy(tr_y[rows]).to(device)
-            optimizer.zero_grad(set_to_none=True)
+            for p in params_list:
+                p.grad = None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x, o)
             loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             if tp.weight_decay:
                 loss = loss + tp.weight_decay * model.fc.weight.pow(2).sum()
             loss.backward()
-            optimizer.step()
+            sgd_step(params_list, lr)
             loss_sum += float(loss.detach())
             seen += len(rows)
             if b % 50 == 0 or b == steps_per_epoch - 1:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from params.model import Params, validate_params
-from tasks import data, preprocess as pp, train as tn
+from tasks import data, model_types, train as tn
 from trainkite.errors import IntegrityError
 from trainkite.lineage import git_info, package_versions
 from trainkite.manifest import ModelRef, fetch_model
@@ -120,8 +120,8 @@ def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -
     try:
         dataset, data_check = rows_for_rebuild(folder, manifest, params, work)
         scratch = LocalStore(work / "store")
-        features = pp.preprocess(dataset, params.preprocess, scratch, work)
-        trained = tn.train_model(features, params, scratch, ModelRef(params.model.name, model_id), work)
+        features = model_types.featurize(dataset, params, scratch, work)
+        trained = model_types.train(features, params, scratch, ModelRef(params.model.name, model_id), work)
         gpu_model = manifest["lineage"].get("device") == "cuda"
         identical, close, tensors = compare_weights(folder / "weights.safetensors", Path(trained.weights_path),
                                                     tolerance if gpu_model else None)

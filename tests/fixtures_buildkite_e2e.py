@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ def bk_fake() -> Iterator[FakeBuildkite]:
     fake.add_token(APPROVER_TOKEN, user=APPROVER, teams=("ml-approvers",))
     fake.add_token(AGENT_TOKEN, user="buildkite-agent")
     fake.add_pipeline(ORG, PIPELINE, steps=fake_steps(pipeline_steps()))
+    # Launch's idempotency key is the build's identity: on a Prefect server reused across sessions
+    # (TRAINKITE_TEST_PREFECT_API_URL), build #1 would find last session's flow run. Buildkite's
+    # numbers only grow, so start where no earlier session can have been.
+    with fake._lock:
+        fake._pipelines[(ORG, PIPELINE)]["next"] = time.time_ns() // 1_000_000
     try:
         yield fake
     finally:

@@ -66,6 +66,6 @@ def flush_prefect_logs():
     """
     yield
     if "prefect.logging.handlers" in sys.modules:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=10)

@@ -173,3 +173,32 @@ def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, proce
 
     review = run.run_step("review")
     assert review.returncode != 0
+
+
+def test_a_run_cancelled_before_it_starts_releases_the_build(new_run, process_worker):
+    """Cancelled from the Prefect UI while still scheduled: no flow process ever ran, so only the
+    automation can tell the build."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelled
+
+    from buildkite.context import BuildContext
+    from deployments.specs import TRAIN_DEPLOYMENT
+    from params import load_params
+
+    run = new_run(SMALL)
+    build = BuildContext(number=run.number, pipeline=PIPELINE, organization=ORG)
+    # An hour out, so the worker leaves it alone.
+    flow_run = run_deployment(TRAIN_DEPLOYMENT, timeout=0, tags=["buildkite"],
+                              scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+                              parameters={"params": load_params(None, SMALL).model_dump(mode="json"),
+                                          "model_id": build.model_id, "build": build.model_dump(mode="json")})
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelled(message="cancelled from the UI"))
+
+    meta = run.wait_unblocked("training_finished", 60)
+    assert meta["training-status"] == "failed"
+    assert meta["metrics"] == "training failed: CANCELLED: cancelled from the UI"
+    assert run.annotations()["trainkite-training"]["style"] == "error"

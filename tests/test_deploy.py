@@ -19,6 +19,11 @@ from typer.testing import CliRunner
 from tasks import deploy as dp, deploy_log
 from tasks.package import list_archive
 from tests.fixtures_models import flush_prefect_logs, model_factory, trained_model_dir  # noqa: F401
+
+pytestmark = [
+    # trainkite.* loggers are Prefect "extra loggers" in tests; outside a flow run they warn and log locally.
+    pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning"),
+]
 from trainkite.store import open_store
 
 ROLE = "arn:aws:iam::123456789012:role/trainkite-sagemaker"

@@ -22,6 +22,12 @@ from tasks.package import build_archive, extract_archive, list_archive
 from tests.conftest import REPO
 from tests.fixtures_models import flush_prefect_logs, model_factory, trained_model_dir  # noqa: F401
 
+pytestmark = [
+    # trainkite.* loggers are Prefect "extra loggers" in tests; outside a flow run they warn and log locally.
+    pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+]
+
 CONTAINER = Path(sys.executable).parent / "trainkite-container"
 SIX_MIB = 6 * 1024 * 1024
 

@@ -264,6 +264,7 @@ _EXTENSIONS = (
     "trainkite.cli_buildkite",
     "trainkite.cli_deployments",
     "trainkite.cli_repro",
+    "trainkite.cli_sweep",
 )
 
 

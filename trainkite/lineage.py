@@ -14,7 +14,11 @@ from trainkite.home import REPO_ROOT
 _PACKAGES = ("trainkite", "torch", "numpy", "safetensors", "prefect", "duckdb", "pandas", "pyarrow", "wandb",
              "pydantic")
 # Source whose change must invalidate cached steps and shows up in lineage.
-_CODE_PACKAGES = ("tasks", "params", "trainkite")
+_TRAINING_CODE = (
+    "params/model.py", "tasks/data.py", "tasks/preprocess.py", "tasks/bow.py", "tasks/train.py",
+    "tasks/metrics.py", "tasks/evaluate.py", "tasks/model_types.py", "tasks/encoder.py", "tasks/publish.py",
+    "trainkite/store.py", "trainkite/runfiles.py",
+)
 
 
 def _git(*args: str) -> str | None:
@@ -46,11 +50,15 @@ def package_versions() -> dict[str, str]:
 
 
 def code_version() -> str:
-    """sha256 over the steps' source: a code change invalidates cached steps and is visible in lineage."""
+    """sha256 over the source that decides a model's bytes: a change there invalidates cached steps.
+
+    Only the training path counts, so editing (say) the deploy flow does not retrain anything.
+    """
     h = hashlib.sha256()
-    for pkg in _CODE_PACKAGES:
-        for path in sorted((REPO_ROOT / pkg).rglob("*.py")):
-            h.update(path.relative_to(REPO_ROOT).as_posix().encode())
+    for rel in _TRAINING_CODE:
+        path = REPO_ROOT / rel
+        if path.is_file():
+            h.update(rel.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

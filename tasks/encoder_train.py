@@ -1,0 +1,217 @@
+"""Train the `encoder` model: the head alone on cached embeddings (frozen) or the whole encoder (finetune).
+
+Same contract as bow's trainer (tasks/train.py): seeded, deterministic on CPU, early stopping on
+the primary metric, a checkpoint in the artifact store every epoch so a re-run resumes. The
+checkpoint also holds AdamW's moments, without which a resumed run would drift from one that
+never stopped. Fine-tuning is meant for a GPU (bf16 autocast with train.amp); dropout makes it
+tolerance-equal rather than bit-identical across runs there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from params.model import Params
+from tasks import encoder as enc
+from tasks.metrics import score
+from tasks.preprocess import FeaturesRef, load_features
+from tasks.train import TrainedModel, local_weights, make_deterministic, pick_device, progress
+from trainkite.manifest import ModelRef
+from trainkite.runfiles import run_key, stage
+from trainkite.store import ArtifactStore
+
+log = logging.getLogger("trainkite.train")
+
+
+def is_frozen(params: Params) -> bool:
+    return params.model.encoder_mode == "frozen"
+
+
+def build_model(params: Params, n_classes: int, dim: int, generator: torch.Generator) -> nn.Module:
+    if is_frozen(params):
+        model: nn.Module = enc.Head(dim, n_classes)
+        head = model.head
+    else:
+        _, backbone = enc.load_backbone()
+        model = enc.EncoderClassifier(backbone, n_classes)
+        head = model.head
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=generator)
+        head.bias.zero_()
+    return model
+
+
+def _inputs(arrays: dict[str, np.ndarray], split: str, rows: np.ndarray, frozen: bool, device: str):
+    if frozen:
+        return (torch.from_numpy(arrays[f"{split}_x"][rows]).to(device),)
+    ids, mask = enc.pad_batch(arrays[f"{split}_ids"], arrays[f"{split}_offsets"], rows)
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, frozen: bool,
+                device: str) -> np.ndarray:
+    model.eval()
+    if frozen:
+        x = torch.from_numpy(arrays[f"{split}_x"]).to(device)
+        return torch.softmax(model(x).float(), dim=-1).cpu().numpy()
+    n_classes = model.head.out_features
+    return enc.run_batches(lambda x, m: torch.softmax(model(x, m).float(), dim=-1), arrays[f"{split}_ids"],
+                           arrays[f"{split}_offsets"], n_classes, device)
+
+
+def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
+    return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
+
+
+def _save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: nn.Module,
+                     optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor], state: dict) -> None:
+    weights_key, state_key = _ckpt_keys(ref)
+    tensors = {f"current.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if not state["best_is_current"]:
+        tensors.update({f"best.{k}": v for k, v in best.items()})
+    for idx, st in optimizer.state_dict()["state"].items():
+        for name, t in st.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
+    local = workdir / "checkpoint.safetensors"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(local))
+    store.put_file(local, weights_key)
+    # The state file is written after the weights, so a state file always has its weights.
+    store.put_bytes(json.dumps(state).encode(), state_key)
+
+
+def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: nn.Module,
+                     optimizer: torch.optim.Optimizer):
+    weights_key, state_key = _ckpt_keys(ref)
+    if not store.exists(state_key):
+        return None
+    state = json.loads(store.get_bytes(state_key))
+    if state.get("identity") != identity:
+        log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+        return None
+    local = store.local_path(weights_key)
+    if local is None:
+        local = workdir / "resume.safetensors"
+        store.download(weights_key, local)
+    tensors = load_file(str(local))
+    current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
+    model.load_state_dict(current)
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    if state.get("best_is_current"):
+        best = {k: v.clone() for k, v in current.items()}
+    opt_state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = v
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    optimizer.load_state_dict(sd)
+    return state, best
+
+
+def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
+                  workdir: Path) -> TrainedModel:
+    tp = params.train
+    frozen = is_frozen(params)
+    device = pick_device(tp.device)
+    gen = make_deterministic(tp.seed, tp.threads, device)
+    arrays = load_features(features, store, workdir)
+    n_classes = len(features.labels)
+    dim = arrays["train_x"].shape[1] if frozen else 0
+    model = build_model(params, n_classes, dim, gen).to(device)
+    y = arrays["train_y"]
+    n = len(y)
+    steps_per_epoch = max(1, -(-n // tp.batch_size))
+    total_steps = steps_per_epoch * tp.epochs
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.learning_rate,
+                                  weight_decay=tp.weight_decay)
+    identity = {"features": features.key, "params": params.params_hash(), "device": device}
+
+    history: list[dict] = []
+    best_state: dict[str, torch.Tensor] = {}
+    best_metric, best_epoch, start_epoch, resumed, stop = -1.0, 0, 1, None, False
+    ck = _load_checkpoint(store, ref, workdir, identity, model, optimizer)
+    if ck is not None:
+        state, best_state = ck
+        history, best_metric, best_epoch = state["history"], state["best_metric"], state["best_epoch"]
+        start_epoch, resumed, stop = state["epoch"] + 1, state["epoch"], bool(state.get("stopped"))
+        log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
+
+    use_amp = device == "cuda" and tp.amp
+    metric = params.evaluation.primary_metric
+    started = time.perf_counter()
+    seen = 0
+    for epoch in range(start_epoch, tp.epochs + 1):
+        if stop:
+            break
+        model.train()
+        eg = torch.Generator()
+        eg.manual_seed(tp.seed * 1000 + epoch)
+        order = torch.randperm(n, generator=eg).numpy()
+        loss_sum, lr = 0.0, tp.learning_rate
+        for b in range(steps_per_epoch):
+            rows = order[b * tp.batch_size:(b + 1) * tp.batch_size]
+            step = (epoch - 1) * steps_per_epoch + b
+            lr = tp.learning_rate * max(0.0, 1.0 - step / total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(*_inputs(arrays, "train", rows, frozen, device))
+            target = torch.from_numpy(y[rows]).to(device)
+            loss = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+            (loss / len(rows)).backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            seen += len(rows)
+            if b % 50 == 0 or b == steps_per_epoch - 1:
+                progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
+                                                                    "step": b + 1, "steps": steps_per_epoch}})
+        val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
+                    features.labels)
+        row = {"epoch": epoch, "train_loss": loss_sum / n, "val_accuracy": val["accuracy"],
+               "val_macro_f1": val["macro_f1"], "lr": lr}
+        history.append(row)
+        improved = val[metric] > best_metric
+        if improved:
+            best_metric, best_epoch = val[metric], epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        stop = bool(tp.patience) and epoch - best_epoch >= tp.patience
+        log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs,
+                 row["train_loss"], val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
+        if epoch % tp.checkpoint_every == 0 or stop or epoch == tp.epochs:
+            _save_checkpoint(store, ref, workdir, model, optimizer, best_state, {
+                "epoch": epoch, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
+                "identity": identity, "stopped": stop, "best_is_current": best_epoch == epoch})
+        if stop:
+            log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
+    elapsed = time.perf_counter() - started
+
+    weights = workdir / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
+    weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
+    return TrainedModel(
+        weights_path=str(weights), weights_key=weights_key, labels=features.labels, history=history,
+        best_epoch=best_epoch, epochs_run=len(history), device=device, resumed_from_epoch=resumed,
+        train_seconds=round(elapsed, 3), samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
+    )
+
+
+def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
+                 store: ArtifactStore) -> nn.Module:
+    """The best weights of a finished training, ready to score the cached features."""
+    frozen = is_frozen(params)
+    dim = arrays["train_x"].shape[1] if frozen else 0
+    model = build_model(params, n_classes, dim, torch.Generator())
+    model.load_state_dict(load_file(str(local_weights(trained, store))))
+    return model.eval()

@@ -1,0 +1,124 @@
+"""Thin Prefect tasks of the sweep flow over tasks/sweep.py.
+
+Each configuration is its own `train` flow run: here, a subflow called from a task (so a thread
+pool can run several at once and each shows in the UI as a flow run of its own, tagged with the
+sweep ID); in the cloud, a run of the GPU train deployment, at most `max_parallel` at a time through
+a global concurrency limit named after the sweep. Metrics are read back from the published
+manifest either way: a deployment run's return value lives in another container.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import get_client, tags, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from params.model import Params
+from tasks import sweep as sw
+from trainkite.manifest import ModelRef, read_manifest
+from trainkite.store import open_store
+
+LEADERBOARD_KEY = "sweep-leaderboard"
+
+
+@task(name="plan_sweep", cache_policy=NONE)
+def plan_sweep(params: Params, grid: dict[str, list[Any]], random: int | None, seed: int, max_parallel: int,
+               sweep_id: str | None) -> sw.SweepPlan:
+    return sw.plan_sweep(params, grid, random, seed, max_parallel, sweep_id, dict(os.environ))
+
+
+@task(name="open_concurrency_limit", cache_policy=NONE)
+def open_limit(name: str, limit: int) -> str:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit)
+    return name
+
+
+@task(name="close_concurrency_limit", cache_policy=NONE)
+def close_limit(name: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(name)
+
+
+def _describe(err: BaseException | Any) -> str:
+    return f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+
+
+def _published(config: sw.SweepConfig, flow_run_id: str) -> sw.ConfigOutcome:
+    store, ref = open_store(config.params.artifacts.root), ModelRef(config.params.model.name, config.model_id)
+    manifest = read_manifest(store, ref)
+    return sw.ConfigOutcome(index=config.index, status="completed", metrics=manifest.get("metrics", {}),
+                            flow_run_id=flow_run_id, artifact_uri=store.uri(ref.prefix))
+
+
+def _as_subflow(config: sw.SweepConfig, sweep_id: str) -> sw.ConfigOutcome:
+    from flows.train import train
+
+    with tags(sweep_id):
+        state = train.with_options(flow_run_name=config.model_id)(
+            params=config.params, model_id=config.model_id, tags=[sweep_id], return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    if state.is_completed():
+        return _published(config, run_id)
+    return sw.ConfigOutcome(index=config.index, status="failed", flow_run_id=run_id,
+                            error=_describe(state.result(raise_on_failure=False)) or state.message)
+
+
+def deployment_request(config: sw.SweepConfig, sweep_id: str, deployment: str) -> dict[str, Any]:
+    """Keyword arguments of `run_deployment` for one configuration."""
+    return {
+        "name": deployment,
+        "parameters": {"params": config.params.model_dump(mode="json"), "model_id": config.model_id,
+                       "tags": [sweep_id]},
+        "flow_run_name": config.model_id,
+        "tags": [sweep_id],
+        # A retried sweep gets the run it already started back instead of paying for a second GPU run.
+        "idempotency_key": f"{sweep_id}-{config.name}",
+        "timeout": None,
+    }
+
+
+def _as_deployment_run(config: sw.SweepConfig, sweep_id: str, deployment: str, limit: str) -> sw.ConfigOutcome:
+    from prefect.concurrency.sync import concurrency
+    from prefect.deployments import run_deployment
+
+    with concurrency(limit, occupy=1, strict=True):
+        run = run_deployment(**deployment_request(config, sweep_id, deployment))
+    if run.state is not None and run.state.is_completed():
+        return _published(config, str(run.id))
+    return sw.ConfigOutcome(index=config.index, status="failed", flow_run_id=str(run.id),
+                            error=f"{run.state.name if run.state else 'unknown'}: "
+                                  f"{(run.state.message if run.state else '') or ''}".strip())
+
+
+@task(name="run_config", cache_policy=NONE)
+def run_config(config: sw.SweepConfig, sweep_id: str, deployment: str | None, limit: str | None) -> sw.ConfigOutcome:
+    # Never raises: one configuration's failure is a row of the leaderboard, not the end of the sweep.
+    try:
+        if deployment:
+            return _as_deployment_run(config, sweep_id, deployment, limit or sweep_id)
+        return _as_subflow(config, sweep_id)
+    except Exception as err:
+        return sw.ConfigOutcome(index=config.index, status="failed", error=_describe(err))
+
+
+@task(name="record_sweep", cache_policy=NONE)
+def record_sweep(plan: sw.SweepPlan, outcomes: list[sw.ConfigOutcome], deployment: str | None) -> dict:
+    store = open_store(plan.artifacts_root)
+    record = sw.sweep_record(plan, outcomes, deployment)
+    record["record_uri"] = store.uri(sw.record_key(plan.sweep_id))
+    sw.save_record(store, record)
+    create_table_artifact(key=LEADERBOARD_KEY, table=sw.flat_rows(record),
+                          description=sw.leaderboard_markdown(record))
+    return record
+
+
+@task(name="require_candidate", cache_policy=NONE)
+def require_candidate(record: dict) -> str:
+    if record["candidate"] is None:
+        raise sw.NoCandidate(f"no configuration of sweep {record['sweep_id']} completed; "
+                             f"see the leaderboard at {record.get('record_uri')}")
+    return record["candidate"]["model_id"]
