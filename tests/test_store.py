@@ -111,3 +111,23 @@ def test_manifest_is_written_last(tmp_path, tk_home):
     _publish(Recording(tmp_path / "s"), tmp_path)
     assert order[-1].endswith("manifest.json") and len(order) == 3
     assert json.loads((tmp_path / "s" / "sentiment" / "m-1" / "manifest.json").read_text())["schema"]
+
+
+def test_s3_scratch_files_carry_the_lifecycle_tag(aws, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models")
+    store = open_store("s3://models/models")
+    f = tmp_path / "x"
+    f.write_bytes(b"x")
+    store.put_file(f, "sentiment/m-1/checkpoints/last.safetensors")
+    store.put_bytes(b"{}", "sentiment/m-1/run/metrics.json")
+    store.put_file(f, "sentiment/m-1/weights.safetensors")
+
+    def tags(key):
+        return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="models", Key=f"models/{key}")["TagSet"]}
+
+    assert tags("sentiment/m-1/checkpoints/last.safetensors") == {"trainkite-artifact": "checkpoint"}
+    assert tags("sentiment/m-1/run/metrics.json") == {"trainkite-artifact": "checkpoint"}
+    assert tags("sentiment/m-1/weights.safetensors") == {}

@@ -141,6 +141,16 @@ class LocalStore(ArtifactStore):
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
 
+# Checkpoints and a run's staged files are scratch: the bucket's lifecycle rule expires objects with
+# this tag (S3 lifecycle filters cannot match `*/checkpoints/` in the middle of a key).
+SCRATCH_TAG = "trainkite-artifact=checkpoint"
+
+
+def _is_scratch(key: str) -> bool:
+    parts = key.split("/")
+    return "checkpoints" in parts[:-1] or "run" in parts[2:3] or key.startswith("_cache/")
+
+
 class S3Store(ArtifactStore):
     """S3 through boto3; `AWS_ENDPOINT_URL` (moto, MinIO) is honoured by boto3 itself."""
 
@@ -199,10 +209,14 @@ class S3Store(ArtifactStore):
             raise StoreError(f"{what}: {err}") from None
 
     def put_file(self, local: Path, key: str) -> None:
-        self._call(f"upload {self.uri(key)}", self.client.upload_file, str(local), self.bucket, self._key(key))
+        extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else None
+        self._call(f"upload {self.uri(key)}", self.client.upload_file, str(local), self.bucket, self._key(key),
+                   ExtraArgs=extra)
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+        extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else {}
+        self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
+                   **extra)
 
     def get_bytes(self, key: str) -> bytes:
         resp = self._call(f"get {self.uri(key)}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
