@@ -133,4 +133,15 @@ def ensure_api() -> str:
     state = start()
     os.environ["PREFECT_API_URL"] = state["url"]
     os.environ.setdefault("PREFECT_HOME", str(prefect_home()))
+    if "prefect.settings" in sys.modules:
+        # Prefect read its settings when it was imported; without this the process would still start
+        # an ephemeral server (15-30 s) instead of using ours.
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        _held.append(temporary_settings(updates={PREFECT_API_URL: state["url"]}))
+        _held[-1].__enter__()
     return state["url"]
+
+
+# Settings contexts entered by ensure_api, kept open for the life of the process.
+_held: list = []
