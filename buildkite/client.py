@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from trainkite.errors import TrainkiteError
+
 log = logging.getLogger("trainkite.buildkite")
 
 DEFAULT_API_URL = "https://api.buildkite.com/v2"
@@ -30,8 +32,12 @@ _NOT_BLOCKED = "the job's state must be blocked"
 _MASK = "***"
 
 
-class BuildkiteError(RuntimeError):
-    """A Buildkite call failed; the message says what to fix. `status` is the HTTP status, if any."""
+class BuildkiteError(TrainkiteError, RuntimeError):
+    """A Buildkite call failed; the message says what to fix. `status` is the HTTP status, if any.
+
+    A TrainkiteError (issue 8), so `trainkite train` inside a build with an expired or under-scoped token
+    prints this message and exits 1 instead of a traceback.
+    """
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

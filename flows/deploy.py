@@ -12,7 +12,7 @@ from prefect.input import RunInput
 
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from tasks import deploy_steps as steps
-from tasks.deploy import approval_markdown
+from tasks.deploy import approval_markdown, target_endpoint
 
 
 class Approval(RunInput):
@@ -46,7 +46,7 @@ def deploy(
         local_port: Port of the local target's `trainkite serve`.
     """
     candidate = steps.verify_model(params, model_id)
-    endpoint = steps.target_endpoint(params, target, candidate.model_name, local_port)
+    endpoint = target_endpoint(target, params.deploy.endpoint_name, candidate.model_name, local_port)
     live = steps.live_deployment(params, target, endpoint)
     steps.check_guards(candidate, live, allow_older)
     approval = {"approved_by": approved_by}

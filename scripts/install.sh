@@ -8,7 +8,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+# The encoder extra too: tests/test_encoder.py must run (not skip) in CI.
+[ "${1:-}" = "--dev" ] && extras="[dev,encoder]"
 # requirements.lock pins the resolved set (resolving boto3/aiobotocore from scratch takes minutes).
 .venv/bin/python -m pip install -q -c requirements.lock -e ".${extras}"
 if [ "${1:-}" = "--dev" ]; then

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -77,12 +78,8 @@ class ModelSlot:
         log.info("model %s loaded from %s; ready", predictor.model_id, predictor.folder)
 
 
-def _loader(model_dir, model_id, store_root, expected_model_id, torch_threads):
+def _loader(model_dir, model_id, store_root, expected_model_id):
     def load():
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
         from tasks.predict import Predictor
 
         if model_dir is not None:
@@ -97,6 +94,19 @@ def _loader(model_dir, model_id, store_root, expected_model_id, torch_threads):
         return predictor
 
     return load
+
+
+def _limit_torch_threads(n: int) -> None:
+    """Intra-op threads for inference, which runs on the event-loop thread (this one) and pool threads.
+
+    torch.set_num_threads only binds the calling thread (OpenMP), so calling it in the loader thread would
+    leave the serving threads on one spinning thread per core. Before torch is imported, the env var
+    reaches every thread; after, set it here, on the event-loop thread.
+    """
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
@@ -124,7 +134,9 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
     if model_dir is None and model_id is None:
         model_dir = os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
     limit = max_instances if max_instances is not None else max_instances_from_env()
-    slot = ModelSlot(_loader(model_dir, model_id, store_root, expected_model_id, torch_threads))
+    if torch_threads:
+        _limit_torch_threads(torch_threads)
+    slot = ModelSlot(_loader(model_dir, model_id, store_root, expected_model_id))
 
     def not_ready() -> Response:
         if slot.status == "failed":

@@ -11,6 +11,7 @@ SageMaker facts this code is built around (shared/reference/aws.md §6.2):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -44,6 +45,20 @@ class DeployError(TrainkiteError):
     def __init__(self, message: str, **details: Any):
         super().__init__(message)
         self.details = details
+
+
+@contextlib.contextmanager
+def aws_errors(what: str):
+    """An AWS refusal (access denied, validation, throttling) as one DeployError line, not a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as err:
+        e = err.response.get("Error", {})
+        raise DeployError(f"{what}: {e.get('Code', 'error')}: {e.get('Message', err)}") from None
+    except BotoCoreError as err:
+        raise DeployError(f"{what}: {err}") from None
 
 
 class Candidate(BaseModel):
@@ -114,6 +129,13 @@ def endpoint_name(configured: str | None, model_name: str) -> str:
     return sagemaker_name(f"trainkite-{model_name}")
 
 
+def target_endpoint(target: str, configured: str | None, model_name: str, local_port: int) -> str:
+    """What "where" means in the deployment log: the SageMaker endpoint name, or the local server's URL."""
+    if target == "local":
+        return f"http://127.0.0.1:{local_port}"
+    return endpoint_name(configured, model_name)
+
+
 def serving_env(model_id: str, model_data_url: str) -> dict[str, str]:
     """The `model-env` contract; a value that looks like a secret (not an ARN) is refused, never shipped."""
     env = model_env(model_id, model_data_url)
@@ -176,13 +198,16 @@ def create_model_and_config(sm, *, name: str, image: str, role_arn: str | None, 
     if not role_arn:
         raise UserInputError("deploy.execution_role_arn is not set: the IAM role SageMaker assumes to pull the "
                              "image and read the production bucket")
-    sm.create_model(ModelName=name, ExecutionRoleArn=role_arn, Tags=tags,
-                    PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": env})
-    sm.create_endpoint_config(
-        EndpointConfigName=name, Tags=tags,
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": instance_count,
-                             "InstanceType": instance_type, "InitialVariantWeight": 1.0}],
-    )
+    with aws_errors(f"create SageMaker model {name}"):
+        sm.create_model(ModelName=name, ExecutionRoleArn=role_arn, Tags=tags,
+                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": env})
+    with aws_errors(f"create endpoint config {name}"):
+        sm.create_endpoint_config(
+            EndpointConfigName=name, Tags=tags,
+            ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name,
+                                 "InitialInstanceCount": instance_count, "InstanceType": instance_type,
+                                 "InitialVariantWeight": 1.0}],
+        )
     return {"model": name, "config": name}
 
 
@@ -264,6 +289,12 @@ def roll_out(sm, runtime, *, endpoint: str, config: str, model_id: str, tags: li
 
     Returns {"action": "created"|"updated", "previous_config": ..., "smoke": prediction}.
     """
+    with aws_errors(f"roll out endpoint {endpoint}"):
+        return _roll_out(sm, runtime, endpoint=endpoint, config=config, model_id=model_id, tags=tags,
+                         delay_s=delay_s, timeout_s=timeout_s, smoke_text=smoke_text, sleep=sleep)
+
+
+def _roll_out(sm, runtime, *, endpoint, config, model_id, tags, delay_s, timeout_s, smoke_text, sleep) -> dict:
     current = describe(sm, endpoint)
     previous = current.get("EndpointConfigName") if current else None
     if current and current["EndpointStatus"] != "InService":

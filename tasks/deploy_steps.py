@@ -32,12 +32,6 @@ def sagemaker_clients():
     return session.client("sagemaker", config=control), session.client("sagemaker-runtime", config=runtime)
 
 
-def target_endpoint(params: Params, target: str, model_name: str, local_port: int) -> str:
-    if target == "local":
-        return f"http://127.0.0.1:{local_port}"
-    return dp.endpoint_name(params.deploy.endpoint_name, model_name)
-
-
 @task(name="verify_model", cache_policy=NONE)
 def verify_model(params: Params, model_id: str) -> dp.Candidate:
     return dp.load_candidate(_store(params), model_id)

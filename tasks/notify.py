@@ -54,12 +54,23 @@ def _client(build: BuildContext):
     return BuildkiteClient(org=build.organization, pipeline=build.pipeline)
 
 
+def _annotate(client, build: BuildContext, body: str, style: str) -> None:
+    # Reliability fix (issue 8): the annotation is a report, the unblock is what releases the build. A
+    # refused or failing annotation used to raise before the unblock and leave the build waiting.
+    from buildkite.client import BuildkiteError
+
+    try:
+        client.annotate(build.number, body, context="trainkite-training", style=style)
+    except BuildkiteError as err:
+        log.warning("could not annotate build %s #%s (unblocking it anyway): %s", build.pipeline, build.number, err)
+
+
 def notify_success(build: BuildContext | None, fields: dict[str, str], annotation: str) -> str:
     if build is None:
         log.info("not inside a Buildkite build: nothing to unblock (model %s)", fields["model-id"])
         return "skipped"
     client = _client(build)
-    client.annotate(build.number, annotation, context="trainkite-training", style="success")
+    _annotate(client, build, annotation, "success")
     client.unblock(build.number, build.step_key, fields)
     log.info("unblocked %s of build %s #%s", build.step_key, build.pipeline, build.number)
     return "unblocked"
@@ -73,7 +84,7 @@ def notify_failure(build: BuildContext | None, *, model_id: str, flow_run: str, 
     client = _client(build)
     body = (f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
             f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}")
-    client.annotate(build.number, body, context="trainkite-training", style="error")
+    _annotate(client, build, body, "error")
     client.unblock(build.number, build.step_key, failure_fields(model_id, reason))
     return "released"
 

@@ -14,14 +14,15 @@ import tarfile
 from pathlib import Path
 
 from trainkite.lineage import file_sha256
-from trainkite.manifest import MANIFEST, verify_dir
+from trainkite.manifest import NOT_SERVED, MANIFEST, verify_dir
 
 ARCHIVE_NAME = "model.tar.gz"
 
 
 def archive_members(manifest: dict) -> list[str]:
-    """What goes in: every file the manifest hashes, and the manifest itself (the container verifies)."""
-    return sorted([*manifest.get("files", {}), MANIFEST])
+    """What goes in: the files serving needs, and the manifest (the container verifies them). The training
+    rows (`data/`) and plots stay in the artifact store: they must not land on an endpoint."""
+    return sorted([*(f for f in manifest.get("files", {}) if not f.startswith(NOT_SERVED)), MANIFEST])
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -39,13 +40,13 @@ def build_archive(folder: Path, manifest: dict, dest: Path) -> dict:
     verify_dir(folder, manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                               compresslevel=6) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in archive_members(manifest):
-                path = folder / rel
-                with open(path, "rb") as f:
-                    tar.addfile(_tarinfo(rel, path.stat().st_size), f)
+    with (open(tmp, "wb") as raw,
+          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+          tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar):
+        for rel in archive_members(manifest):
+            path = folder / rel
+            with open(path, "rb") as f:
+                tar.addfile(_tarinfo(rel, path.stat().st_size), f)
     tmp.replace(dest)
     return {"path": str(dest), "sha256": file_sha256(dest), "size": dest.stat().st_size}
 

@@ -42,7 +42,9 @@ def tokenize(text: str, p: PreprocessParams) -> list[str]:
 
 def bucket(gram: str, buckets: int) -> int:
     # blake2b, never hash(): Python salts str hashes per process.
-    return int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "little") % buckets
+    # surrogatepass: a lone surrogate (legal in JSON, not in UTF-8) must hash, not crash.
+    return int.from_bytes(hashlib.blake2b(gram.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little") % buckets
 
 
 def featurize(text: str, p: PreprocessParams) -> list[int]:

@@ -38,7 +38,11 @@ def _store(params: Params) -> ArtifactStore:
 
 
 def _workdir(model_id: str) -> Path:
-    return runs_dir() / model_id
+    # Reliability fix (issue 8): a step whose predecessors came from the cache (another TRAINKITE_HOME or a
+    # cleared runs/ folder, same Prefect server and store) found no workdir and died writing a checkpoint.
+    workdir = runs_dir() / model_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
 
 
 def _ref(params: Params, model_id: str) -> ModelRef:

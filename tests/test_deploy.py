@@ -20,11 +20,12 @@ from tasks import deploy as dp, deploy_log
 from tasks.package import list_archive
 from tests.fixtures_models import flush_prefect_logs, model_factory, trained_model_dir  # noqa: F401
 
+from trainkite.store import open_store
+
 pytestmark = [
     # trainkite.* loggers are Prefect "extra loggers" in tests; outside a flow run they warn and log locally.
     pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning"),
 ]
-from trainkite.store import open_store
 
 ROLE = "arn:aws:iam::123456789012:role/trainkite-sagemaker"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/trainkite:cpu-abc123"
@@ -248,6 +249,15 @@ def test_busy_or_failed_endpoint_is_not_touched(status, message):
     st.assert_no_pending_responses()
 
 
+def test_aws_refusals_are_one_line_errors():
+    sm, st, _, _ = _clients()
+    st.add_client_error("create_model", service_error_code="AccessDeniedException",
+                        service_message="not authorized to perform: sagemaker:CreateModel")
+    with st, pytest.raises(dp.DeployError, match="create SageMaker model n: AccessDeniedException: not auth"):
+        dp.create_model_and_config(sm, name="n", image=IMAGE, role_arn=ROLE, model_data_url="s3://b/k", env={},
+                                   tags=TAGS, instance_type="ml.m5.large", instance_count=1)
+
+
 def test_names_tags_and_env_follow_sagemaker_rules(monkeypatch):
     name = dp.resource_name("local-20261127T101500Z-3f9a1c_x.y", stamp="20261127101500")
     assert name.startswith("local-20261127T101500Z-3f9a1c-x-y-20261127101500-") and len(name) <= 63
@@ -337,7 +347,7 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
 
     t = threading.Thread(target=approve)
     t.start()
-    result = deploy(model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=20)
+    result = deploy(model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=10)
     t.join()
     assert result["deployed"] and result["approved_by"] == "prefect-ui" and result["approval_note"] == "beats champ-1"
     assert "champ-1" in seen["form"] and "cand-2" in seen["form"] and "test_accuracy" in seen["form"]
@@ -365,3 +375,18 @@ def test_deployment_log_is_safe_under_concurrent_writers(tmp_path):
     records = deploy_log.read_log(store)
     assert sorted(r["model_id"] for r in records) == sorted(f"m-{i}" for i in range(20))
     assert deploy_log.live(records, "local", "e") == records[-1]
+
+
+def test_cli_refusals_happen_before_prefect_is_imported(model_factory, tk_home):  # noqa: F811
+    """Prefect reads PREFECT_API_URL once; `trainkite deploy` sets it (ensure_api) only after its guards."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    model_factory("pre-1")
+    code = ("import sys; import trainkite.cli; from params import load_params; "
+            "from trainkite.cli_serving import _preflight; "
+            "_preflight(load_params(None, []), 'pre-1', 'local', 8080, False); "
+            "assert 'prefect' not in sys.modules, 'prefect imported before ensure_api'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

@@ -55,11 +55,12 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port),
-                 **(env or {})},
-        )
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port),
+                     **(env or {})},
+            )
         self.started = time.monotonic()
 
     def ping(self) -> requests.Response | None:
@@ -92,6 +93,33 @@ def _invoke(url: str, body: bytes, content_type: str = "application/json", **hea
                          timeout=30)
 
 
+# --- no model needed (these run while the session's Prefect server boots) -----------------------------
+
+
+def test_trainkite_serve_refuses_an_unknown_model(tk_home):
+    proc = subprocess.run([sys.executable, "-m", "trainkite", "serve", "no-such-model"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no model 'no-such-model'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv, rc, out", [
+    (["echo", "exec'd", "as-is"], 0, "exec'd as-is"),
+    (["no-such-command-xyz"], 127, "cannot run 'no-such-command-xyz'"),
+    (["serve", "--port", "1"], 2, "`serve` takes no arguments"),
+    ([], 2, "usage: trainkite-container serve"),
+])
+def test_entrypoint_dispatch(argv, rc, out):
+    proc = subprocess.run([str(CONTAINER), *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == rc and out in proc.stdout + proc.stderr
+
+
+def test_entrypoint_refuses_a_bad_setting():
+    env = {**os.environ, "TRAINKITE_MAX_INSTANCES": "lots"}
+    proc = subprocess.run([str(CONTAINER), "serve"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "TRAINKITE_MAX_INSTANCES='lots'" in proc.stderr
+
+
 # --- model.tar.gz -----------------------------------------------------------------------------------------
 
 
@@ -102,8 +130,11 @@ def test_archive_has_files_at_root_and_is_byte_identical(trained_model_dir, tmp_
     b = build_archive(trained_model_dir, manifest, tmp_path / "b" / "model.tar.gz")
     assert a["sha256"] == b["sha256"] and a["size"] == b["size"]
     names = list_archive(Path(a["path"]))
-    assert names == sorted([*manifest["files"], "manifest.json"])
+    served = [f for f in manifest["files"] if not f.startswith(("data/", "plots/"))]
+    assert names == sorted([*served, "manifest.json"])
     assert "weights.safetensors" in names and not any(n.startswith(("/", "checkpoints")) for n in names)
+    # The training rows never leave the artifact store for an endpoint.
+    assert "data/snapshot.parquet" in manifest["files"] and not any(n.startswith("data/") for n in names)
 
 
 def test_archive_refuses_a_tampered_model(trained_model_dir, tmp_path):  # noqa: F811
@@ -198,8 +229,9 @@ def test_trainkite_serve_runs_the_same_app_from_the_store(model_factory, tmp_pat
     model_factory("local-serve-1")
     port = _free_port()
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "serve", "local-serve-1", "--port", str(port)],
-                            cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "trainkite", "serve", "local-serve-1", "--port", str(port)],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -216,30 +248,6 @@ def test_trainkite_serve_runs_the_same_app_from_the_store(model_factory, tmp_pat
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-
-
-def test_trainkite_serve_refuses_an_unknown_model(tk_home):
-    proc = subprocess.run([sys.executable, "-m", "trainkite", "serve", "no-such-model"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "no model 'no-such-model'" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-@pytest.mark.parametrize("argv, rc, out", [
-    (["echo", "exec'd", "as-is"], 0, "exec'd as-is"),
-    (["no-such-command-xyz"], 127, "cannot run 'no-such-command-xyz'"),
-    (["serve", "--port", "1"], 2, "`serve` takes no arguments"),
-    ([], 2, "usage: trainkite-container serve"),
-])
-def test_entrypoint_dispatch(argv, rc, out):
-    proc = subprocess.run([str(CONTAINER), *argv], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == rc and out in proc.stdout + proc.stderr
-
-
-def test_entrypoint_refuses_a_bad_setting():
-    env = {**os.environ, "TRAINKITE_MAX_INSTANCES": "lots"}
-    proc = subprocess.run([str(CONTAINER), "serve"], capture_output=True, text=True, timeout=60, env=env)
-    assert proc.returncode == 2 and "TRAINKITE_MAX_INSTANCES='lots'" in proc.stderr
 
 
 # --- the refusal matrix, in-process -----------------------------------------------------------------------

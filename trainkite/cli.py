@@ -130,10 +130,31 @@ def _check_tree(build) -> None:
     err.print("[yellow]warning:[/] the git tree has uncommitted changes; the manifest records it as dirty")
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback. For an error the user acts on (bad data, a
+    taken model ID: a TrainkiteError) the one-line message is the whole story; the README promises no
+    traceback. Reliability fix (issue 8): `trainkite train` with an empty query printed ~70 lines of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrainkiteError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def hide_user_error_tracebacks() -> None:
+    """Install the filter on Prefect's run loggers (after Prefect configured logging); idempotent."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoUserErrorTraceback) for f in logger.filters):
+            logger.addFilter(_NoUserErrorTraceback())
+
+
 def _run_train(params, model_id: str, build, as_json: bool) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.train import train as train_flow
+
+    hide_user_error_tracebacks()
 
     progress_logger = logging.getLogger("trainkite_progress")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -52,14 +52,16 @@ def _run(folder: Path, model_id: str, host: str, port: int, workers: int) -> Non
 
 
 def _preflight(params, model_id: str, target: str, port: int, allow_older: bool) -> None:
-    """The flow's guards, run before any Prefect server is started, so a refusal is immediate and clean."""
+    """The flow's guards, run before any Prefect server is started, so a refusal is immediate and clean.
+
+    Imports nothing that imports prefect: Prefect reads PREFECT_API_URL once, and ensure_api() sets it later.
+    """
     from tasks import deploy as dp, deploy_log
-    from tasks.deploy_steps import target_endpoint
     from trainkite.store import open_store
 
     store = open_store(params.artifacts.root)
     candidate = dp.load_candidate(store, model_id)
-    endpoint = target_endpoint(params, target, candidate.model_name, port)
+    endpoint = dp.target_endpoint(target, params.deploy.endpoint_name, candidate.model_name, port)
     dp.check_not_older(candidate, deploy_log.live(deploy_log.read_log(store), target, endpoint), allow_older)
     if target == "sagemaker":
         dp.production_store(params.deploy.production_root)

@@ -19,5 +19,10 @@ class ModelNotFound(UserInputError):
     pass
 
 
+class ModelIdTaken(UserInputError):
+    """The model ID is published (or being published) with other files: a model ID is never reused.
+    A user error, not a transient one, so Prefect's task retries don't retry it (issue 8)."""
+
+
 class IntegrityError(TrainkiteError):
     """An artifact does not match its manifest (tampered, truncated, or no manifest at all)."""

@@ -5,6 +5,7 @@ A model is `<root>/<name>/<model-id>/` with `manifest.json`. No manifest = not a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainkite.errors import IntegrityError, ModelNotFound, TrainkiteError
+from trainkite.errors import IntegrityError, ModelIdTaken, ModelNotFound
 from trainkite.home import cache_dir
 from trainkite.ids import validate_model_id
 from trainkite.lineage import file_sha256
@@ -21,6 +22,8 @@ from trainkite.store import ArtifactStore, LocalStore
 
 MANIFEST = "manifest.json"
 SCHEMA = "trainkite.manifest/1"
+# `<root>/_claims/<name>/<model-id>`: which files a publish of that model ID is committed to (see publish).
+CLAIMS = "_claims"
 # Written during training, deliberately outside the hashed model files.
 SCRATCH_PREFIXES = ("checkpoints/",)
 
@@ -51,9 +54,21 @@ def publish(store: ArtifactStore, ref: ModelRef, files: dict[str, Path], manifes
         existing = json.loads(store.get_bytes(manifest_key))
         if existing.get("files") == hashes:
             return existing
-        raise TrainkiteError(
+        raise ModelIdTaken(
             f"model {ref.model_id} is already published at {store.uri(ref.prefix)} with different files; "
             "a model ID is never reused (start a new build or run)"
+        )
+    # Reliability fix (issue 8): two runs publishing the same model ID at once used to interleave their
+    # uploads, leaving a folder of mixed files under a manifest that matched neither. The first run to
+    # claim the ID (an atomic create-only write of its files' hash) publishes; a run with the same files
+    # (a retry) carries on, one with other files is refused before it writes anything.
+    claim_key = f"{CLAIMS}/{ref.name}/{ref.model_id}"
+    claim = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    if not store.put_bytes_if_absent(claim.encode(), claim_key) and store.get_bytes(claim_key).decode() != claim:
+        raise ModelIdTaken(
+            f"model {ref.model_id} is being published to {store.uri(ref.prefix)} by another run with different "
+            f"files; a model ID is never reused (start a new build or run). If no other run is publishing it, "
+            f"an earlier attempt crashed: delete {store.uri(claim_key)} and re-run"
         )
     for rel, path in sorted(files.items()):
         store.put_file(path, f"{ref.prefix}/{rel}")
@@ -104,11 +119,17 @@ def list_models(store: ArtifactStore) -> list[dict[str, Any]]:
     return sorted(out, key=lambda m: m.get("created_at", ""))
 
 
-def verify_dir(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file the manifest lists exists with its sha256; the first mismatch is named."""
+def verify_dir(folder: Path, manifest: dict[str, Any], may_be_absent: tuple[str, ...] = ()) -> None:
+    """Every file the manifest lists exists with its sha256; the first mismatch is named.
+
+    Files under `may_be_absent` prefixes may be missing (a serving archive leaves the training data
+    out), but one that is present must still match.
+    """
     for rel, meta in sorted(manifest.get("files", {}).items()):
         path = folder / rel
         if not path.is_file():
+            if rel.startswith(may_be_absent):
+                continue
             raise IntegrityError(f"model {manifest.get('model_id')}: {rel} is missing")
         if file_sha256(path) != meta["sha256"]:
             raise IntegrityError(
@@ -139,11 +160,15 @@ def fetch_model(store: ArtifactStore, model_id: str) -> tuple[Path, dict[str, An
     return local, manifest
 
 
+# What a serving container does not need: the training rows stay in the artifact store, never on an endpoint.
+NOT_SERVED = ("data/", "plots/")
+
+
 def load_dir_manifest(folder: Path) -> dict[str, Any]:
     """Manifest of a model folder outside any store (SageMaker's /opt/ml/model), verified."""
     path = folder / MANIFEST
     if not path.is_file():
         raise IntegrityError(f"{folder} has no {MANIFEST}: not a trainkite model")
     manifest = json.loads(path.read_text())
-    verify_dir(folder, manifest)
+    verify_dir(folder, manifest, may_be_absent=NOT_SERVED)
     return manifest

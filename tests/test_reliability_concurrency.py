@@ -1,0 +1,231 @@
+"""Reliability under concurrency: two trainings publishing into one store at the same time (different model
+IDs, and the same model ID twice), and the serving app under 200 concurrent requests, some malformed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO
+from tests.faults.prefect_server import free_port
+from tests.fixtures_models import copy_model, flush_prefect_logs, trained_model_dir  # noqa: F401
+from trainkite import manifest as mf
+from trainkite.store import LocalStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
+
+SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", "--set", "tracking.backend='none'",
+         "--set", "train.epochs=3"]
+
+
+def _train(home: Path, root: Path, model_id: str, seed: int) -> subprocess.Popen:
+    env = {**os.environ, "TRAINKITE_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", f"train.seed={seed}",
+         "--set", f"artifacts.root={json.dumps(str(root))}", "--model-id", model_id, "--json"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"training hung for {timeout}s:\n{err[-3000:]}") from None
+    return proc.returncode, out, err
+
+
+def _seed_of(store: LocalStore, model_id: str) -> int:
+    folder, manifest = mf.fetch_model(store, model_id)  # every file verified against the manifest
+    assert json.loads((folder / "params.json").read_text())["train"]["seed"] == manifest["lineage"]["seed"]
+    return manifest["lineage"]["seed"]
+
+
+def test_two_trainings_publish_different_models_into_one_store_at_once(prefect_api, tmp_path):
+    root = tmp_path / "shared-store"
+    procs = {"conc-a": _train(tmp_path / "home", root, "conc-a", 1),
+             "conc-b": _train(tmp_path / "home", root, "conc-b", 2)}
+    results = {mid: _finish(p) for mid, p in procs.items()}
+    for mid, (rc, out, err) in results.items():
+        assert rc == 0, err[-3000:]
+        assert json.loads(out)["model_id"] == mid
+    store = LocalStore(root)
+    assert sorted(m["model_id"] for m in mf.list_models(store)) == ["conc-a", "conc-b"]
+    assert (_seed_of(store, "conc-a"), _seed_of(store, "conc-b")) == (1, 2)
+
+
+def test_the_same_model_id_twice_at_once_one_wins_the_other_is_refused_cleanly(prefect_api, tmp_path):
+    """Two runs, one model ID, different weights (seeds): never a mixed folder. The loser is refused with a
+    message (exit 2: the model ID is taken; no traceback), or, had its files been identical, would have been
+    idempotent."""
+    root = tmp_path / "shared-store"
+    procs = [_train(tmp_path / "home-1", root, "same-1", 1), _train(tmp_path / "home-2", root, "same-1", 2)]
+    results = [_finish(p) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes == [0, 2], [r[2][-2000:] for r in results]
+    loser = next(err for rc, _, err in results if rc == 2)
+    assert "Traceback" not in loser
+    assert "a model ID is never reused" in loser, loser[-2000:]
+    winner = next(json.loads(out) for rc, out, _ in results if rc == 0)
+    store = LocalStore(root)
+    assert [m["model_id"] for m in mf.list_models(store)] == ["same-1"]
+    seed = _seed_of(store, "same-1")  # whole and verified: every file from the winner
+    assert winner["metrics"] == mf.read_manifest(store, mf.find_model(store, "same-1"))["metrics"]
+    assert seed in (1, 2)
+
+
+def test_same_model_id_publishes_racing_in_threads_never_mix_files(trained_model_dir, tmp_path):  # noqa: F811
+    """The publish race itself, forced: both publishers upload slowly, interleaving file by file. Before the
+    claim in trainkite.manifest.publish, both "succeeded" and left a folder whose manifest matched neither."""
+    other = copy_model(trained_model_dir, tmp_path / "other", "x")
+    (other / "params.json").write_text((other / "params.json").read_text() + "\n")  # different bytes
+    variants = {"a": trained_model_dir, "b": other}
+    barrier = threading.Barrier(2)
+
+    class SlowStore(LocalStore):
+        def put_bytes_if_absent(self, data, key):
+            barrier.wait(10)  # both reach the claim together
+            return super().put_bytes_if_absent(data, key)
+
+        def put_file(self, local, key):
+            time.sleep(0.02)
+            super().put_file(local, key)
+
+    outcomes: dict[str, str] = {}
+
+    def publish(tag: str) -> None:
+        folder = variants[tag]
+        files = {rel: folder / rel for rel in json.loads((folder / "manifest.json").read_text())["files"]}
+        try:
+            mf.publish(SlowStore(tmp_path / "store"), mf.ModelRef("sentiment", "race-1"), files, {"lineage": {}})
+            outcomes[tag] = "published"
+        except Exception as err:  # the loser's refusal
+            outcomes[tag] = f"{type(err).__name__}: {err}"
+
+    threads = [threading.Thread(target=publish, args=(t,)) for t in variants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(o.split(":")[0] for o in outcomes.values()) == ["ModelIdTaken", "published"], outcomes
+    assert "being published to" in next(o for o in outcomes.values() if o != "published")
+    store = LocalStore(tmp_path / "store")
+    mf.fetch_model(store, "race-1")  # verifies: the folder is one publisher's, whole
+    # Publishing identical files again (a retry) is idempotent, not refused.
+    winner = next(t for t, o in outcomes.items() if o == "published")
+    files = {rel: variants[winner] / rel for rel in json.loads((variants[winner] / "manifest.json").read_text())["files"]}
+    assert mf.publish(store, mf.ModelRef("sentiment", "race-1"), files, {"lineage": {}})["files"] == \
+        mf.read_manifest(store, mf.ModelRef("sentiment", "race-1"))["files"]
+
+
+# --- serving under load ----------------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def served(trained_model_dir, tmp_path):  # noqa: F811
+    """`trainkite serve` (uvicorn, the SageMaker container's app) on a free port, the model from a store."""
+    root = tmp_path / "store"
+    copy_model(trained_model_dir, root, "serve-1")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "serve", "serve-1", "--port", str(port),
+                             "--root", str(root)], cwd=REPO, env=dict(os.environ), stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield url, proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+SIX_MIB = 6 * 1024 * 1024
+MALFORMED = [
+    ("bad json", b"{not json", "application/json", 400),
+    ("wrong type", json.dumps({"instances": [1, 2]}).encode(), "application/json", 400),
+    ("not an array", json.dumps({"instances": "text"}).encode(), "application/json", 400),
+    ("empty list", json.dumps({"instances": []}).encode(), "application/json", 400),
+    ("deeply nested", b"[" * 50_000 + b"]" * 50_000, "application/json", 400),
+    ("too many", json.dumps({"instances": ["x"] * 300}).encode(), "application/json", 413),
+    ("content type", b"hello", "text/plain", 415),
+    ("6 MiB + 1", b"x" * (SIX_MIB + 1), "application/json", 413),
+]
+TEXTS = ["The pay is fair and my manager listens", "Terrible hours, nobody answers my emails",
+         "The office moved to the third floor"]
+
+
+def test_200_concurrent_requests_some_malformed(served):
+    url, proc, log = served
+    expected = {t: p for t, p in zip(TEXTS, requests.post(f"{url}/invocations", json={"instances": TEXTS},
+                                                          timeout=30).json()["predictions"], strict=True)}
+    requests.post(f"{url}/invocations", data=MALFORMED[-1][1], headers={"Content-Type": "application/json"},
+                  timeout=30)  # warm the big-body path before the baseline
+    rss_before = _rss_kib(proc.pid)
+
+    jobs = []
+    for i in range(200):
+        if i % 4 == 3:  # 50 malformed, every kind several times (the 6 MiB one 6 times)
+            jobs.append(("bad", MALFORMED[(i // 4) % len(MALFORMED)]))
+        else:
+            jobs.append(("ok", [TEXTS[(i + k) % 3] for k in range(1 + i % 5)]))
+
+    def send(job):
+        kind, what = job
+        if kind == "ok":
+            r = requests.post(f"{url}/invocations", json={"instances": what}, timeout=60)
+            return kind, what, r.status_code, r.json()
+        name, body, ctype, status = what
+        r = requests.post(f"{url}/invocations", data=body, headers={"Content-Type": ctype}, timeout=60)
+        return kind, what, r.status_code, r.json()
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(send, jobs))
+    elapsed = time.monotonic() - t0
+
+    ok = [r for r in results if r[0] == "ok"]
+    bad = [r for r in results if r[0] == "bad"]
+    assert len(ok) == 150 and len(bad) == 50
+    for _, texts, status, body in ok:
+        assert status == 200, body
+        assert body["model_id"] == "serve-1" and len(body["predictions"]) == len(texts)
+        for text, pred in zip(texts, body["predictions"], strict=True):
+            assert pred == expected[text]  # same answer under load as alone
+    for _, (name, _, _, status_expected), status, body in bad:
+        assert status == status_expected, (name, status, body)
+        assert 400 <= status < 500 and body["error"], name
+    rss_growth_mib = (_rss_kib(proc.pid) - rss_before) / 1024
+    print(f"\n200 requests (50 malformed, 6 of 6 MiB+1) in {elapsed:.1f}s; RSS growth {rss_growth_mib:.1f} MiB")
+    assert rss_growth_mib < 150, rss_growth_mib
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    assert "Traceback" not in log.read_text()
