@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from deployments.specs import DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, DeploymentSpec, PoolSpec
+from deployments.specs import DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, SCHEDULE_SLUG, DeploymentSpec, PoolSpec
 from trainkite.errors import TrainkiteError
 from trainkite.home import REPO_ROOT
 
@@ -184,18 +184,44 @@ def _apply_deployment(client, spec: DeploymentSpec, pools: set[str], dry_run: bo
             return {**entry, "status": "would create"}
         flow_id = client.create_flow_from_name(spec.flow_name)
         deployment_id = client.create_deployment(flow_id=flow_id, name=spec.name, **want)
+        _apply_schedule(client, deployment_id, spec, dry_run=False)
         log.info("created deployment %s", spec.full_name)
         return {**entry, "id": str(deployment_id), "status": "created"}
     have = current_fields(found)
     changed = sorted(k for k in MANAGED_FIELDS if have[k] != want[k])
+    if _apply_schedule(client, found.id, spec, dry_run):
+        changed.append("schedule")
     entry["id"] = str(found.id)
     if not changed:
         return {**entry, "status": "unchanged"}
     if dry_run:
         return {**entry, "status": "would update", "changed": changed}
-    client.update_deployment(found.id, DeploymentUpdate(**{k: want[k] for k in changed}))
+    fields = [k for k in changed if k != "schedule"]
+    if fields:
+        client.update_deployment(found.id, DeploymentUpdate(**{k: want[k] for k in fields}))
     log.info("updated deployment %s: %s", spec.full_name, ", ".join(changed))
     return {**entry, "status": "updated", "changed": changed}
+
+
+def _apply_schedule(client, deployment_id, spec: DeploymentSpec, dry_run: bool) -> bool:
+    """Make the schedule apply owns match `spec.cron`; True if it had to change."""
+    if spec.cron is None:
+        return False
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    want = CronSchedule(cron=spec.cron, timezone=spec.timezone)
+    ours = [s for s in client.read_deployment_schedules(deployment_id) if s.slug == SCHEDULE_SLUG]
+    if ours and getattr(ours[0].schedule, "cron", None) == want.cron and ours[0].schedule.timezone == want.timezone:
+        return False
+    if dry_run:
+        return True
+    if ours:
+        client.update_deployment_schedule(deployment_id, ours[0].id, schedule=want, active=True)
+    else:
+        client.create_deployment_schedules(
+            deployment_id, [DeploymentScheduleCreate(schedule=want, active=True, slug=SCHEDULE_SLUG)])
+    return True
 
 
 # ----------------------------------------------------------- automations

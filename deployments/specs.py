@@ -9,6 +9,7 @@ The UI's typed parameter form comes from each flow's signature (pydantic models 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,10 @@ BUILDKITE_TAG = "buildkite"
 # Seconds between flow-run heartbeats (Prefect's minimum is 30). The stale-run automation marks a
 # run Crashed after ZOMBIE_AFTER_SECONDS without one; 4 missed beats leaves room for a busy CPU.
 HEARTBEAT_SECONDS = 30
+# Weekly retrain, Monday 03:00 UTC unless the environment of `deployments apply` says otherwise.
+RETRAIN_CRON = os.environ.get("TRAINKITE_RETRAIN_CRON", "0 3 * * 1")
+RETRAIN_TIMEZONE = os.environ.get("TRAINKITE_RETRAIN_TIMEZONE", "UTC")
+SCHEDULE_SLUG = "trainkite"
 ZOMBIE_AFTER_SECONDS = 120
 
 _QUIET_OFFLINE_ENV = {
@@ -65,6 +70,9 @@ class DeploymentSpec:
     tags: tuple[str, ...] = ()
     # Deployments of flows other engineers are still writing: skipped while the file is missing.
     optional: bool = False
+    # A cron schedule apply owns (slug SCHEDULE_SLUG); schedules added in the UI are left alone.
+    cron: str | None = None
+    timezone: str = "UTC"
 
     @property
     def full_name(self) -> str:
@@ -129,6 +137,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         "retrain", PROCESS_POOL, "flows/retrain.py:retrain", PROCESS_POOL,
         "Scheduled retrain: skips when the data fingerprint is unchanged unless forced.",
         job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
+        cron=RETRAIN_CRON, timezone=RETRAIN_TIMEZONE,
     ),
     DeploymentSpec(
         "sweep", PROCESS_POOL, "flows/sweep.py:sweep", PROCESS_POOL,

@@ -136,3 +136,13 @@ def test_specs_name_flows_that_exist(name):
     from deployments.specs import deployment
 
     assert load_flow(deployment(name)).name == name.split("/")[0]
+
+
+def test_retrain_runs_on_a_weekly_cron_schedule(applied):
+    from deployments.specs import RETRAIN_CRON, SCHEDULE_SLUG
+
+    with _client() as client:
+        d = client.read_deployment_by_name("retrain/trainkite-process")
+        ours = [s for s in client.read_deployment_schedules(d.id) if s.slug == SCHEDULE_SLUG]
+    assert len(ours) == 1 and ours[0].active
+    assert ours[0].schedule.cron == RETRAIN_CRON == "0 3 * * 1"

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,9 +53,9 @@ def test_changed_param_in_manifest_is_named(model, home, tmp_path):
     backup = tmp_path / "manifest.json"
     shutil.copy(path, backup)
     try:
-        m = json.loads(open(path).read())
+        m = json.loads(Path(path).read_text())
         m["lineage"]["params"]["train"]["learning_rate"] = 0.25
-        open(path, "w").write(json.dumps(m))
+        Path(path).write_text(json.dumps(m))
         out = tk("verify", model, "--json", env=home, check=False)
         assert out.returncode == 1
         r = json.loads(out.stdout)
@@ -71,9 +72,9 @@ def test_tampered_weight_byte_is_refused_at_load(model, home, tmp_path):
     backup = tmp_path / "w"
     shutil.copy(weights, backup)
     try:
-        data = bytearray(open(weights, "rb").read())
+        data = bytearray(Path(weights).read_bytes())
         data[-5] ^= 0xFF
-        open(weights, "wb").write(bytes(data))
+        Path(weights).write_bytes(bytes(data))
         for cmd in (["verify", model], ["predict", model, "--text", "hello"]):
             out = tk(*cmd, env=home, check=False)
             assert out.returncode == 1 and "weights.safetensors does not match its sha256" in out.stderr
@@ -87,7 +88,7 @@ def test_lineage_from_a_prediction(model, home, tmp_path):
     f = tmp_path / "pred.json"
     f.write_text(json.dumps(pred["predictions"][0]))
     lin = json.loads(tk("lineage", "--prediction", str(f), "--json", env=home).stdout)
-    m = json.loads(open(_manifest_path(home, model)).read())
+    m = json.loads(Path(_manifest_path(home, model)).read_text())
     assert lin["model_id"] == model
     assert lin["params_hash"] == m["lineage"]["params_hash"]
     assert lin["data"]["fingerprint"] == m["lineage"]["data"]["fingerprint"]

@@ -35,7 +35,7 @@ def git_info() -> dict[str, object]:
         # Inside an image there is no .git: the build bakes the commit in.
         commit = os.environ.get("TRAINKITE_GIT_COMMIT") or os.environ.get("BUILDKITE_COMMIT")
         return {"commit": commit or "unknown", "dirty": None, "branch": os.environ.get("BUILDKITE_BRANCH")}
-    status = _git("status", "--porcelain", "--untracked-files=no") or ""
+    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") or ""
     return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
 
 

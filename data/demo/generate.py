@@ -872,7 +872,7 @@ def cap(s: str) -> str:
 def combo_reserved(subject: str, predicate: str) -> bool:
     """About one subject/predicate pairing in five is kept for the held-out
     set only (crc32 is stable across runs and Python versions)."""
-    return zlib.crc32(f"{subject}|{predicate}".encode("utf-8")) % 5 == 0
+    return zlib.crc32(f"{subject}|{predicate}".encode()) % 5 == 0
 
 
 class Composer:
@@ -1038,7 +1038,7 @@ def quota(n: int, labels: list[str], weights: list[float]) -> list[str]:
     counts = [int(n * w) for w in weights]
     for i in sorted(range(len(labels)), key=lambda i: -(n * weights[i] - counts[i]))[: n - sum(counts)]:
         counts[i] += 1
-    return [lab for lab, c in zip(labels, counts) for _ in range(c)]
+    return [lab for lab, c in zip(labels, counts, strict=True) for _ in range(c)]
 
 
 def sentences(text: str) -> list[str]:
@@ -1060,7 +1060,7 @@ def generate(n: int, seed: int, holdout: bool, exclude: list[str]) -> list[dict]
     rng.shuffle(sentiments)
     rng.shuffle(topics)
     rows = []
-    for sentiment, topic in zip(sentiments, topics):
+    for sentiment, topic in zip(sentiments, topics, strict=True):
         for _ in range(50):
             text = comp.comment(topic, sentiment)
             if not MIN_WORDS <= n_words(text) <= MAX_WORDS or text in seen:
