@@ -38,11 +38,7 @@ def _store(params: Params) -> ArtifactStore:
 
 
 def _workdir(model_id: str) -> Path:
-    # Reliability fix (issue 8): a step whose predecessors came from the cache (another TRAINKITE_HOME or a
-    # cleared runs/ folder, same Prefect server and store) found no workdir and died writing a checkpoint.
-    workdir = runs_dir() / model_id
-    workdir.mkdir(parents=True, exist_ok=True)
-    return workdir
+    return runs_dir() / model_id
 
 
 def _ref(params: Params, model_id: str) -> ModelRef:
@@ -104,7 +100,12 @@ def preprocess(dataset: data.DatasetRef, params: Params, model_id: str) -> Featu
 
 @task(name="train", cache_key_fn=_train_key, **_cached)
 def train_model(features: FeaturesRef, params: Params, model_id: str) -> tn.TrainedModel:
-    return model_types.train(features, params, _store(params), _ref(params, model_id), _workdir(model_id))
+    # Reliability fix (issue 8): with fetch and preprocess served from the cache (another TRAINKITE_HOME or a
+    # cleared runs/ folder, same Prefect server and store) nothing had made the workdir, and training died
+    # writing its first checkpoint there.
+    workdir = _workdir(model_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return model_types.train(features, params, _store(params), _ref(params, model_id), workdir)
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)

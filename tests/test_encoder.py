@@ -60,21 +60,52 @@ def test_frozen_encoder_publishes_head_and_encoder_reference(encoder_model):
     assert 0 <= result["metrics"]["evaluation_accuracy"] <= 1
 
 
+def _cached_features(root: Path):
+    from tasks.preprocess import FeaturesRef
+
+    [key] = open_store(str(root)).list("_cache/features")
+    return FeaturesRef(key=Path(key).stem, store_key=key, labels=["negative", "neutral", "positive"], counts={},
+                       fingerprint="")
+
+
 def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
     from safetensors.torch import load_file
 
     from tasks import model_types
-    from tasks.preprocess import FeaturesRef
     from trainkite.manifest import ModelRef
 
     params, _, root = encoder_model
-    store = open_store(str(root))
-    [key] = [k for k in store.list("_cache/features")]
-    ref = FeaturesRef(key=Path(key).stem, store_key=key, labels=["negative", "neutral", "positive"], counts={},
-                      fingerprint="")
-    again = model_types.train(ref, params, store, ModelRef("sentiment", "enc-again"), tmp_path)
+    again = model_types.train(_cached_features(root), params, open_store(str(root)),
+                              ModelRef("sentiment", "enc-again"), tmp_path)
     a = load_file(str(root / "sentiment" / "enc-1" / "weights.safetensors"))
     b = load_file(again.weights_path)
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_crashed_training_resumes_to_the_same_weights(encoder_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tasks import encoder_train
+    from trainkite.manifest import ModelRef
+
+    params, _, root = encoder_model
+    store, features, ref = open_store(str(root)), _cached_features(root), ModelRef("sentiment", "enc-crash")
+    save = encoder_train._save_checkpoint
+
+    def crash_after_epoch_2(*args):
+        save(*args)
+        if args[-1]["epoch"] == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(encoder_train, "_save_checkpoint", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        encoder_train.train_encoder(features, params, store, ref, tmp_path / "a")
+    monkeypatch.setattr(encoder_train, "_save_checkpoint", save)
+    # A fresh workdir, as on another container: only the store's checkpoint carries over (AdamW moments too).
+    resumed = encoder_train.train_encoder(features, params, store, ref, tmp_path / "b")
+    assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == params.train.epochs
+    a = load_file(str(root / "sentiment" / "enc-1" / "weights.safetensors"))
+    b = load_file(resumed.weights_path)
     assert all(a[k].equal(b[k]) for k in a)
 
 
