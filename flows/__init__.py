@@ -1,0 +1,10 @@
+"""The DAGs: train, retrain, deploy, sweep, release — composition only.
+
+The steps log on `trainkite.*` loggers (PREFECT_LOGGING_EXTRA_LOGGERS=trainkite sends them to the
+Prefect UI); INFO is where per-epoch progress lives, so runs show it unless the user chose a level.
+"""
+
+import logging
+
+if logging.getLogger("trainkite").level == logging.NOTSET:
+    logging.getLogger("trainkite").setLevel(logging.INFO)
