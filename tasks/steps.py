@@ -130,7 +130,22 @@ def _wandb_link(tracking: dict | None) -> str:
     return tr.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
 
 
-@task(name="notify", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def _not_refused_by_buildkite(task, task_run, state) -> bool:
+    # Issue 8: the client already retried 5xx/429/network errors; a 401/403/404/422 (expired token, missing
+    # scope, canceled build) will not fix itself in 10 s, so fail at once and let the failure hook report it.
+    from buildkite.client import BuildkiteError
+
+    try:
+        state.result()
+    except BuildkiteError as err:
+        return err.status is None or err.status >= 500 or err.status == 429
+    except Exception:
+        return True
+    return False
+
+
+@task(name="notify", retries=1, retry_delay_seconds=10, retry_condition_fn=_not_refused_by_buildkite,
+      cache_policy=NONE)
 def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalReport,
            tracking: dict | None) -> str:
     fields = nt.success_fields(

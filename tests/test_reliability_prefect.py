@@ -48,44 +48,20 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_server(tmp_path_factory):
+    """A second, private Prefect server for the restart test, booting while the launch test runs."""
+    server = PrivatePrefectServer(tmp_path_factory.mktemp("private-prefect")).start(wait=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _flow_runs(api_url: str, model_id: str) -> list[dict]:
     resp = requests.post(f"{api_url}/flow_runs/filter", json={"limit": 200}, timeout=10)
     resp.raise_for_status()
     return [r for r in resp.json() if (r.get("parameters") or {}).get("model_id") == model_id]
-
-
-def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(tmp_path):
-    """A private server (own PREFECT_HOME, port, SQLite DB) is stopped and started again while
-    `trainkite train` is in its training loop. The run rides it out (Prefect's client retries connection
-    errors with backoff), completes, and the restarted server has its final state: one run, one model."""
-    server = PrivatePrefectServer(tmp_path / "prefect").start()
-    try:
-        home = tmp_path / "home"
-        env = {**os.environ, **server.env(), "TRAINKITE_HOME": str(home)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", "train.epochs=12", "--set",
-             "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        state = home / "artifacts" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
-        _wait("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180, proc)
-        epoch_at_stop = json.loads(state.read_text())["epoch"]
-        offline = server.restart(down_for=1.0)
-        rc, out, err = _finish(proc, 240)
-        assert rc == 0, err[-3000:]
-        print(f"\nserver stopped at epoch {epoch_at_stop}/12, offline {offline:.1f}s; run completed")
-        assert epoch_at_stop < 12  # the restart really happened mid-run
-        assert json.loads(out)["model_id"] == "restart-1"
-
-        store = LocalStore(home / "artifacts")
-        assert [m["model_id"] for m in mf.list_models(store)] == ["restart-1"]
-        mf.fetch_model(store, "restart-1")  # whole and verified
-        runs = _wait("the restarted server to show the run's final state",
-                     lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
-                     30)
-        assert len(_flow_runs(server.url, "restart-1")) == 1 and len(runs) == 1
-        assert "Traceback" not in err
-    finally:
-        server.stop()
 
 
 # --- a retried launch step ----------------------------------------------------------------------------------
@@ -147,3 +123,41 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
     puts = [r["status"] for r in fake_buildkite.requests_to("PUT", rf"/builds/{number}/jobs/[^/]+/unblock$")]
     assert puts == [200]
     assert fake_buildkite.build(ORG, PIPELINE, number)["meta_data"]["model-id"] == model_id
+
+
+# --- the API server restarts mid-run -------------------------------------------------------------------------
+
+
+def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_server, tmp_path):
+    """A private server (own PREFECT_HOME, port, SQLite DB) is stopped and started again while
+    `trainkite train` is in its training loop. The run rides it out (Prefect's client retries connection
+    errors with backoff), completes, and the restarted server has its final state: one run, one model."""
+    server = private_server
+    server.wait_healthy(120)
+    try:
+        home = tmp_path / "home"
+        env = {**os.environ, **server.env(), "TRAINKITE_HOME": str(home)}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", "train.epochs=12", "--set",
+             "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        state = home / "artifacts" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
+        _wait("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180, proc)
+        epoch_at_stop = json.loads(state.read_text())["epoch"]
+        offline = server.restart(down_for=1.0)
+        rc, out, err = _finish(proc, 240)
+        assert rc == 0, err[-3000:]
+        print(f"\nserver stopped at epoch {epoch_at_stop}/12, offline {offline:.1f}s; run completed")
+        assert epoch_at_stop < 12  # the restart really happened mid-run
+        assert json.loads(out)["model_id"] == "restart-1"
+
+        store = LocalStore(home / "artifacts")
+        assert [m["model_id"] for m in mf.list_models(store)] == ["restart-1"]
+        mf.fetch_model(store, "restart-1")  # whole and verified
+        runs = _wait("the restarted server to show the run's final state",
+                     lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
+                     30)
+        assert len(_flow_runs(server.url, "restart-1")) == 1 and len(runs) == 1
+        assert "Traceback" not in err
+    finally:
+        server.stop()

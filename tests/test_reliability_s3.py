@@ -120,7 +120,7 @@ def test_faults_beyond_the_retry_budget_fail_cleanly_and_a_rerun_publishes(s3, t
 def test_a_model_being_published_is_invisible_until_its_manifest_lands(s3, trained_model_dir, tk_home):  # noqa: F811
     files = _model_files(trained_model_dir)
     store = open_store(ROOT)
-    s3.delay(2.0, method="PUT", path=r"/sentiment/inflight-1/manifest\.json$")
+    s3.delay(3.0, method="PUT", path=r"/sentiment/inflight-1/manifest\.json$")
     done: dict = {}
     worker = threading.Thread(target=lambda: done.setdefault("m", mf.publish(
         store, mf.ModelRef("sentiment", "inflight-1"), files, {"lineage": {}})))
