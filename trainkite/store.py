@@ -96,8 +96,8 @@ class LocalStore(ArtifactStore):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def put_bytes(self, data: bytes, key: str) -> None:
-        dest = self._path(key)
+    def _written_temp(self, data: bytes, dest: Path) -> Path:
+        """`data` fsynced into a temp file beside `dest`, ready to be renamed or linked into place."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
@@ -106,9 +106,18 @@ class LocalStore(ArtifactStore):
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            raise
+        return Path(tmp)
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        dest = self._path(key)
+        tmp = self._written_temp(data, dest)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
             raise
 
     def get_bytes(self, key: str) -> bytes:
@@ -148,21 +157,14 @@ class LocalStore(ArtifactStore):
 
     def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = self._written_temp(data, dest)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            try:
-                os.link(tmp, dest)  # atomic and create-only: the complete file appears, or nothing
-            except FileExistsError:
-                return False
-            return True
+            os.link(tmp, dest)  # atomic and create-only: the complete file appears, or nothing
+        except FileExistsError:
+            return False
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        return True
 
 
 # Checkpoints and a run's staged files are scratch: the bucket's lifecycle rule expires objects with
