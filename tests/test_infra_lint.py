@@ -345,7 +345,8 @@ def test_dockerfile_contract(dockerfile):
     assert "WORKDIR /opt/app" in lines
     users = [ln.split(None, 1)[1] for ln in lines if ln.startswith("USER ")]
     assert users and not users[-1].startswith(("root", "0")), "final USER must not be root"
-    assert any(re.search(r"pip install (--no-cache-dir )?\.(\s|$)", ln) for ln in lines)
+    installs_project = re.compile(r"pip install (--no-cache-dir )?(-c requirements.lock )?\"?\.(\[encoder\])?\"?(\s|$)")
+    assert any(installs_project.search(ln) for ln in lines)
     for ln in lines:
         if ln.startswith("FROM "):
             image = ln.split()[1]

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trainkite.errors import TrainkiteError, UserInputError
 from trainkite.home import configure_quiet_offline_env
@@ -45,7 +46,8 @@ def user_errors(as_json: bool):
     except TrainkiteError as e:
         if as_json:
             emit({"error": str(e), "exit_code": e.exit_code}, True)
-        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        # escape: messages quote user input and things like 'trainkite[encoder]' that are not markup.
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 
