@@ -23,9 +23,8 @@ from params.model import Params
 from tasks import encoder as enc
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
-from tasks.train import TrainedModel, local_weights, make_deterministic, pick_device, progress
+from tasks.train import TrainedModel, finish_training, local_weights, make_deterministic, pick_device, progress
 from trainkite.manifest import ModelRef
-from trainkite.runfiles import run_key, stage
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.train")
@@ -197,14 +196,8 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
             log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
     elapsed = time.perf_counter() - started
 
-    weights = workdir / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
-    weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
-    return TrainedModel(
-        weights_path=str(weights), weights_key=weights_key, labels=features.labels, history=history,
-        best_epoch=best_epoch, epochs_run=len(history), device=device, resumed_from_epoch=resumed,
-        train_seconds=round(elapsed, 3), samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
-    )
+    return finish_training(store, ref, workdir, best_state, labels=features.labels, history=history,
+                           best_epoch=best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
 
 
 def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,

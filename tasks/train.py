@@ -220,11 +220,19 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
             log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
     elapsed = time.perf_counter() - started
 
+    return finish_training(store, ref, workdir, best_state, labels=features.labels, history=history,
+                           best_epoch=best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+
+
+def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_state: dict[str, torch.Tensor], *,
+                    labels: list[str], history: list[dict], best_epoch: int, device: str, resumed: int | None,
+                    elapsed: float, seen: int) -> TrainedModel:
+    """Save the best weights, stage them in the store for re-runs, and describe the result (any model type)."""
     weights = workdir / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
     weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
     return TrainedModel(
-        weights_path=str(weights), weights_key=weights_key, labels=features.labels, history=history,
+        weights_path=str(weights), weights_key=weights_key, labels=labels, history=history,
         best_epoch=best_epoch, epochs_run=len(history), device=device, resumed_from_epoch=resumed,
         train_seconds=round(elapsed, 3),
         samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
