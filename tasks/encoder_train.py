@@ -23,7 +23,15 @@ from params.model import Params
 from tasks import encoder as enc
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
-from tasks.train import TrainedModel, finish_training, local_weights, make_deterministic, pick_device, progress
+from tasks.train import (
+    EpochTracker,
+    TrainedModel,
+    finish_training,
+    local_weights,
+    make_deterministic,
+    pick_device,
+    progress,
+)
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
 
@@ -136,22 +144,20 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
                                   weight_decay=tp.weight_decay)
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
-    history: list[dict] = []
-    best_state: dict[str, torch.Tensor] = {}
-    best_metric, best_epoch, start_epoch, resumed, stop = -1.0, 0, 1, None, False
+    metric = params.evaluation.primary_metric
+    tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
     ck = _load_checkpoint(store, ref, workdir, identity, model, optimizer)
     if ck is not None:
         state, best_state = ck
-        history, best_metric, best_epoch = state["history"], state["best_metric"], state["best_epoch"]
-        start_epoch, resumed, stop = state["epoch"] + 1, state["epoch"], bool(state.get("stopped"))
+        tracker = EpochTracker(tp, metric, state, best_state)
+        start_epoch, resumed = state["epoch"] + 1, state["epoch"]
         log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
 
     use_amp = device == "cuda" and tp.amp
-    metric = params.evaluation.primary_metric
     started = time.perf_counter()
     seen = 0
     for epoch in range(start_epoch, tp.epochs + 1):
-        if stop:
+        if tracker.stopped:
             break
         model.train()
         eg = torch.Generator()
@@ -178,26 +184,13 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
                                                                     "step": b + 1, "steps": steps_per_epoch}})
         val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
                     features.labels)
-        row = {"epoch": epoch, "train_loss": loss_sum / n, "val_accuracy": val["accuracy"],
-               "val_macro_f1": val["macro_f1"], "lr": lr}
-        history.append(row)
-        improved = val[metric] > best_metric
-        if improved:
-            best_metric, best_epoch = val[metric], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        stop = bool(tp.patience) and epoch - best_epoch >= tp.patience
-        log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs,
-                 row["train_loss"], val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
-        if epoch % tp.checkpoint_every == 0 or stop or epoch == tp.epochs:
-            _save_checkpoint(store, ref, workdir, model, optimizer, best_state, {
-                "epoch": epoch, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "identity": identity, "stopped": stop, "best_is_current": best_epoch == epoch})
-        if stop:
-            log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
+        if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
+            _save_checkpoint(store, ref, workdir, model, optimizer, tracker.best_state,
+                             tracker.checkpoint_state(epoch, identity))
     elapsed = time.perf_counter() - started
 
-    return finish_training(store, ref, workdir, best_state, labels=features.labels, history=history,
-                           best_epoch=best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+    return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
+                           best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
 
 
 def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,

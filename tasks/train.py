@@ -150,25 +150,22 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
     params_list = list(model.parameters())
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
-    history: list[dict] = []
-    best_state: dict[str, torch.Tensor] = {}  # epoch 1 always improves on -1
-    best_metric, best_epoch, start_epoch, resumed = -1.0, 0, 1, None
+    metric = params.evaluation.primary_metric
+    tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
     ck = _load_checkpoint(store, ref, workdir, identity)
     if ck is not None:
         state, current, best_state = ck
         model.load_state_dict(current)
-        history, best_metric, best_epoch = state["history"], state["best_metric"], state["best_epoch"]
+        tracker = EpochTracker(tp, metric, state, best_state)
         start_epoch = state["epoch"] + 1
         resumed = state["epoch"]
         log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
 
     use_amp = device == "cuda" and tp.amp
-    metric = params.evaluation.primary_metric
     started = time.perf_counter()
     seen = 0
-    stop = bool(ck and ck[0].get("stopped"))
     for epoch in range(start_epoch, tp.epochs + 1):
-        if stop:
+        if tracker.stopped:
             break
         model.train()
         # One generator per epoch: a resumed run shuffles exactly like an uninterrupted one.
@@ -200,28 +197,46 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
                                                                     "step": b + 1, "steps": steps_per_epoch}})
         probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
         val = score(arrays["validation_y"], probs, features.labels)
-        row = {"epoch": epoch, "train_loss": loss_sum / n, "val_accuracy": val["accuracy"],
-               "val_macro_f1": val["macro_f1"], "lr": lr}
-        history.append(row)
-        improved = val[metric] > best_metric
-        if improved:
-            best_metric, best_epoch = val[metric], epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        stop = bool(tp.patience) and epoch - best_epoch >= tp.patience
-        log.info(
-            "epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, row["train_loss"],
-            val["accuracy"], val["macro_f1"], "  (best)" if improved else "",
-        )
-        if epoch % tp.checkpoint_every == 0 or stop or epoch == tp.epochs:
-            _save_checkpoint(store, ref, workdir, model, best_state, {
-                "epoch": epoch, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "identity": identity, "stopped": stop, "best_is_current": best_epoch == epoch})
-        if stop:
-            log.info("early stopping: no %s improvement for %d epochs", metric, tp.patience)
+        if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
+            _save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity))
     elapsed = time.perf_counter() - started
 
-    return finish_training(store, ref, workdir, best_state, labels=features.labels, history=history,
-                           best_epoch=best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+    return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
+                           best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+
+
+class EpochTracker:
+    """Per-epoch record, best weights and early stopping: the same rules for every model type."""
+
+    def __init__(self, tp, metric: str, state: dict | None = None, best_state: dict | None = None):
+        self.tp, self.metric = tp, metric
+        self.history: list[dict] = state["history"] if state else []
+        self.best_metric: float = state["best_metric"] if state else -1.0  # epoch 1 always improves on -1
+        self.best_epoch: int = state["best_epoch"] if state else 0
+        self.best_state: dict[str, torch.Tensor] = best_state or {}
+        self.stopped = bool(state and state.get("stopped"))
+
+    def end_epoch(self, epoch: int, model: torch.nn.Module, val: dict, train_loss: float, lr: float) -> bool:
+        """Record the epoch; True when a checkpoint is due."""
+        row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": val["accuracy"],
+               "val_macro_f1": val["macro_f1"], "lr": lr}
+        self.history.append(row)
+        improved = val[self.metric] > self.best_metric
+        if improved:
+            self.best_metric, self.best_epoch = val[self.metric], epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        tp = self.tp
+        self.stopped = bool(tp.patience) and epoch - self.best_epoch >= tp.patience
+        log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, train_loss,
+                 val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
+        if self.stopped:
+            log.info("early stopping: no %s improvement for %d epochs", self.metric, tp.patience)
+        return epoch % tp.checkpoint_every == 0 or self.stopped or epoch == tp.epochs
+
+    def checkpoint_state(self, epoch: int, identity: dict) -> dict:
+        return {"epoch": epoch, "history": self.history, "best_metric": self.best_metric,
+                "best_epoch": self.best_epoch, "identity": identity, "stopped": self.stopped,
+                "best_is_current": self.best_epoch == epoch}
 
 
 def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_state: dict[str, torch.Tensor], *,
