@@ -127,6 +127,12 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         job_variables={"env": {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "disabled"}},
         tags=("trainkite-release",),
     ),
+    DeploymentSpec(
+        "train-batch", PROCESS_POOL, "flows/batch.py:train_on_batch", PROCESS_POOL,
+        "Train on an AWS Batch GPU queue (Spot first, retried on reclaim and resumed from the checkpoint); "
+        "this run only submits the job and waits, so a CPU worker is enough.",
+        job_variables={"env": _GPU_ENV},
+    ),
     # Room for the flows still being written; each is skipped until its file exists.
     DeploymentSpec(
         "deploy", PROCESS_POOL, "flows/deploy.py:deploy", PROCESS_POOL,

@@ -71,6 +71,8 @@ def test_models_and_show(trained):
     (["predict", "no-such-model", "--text", "x"], "no model 'no-such-model'"),
     (["show", "a/b"], "invalid model ID"),
     (["predict", "x"], "give either --text"),
+    (["train", "--params-json", "{not json"], "--params-json is not valid JSON"),
+    (["train", "--params-json", '{"train": {"epochs": 0}}'], "train.epochs"),
 ])
 def test_refusals_exit_2_without_traceback(args, needle, tmp_path):
     proc = tk(*args, env={"TRAINKITE_HOME": str(tmp_path)}, check=False)

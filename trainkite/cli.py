@@ -83,13 +83,22 @@ def train(
     = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable.")] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="Resume/name this model ID.")] = None,
+    params_json: Annotated[str | None, typer.Option("--params-json", help="Resolved params as JSON (what a "
+                                                    "Batch job receives); replaces --params.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the data the params file points at (local DuckDB by default)."""
     with user_errors(as_json):
-        from params import load_params
+        from params import apply_overrides, load_params, parse_overrides, validate_params
 
-        params = load_params(params_file, overrides or [])
+        if params_json is not None:
+            try:
+                raw = json.loads(params_json)
+            except ValueError as e:
+                raise UserInputError(f"--params-json is not valid JSON: {e}") from None
+            params = validate_params(apply_overrides(raw, parse_overrides(overrides or [])), source="--params-json")
+        else:
+            params = load_params(params_file, overrides or [])
         configure_quiet_offline_env()
         from trainkite.ids import new_model_id, validate_model_id
         from trainkite.prefect_server import ensure_api
