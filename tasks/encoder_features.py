@@ -16,7 +16,7 @@ import numpy as np
 from params.model import Params
 from tasks import encoder as enc
 from tasks.data import DatasetRef, local_snapshot, read_snapshot
-from tasks.preprocess import FeaturesRef
+from tasks.preprocess import FeaturesRef, features_ref, save_features
 from tasks.train import make_deterministic, pick_device
 from trainkite.store import ArtifactStore
 
@@ -33,11 +33,8 @@ def cache_key(fingerprint: str, params: Params) -> str:
 
 def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path) -> FeaturesRef:
     enc.require()
-    key = cache_key(dataset.fingerprint, params)
-    store_key = f"_cache/features/{key}.npz"
-    ref = FeaturesRef(key=key, store_key=store_key, labels=dataset.labels, counts=dataset.counts,
-                      fingerprint=dataset.fingerprint)
-    if store.exists(store_key):
+    ref = features_ref(cache_key(dataset.fingerprint, params), dataset)
+    if store.exists(ref.store_key):
         return ref
     frozen = params.model.encoder_mode == "frozen"
     device = pick_device(params.train.device)
@@ -54,8 +51,4 @@ def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir
         else:
             arrays[f"{split}_ids"], arrays[f"{split}_offsets"] = ids, offsets
         arrays[f"{split}_y"] = np.asarray([label_index[lab] for lab in part["label"]], dtype=np.int64)
-    out = workdir / "features.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
-    store.put_file(out, store_key)
-    return ref
+    return save_features(arrays, ref, store, workdir)

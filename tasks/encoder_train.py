@@ -26,11 +26,11 @@ from tasks.preprocess import FeaturesRef, load_features
 from tasks.train import (
     EpochTracker,
     TrainedModel,
+    epoch_batches,
     finish_training,
     local_weights,
     make_deterministic,
     pick_device,
-    progress,
 )
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
@@ -138,8 +138,6 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
     model = build_model(params, n_classes, dim, gen).to(device)
     y = arrays["train_y"]
     n = len(y)
-    steps_per_epoch = max(1, -(-n // tp.batch_size))
-    total_steps = steps_per_epoch * tp.epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.learning_rate,
                                   weight_decay=tp.weight_decay)
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
@@ -160,14 +158,8 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
         if tracker.stopped:
             break
         model.train()
-        eg = torch.Generator()
-        eg.manual_seed(tp.seed * 1000 + epoch)
-        order = torch.randperm(n, generator=eg).numpy()
         loss_sum, lr = 0.0, tp.learning_rate
-        for b in range(steps_per_epoch):
-            rows = order[b * tp.batch_size:(b + 1) * tp.batch_size]
-            step = (epoch - 1) * steps_per_epoch + b
-            lr = tp.learning_rate * max(0.0, 1.0 - step / total_steps)
+        for rows, lr in epoch_batches(tp, n, epoch):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -179,9 +171,6 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
             optimizer.step()
             loss_sum += float(loss.detach())
             seen += len(rows)
-            if b % 50 == 0 or b == steps_per_epoch - 1:
-                progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
-                                                                    "step": b + 1, "steps": steps_per_epoch}})
         val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
                     features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):

@@ -73,11 +73,8 @@ def cache_key(fingerprint: str, p: PreprocessParams) -> str:
 
 def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, workdir: Path) -> FeaturesRef:
     """Encode every split and keep the arrays in the store's feature cache (reused across runs)."""
-    key = cache_key(dataset.fingerprint, p)
-    store_key = f"_cache/features/{key}.npz"
-    ref = FeaturesRef(key=key, store_key=store_key, labels=dataset.labels, counts=dataset.counts,
-                      fingerprint=dataset.fingerprint)
-    if store.exists(store_key):
+    ref = features_ref(cache_key(dataset.fingerprint, p), dataset)
+    if store.exists(ref.store_key):
         return ref
     rows = read_snapshot(local_snapshot(dataset, store))
     label_index = {lab: i for i, lab in enumerate(dataset.labels)}
@@ -88,10 +85,20 @@ def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, w
         arrays[f"{split}_ids"] = ids
         arrays[f"{split}_offsets"] = offsets
         arrays[f"{split}_y"] = np.asarray([label_index[lab] for lab in part["label"]], dtype=np.int64)
+    return save_features(arrays, ref, store, workdir)
+
+
+def features_ref(key: str, dataset: DatasetRef) -> FeaturesRef:
+    """Where the features for `key` live in the store's cache (any model type)."""
+    return FeaturesRef(key=key, store_key=f"_cache/features/{key}.npz", labels=dataset.labels,
+                       counts=dataset.counts, fingerprint=dataset.fingerprint)
+
+
+def save_features(arrays: dict[str, np.ndarray], ref: FeaturesRef, store: ArtifactStore, workdir: Path) -> FeaturesRef:
     out = workdir / "features.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
-    store.put_file(out, store_key)
+    store.put_file(out, ref.store_key)
     return ref
 
 

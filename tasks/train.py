@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +146,6 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
 
     tr_ids, tr_off, tr_y = arrays["train_ids"], arrays["train_offsets"], arrays["train_y"]
     n = len(tr_off)
-    steps_per_epoch = max(1, -(-n // tp.batch_size))
-    total_steps = steps_per_epoch * tp.epochs
     params_list = list(model.parameters())
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
@@ -168,15 +167,8 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
         if tracker.stopped:
             break
         model.train()
-        # One generator per epoch: a resumed run shuffles exactly like an uninterrupted one.
-        eg = torch.Generator()
-        eg.manual_seed(tp.seed * 1000 + epoch)
-        order = torch.randperm(n, generator=eg).numpy()
         loss_sum = 0.0
-        for b in range(steps_per_epoch):
-            rows = order[b * tp.batch_size : (b + 1) * tp.batch_size]
-            step = (epoch - 1) * steps_per_epoch + b
-            lr = tp.learning_rate * max(0.0, 1.0 - step / total_steps)
+        for rows, lr in epoch_batches(tp, n, epoch):
             idx, offs = batch_slices(tr_off, len(tr_ids), rows)
             x = torch.from_numpy(tr_ids[idx]).to(device)
             o = torch.from_numpy(offs).to(device)
@@ -192,9 +184,6 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
             sgd_step(params_list, lr)
             loss_sum += float(loss.detach())
             seen += len(rows)
-            if b % 50 == 0 or b == steps_per_epoch - 1:
-                progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
-                                                                    "step": b + 1, "steps": steps_per_epoch}})
         probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
         val = score(arrays["validation_y"], probs, features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
@@ -203,6 +192,25 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
 
     return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
                            best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+
+
+def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
+    """One epoch's batches (row indices) with their learning rate, for every model type.
+
+    One generator per epoch: a resumed run shuffles exactly like an uninterrupted one. The rate decays
+    linearly to 0 over the whole run. Progress is reported after each 50th step and the last.
+    """
+    eg = torch.Generator()
+    eg.manual_seed(tp.seed * 1000 + epoch)
+    order = torch.randperm(n, generator=eg).numpy()
+    steps_per_epoch = max(1, -(-n // tp.batch_size))
+    total_steps = steps_per_epoch * tp.epochs
+    for b in range(steps_per_epoch):
+        lr = tp.learning_rate * max(0.0, 1.0 - ((epoch - 1) * steps_per_epoch + b) / total_steps)
+        yield order[b * tp.batch_size : (b + 1) * tp.batch_size], lr
+        if b % 50 == 0 or b == steps_per_epoch - 1:
+            progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
+                                                                "step": b + 1, "steps": steps_per_epoch}})
 
 
 class EpochTracker:
