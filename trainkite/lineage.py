@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -49,10 +50,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def code_version() -> str:
     """sha256 over the source that decides a model's bytes: a change there invalidates cached steps.
 
-    Only the training path counts, so editing (say) the deploy flow does not retrain anything.
+    Only the training path counts, so editing (say) the deploy flow does not retrain anything. Computed
+    once per process: it describes the code this process imported, and every cache key asks for it.
     """
     h = hashlib.sha256()
     for rel in _TRAINING_CODE:
