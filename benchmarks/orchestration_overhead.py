@@ -4,7 +4,9 @@
 
 Runs, on the bundled demo data with tracking off: (1) the plain step functions, (2) the flow
 in a fresh process against an already running local server (warm), (3) the flow in a fresh
-process that has to start the local server first (first run). Prints one JSON object.
+process that has to start the local server first (first run), (4) the same in a brand-new
+TRAINKITE_HOME (first run ever: Prefect's database migrations too). Each process is timed from
+spawn to exit (what a user waits for), and inside from after the imports. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,9 +49,10 @@ t0 = time.perf_counter()
 from params import load_params
 from trainkite.home import configure_quiet_offline_env
 configure_quiet_offline_env()
-from trainkite.prefect_server import ensure_api
-from flows.train import train
 params = load_params(None, sys.argv[2:])
+from trainkite.prefect_server import begin_api, ensure_api
+begin_api()  # as `trainkite train` does: the server comes up while Prefect and torch import
+from flows.train import train
 t1 = time.perf_counter()
 ensure_api()
 train(params=params, model_id=sys.argv[1])
@@ -56,14 +60,16 @@ print(time.perf_counter() - t1, t1 - t0)
 """
 
 
-def _run(code: str, model_id: str, env: dict) -> tuple[float, float]:
+def _run(code: str, model_id: str, env: dict) -> tuple[float, float, float]:
     # A fresh artifact store per run: no variant profits from another's preprocessing cache.
     root = Path(env["TRAINKITE_HOME"]) / "stores" / model_id
     ov = [*OV, f"artifacts.root={json.dumps(str(root))}"]
+    started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, model_id, *ov], cwd=REPO, env=env, capture_output=True,
                          text=True, check=True)
+    process_s = time.perf_counter() - started
     run_s, import_s = map(float, out.stdout.strip().splitlines()[-1].split())
-    return run_s, import_s
+    return run_s, import_s, process_s
 
 
 def main() -> None:
@@ -73,21 +79,30 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     env = {**os.environ, "TRAINKITE_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
     env.pop("PREFECT_API_URL", None)
-    res: dict[str, list] = {"plain": [], "flow_warm": [], "flow_first": []}
+    res: dict[str, list] = {"plain": [], "flow_warm": [], "flow_first": [], "flow_first_new_home": []}
+
+    def stop(e: dict) -> None:
+        subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=e, capture_output=True, check=False)
+
     for i in range(args.repeats):
         res["plain"].append(_run(PLAIN, f"plain-{i}", env))
-        subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=env, capture_output=True,
-                       check=False)
+        stop(env)
         res["flow_first"].append(_run(FLOW, f"first-{i}", env))
         res["flow_warm"].append(_run(FLOW, f"warm-{i}", env))
-    subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=env, capture_output=True, check=False)
-    med = {k: round(statistics.median(r for r, _ in v), 2) for k, v in res.items()}
-    imports = {k: round(statistics.median(i for _, i in v), 2) for k, v in res.items()}
+        new_env = {**env, "TRAINKITE_HOME": tempfile.mkdtemp(prefix="bench-overhead-new-")}
+        res["flow_first_new_home"].append(_run(FLOW, f"new-{i}", new_env))
+        stop(new_env)
+    stop(env)
+
+    def median(k: str, col: int) -> float:
+        return round(statistics.median(r[col] for r in res[k]), 2)
+
     print(json.dumps({
-        "median_run_s": med, "median_import_s": imports,
-        "overhead_warm_s": round(med["flow_warm"] - med["plain"], 2),
-        "overhead_first_s": round(med["flow_first"] - med["plain"], 2),
-        "raw": res, "cpus": os.cpu_count(),
+        "median_run_s": {k: median(k, 0) for k in res}, "median_import_s": {k: median(k, 1) for k in res},
+        "median_process_s": {k: median(k, 2) for k in res},
+        "overhead_s": {k: {"after_imports": round(median(k, 0) - median("plain", 0), 2),
+                           "process": round(median(k, 2) - median("plain", 2), 2)} for k in res if k != "plain"},
+        "raw": res, "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
     }, indent=2))
 
 

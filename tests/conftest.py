@@ -46,6 +46,9 @@ def pytest_configure(config):
     if os.environ.get("TRAINKITE_TEST_PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = os.environ["TRAINKITE_TEST_PREFECT_API_URL"]
         return
+    from trainkite.prefect_server import seed_database
+
+    seed_database(base / "prefect")  # skips the migrations when scripts/install.sh prepared the template
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url

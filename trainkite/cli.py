@@ -101,7 +101,10 @@ def train(
             params = load_params(params_file, overrides or [])
         configure_quiet_offline_env()
         from trainkite.ids import new_model_id, validate_model_id
-        from trainkite.prefect_server import ensure_api
+        from trainkite.prefect_server import begin_api, ensure_api
+
+        begin_api()  # the server comes up while the flow's imports (Prefect, torch) load
+        from flows.train import train as train_flow  # noqa: F401  (imported here for the overlap)
 
         ensure_api()
         from buildkite.context import BuildContext
@@ -269,6 +272,16 @@ def server_start(as_json: JsonOpt = False) -> None:
         s = start(quiet=as_json)
         emit(s, as_json, lambda: err.print(f"Prefect server at {s['url'][:-4]} (pid {s['pid']}); "
                                            "stop it with `trainkite server stop`"))
+
+
+@server_app.command("prepare")
+def server_prepare(as_json: JsonOpt = False) -> None:
+    """Migrate an empty Prefect database once per Prefect version, so a new TRAINKITE_HOME starts fast."""
+    with user_errors(as_json):
+        from trainkite.prefect_server import prepare_database
+
+        path = prepare_database()
+        emit({"template": str(path)}, as_json, lambda: err.print(f"Prefect database template: {path}"))
 
 
 @server_app.command("stop")

@@ -6,12 +6,16 @@ Prefect's ephemeral mode starts a server in every process (15-30 s here); a back
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +31,49 @@ def _state_file() -> Path:
 
 def prefect_home() -> Path:
     return home() / "prefect"
+
+
+def database_template() -> Path:
+    """Where the empty, migrated Prefect database for this Prefect version is kept (one per machine)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "trainkite" / f"prefect-{importlib.metadata.version('prefect')}.db"
+
+
+def prepare_database() -> Path:
+    """Run Prefect's own migrations once into an empty database kept as a template.
+
+    Migrating a new SQLite database is most of a first server start (6-7 s of 10 here); every new
+    TRAINKITE_HOME (and test session) then starts from a copy. The install script calls this.
+    """
+    template = database_template()
+    if template.is_file():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
+        env = {**os.environ, "PREFECT_HOME": tmp, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        done = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        if done.returncode != 0:
+            raise TrainkiteError(f"preparing the Prefect database failed: {done.stderr.strip()[-800:]}")
+        partial = Path(tmp) / "template.db"
+        # The backup API folds the write-ahead log in: one self-contained file.
+        with sqlite3.connect(Path(tmp) / "prefect.db") as src, sqlite3.connect(partial) as dst:
+            src.backup(dst)
+        os.replace(partial, template)  # atomic: a concurrent preparer never sees half a file
+    return template
+
+
+def seed_database(prefect_home_dir: Path) -> bool:
+    """Give a new PREFECT_HOME a copy of the template database, when there is one; True if copied."""
+    db, template = prefect_home_dir / "prefect.db", database_template()
+    if db.exists() or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or not template.is_file():
+        return False
+    prefect_home_dir.mkdir(parents=True, exist_ok=True)
+    partial = prefect_home_dir / "prefect.db.partial"
+    shutil.copyfile(template, partial)
+    os.replace(partial, db)
+    return True
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -67,15 +114,24 @@ def status() -> dict | None:
 
 
 def start(timeout: float = 180.0, quiet: bool = False) -> dict:
+    """Start the local server (or find it running) and wait until it answers."""
+    return _wait(begin(quiet), timeout)
+
+
+def begin(quiet: bool = False) -> dict:
+    """Start the local server if none runs, without waiting for it to answer.
+
+    A first start spends 4-10 s in Prefect's migrations and app start-up; a command that begins it
+    before its own heavy imports (Prefect, torch: about as long) pays only the longer of the two.
+    """
     current = status()
-    if current and current["healthy"]:
+    if current:  # healthy, or started by another command and still coming up
         return current
-    if current:  # started but not yet healthy (another command is starting it)
-        return _wait(current, timeout)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     ph = prefect_home()
     ph.mkdir(parents=True, exist_ok=True)
+    seed_database(ph)
     env = {**os.environ, "PREFECT_HOME": str(ph), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
     with open(ph / "server.log", "ab") as log:
@@ -88,10 +144,12 @@ def start(timeout: float = 180.0, quiet: bool = False) -> dict:
     if not quiet:
         print(f"Starting a local Prefect server at {url[:-4]} (once; stop it with `trainkite server stop`)",
               file=sys.stderr)
-    return _wait(state, timeout)
+    return state
 
 
 def _wait(state: dict, timeout: float) -> dict:
+    if state.get("healthy"):
+        return state
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(state["url"]):
@@ -125,8 +183,24 @@ def stop() -> bool:
     return True
 
 
+def begin_api() -> None:
+    """Set this process up for the local server and let it come up in the background (see `begin`).
+
+    Call it before importing Prefect: Prefect then reads the right API URL at import, and `ensure_api`
+    only waits for whatever start-up is left.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    state = begin()
+    _pending.append(state)
+    os.environ["PREFECT_API_URL"] = state["url"]
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home()))
+
+
 def ensure_api() -> str:
-    """PREFECT_API_URL if set, else the local background server (started if needed)."""
+    """PREFECT_API_URL if set, else the local background server (started if needed), once it answers."""
+    if _pending:
+        _wait(_pending.pop(), 180.0)
     url = os.environ.get("PREFECT_API_URL")
     if url:
         return url
@@ -145,3 +219,5 @@ def ensure_api() -> str:
 
 # Settings contexts entered by ensure_api, kept open for the life of the process.
 _held: list = []
+# A server begun by begin_api that ensure_api still has to wait for.
+_pending: list[dict] = []

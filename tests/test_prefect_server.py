@@ -1,0 +1,66 @@
+"""The local Prefect server trainkite runs when PREFECT_API_URL is unset: template database, start, reuse, stop."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+import pytest
+import requests
+
+from trainkite import prefect_server as ps
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_template_is_prefects_own_migrated_database_and_is_made_once(own_cache, tmp_path, monkeypatch):
+    template = ps.prepare_database()
+    assert template.parent == own_cache / "trainkite"
+    with sqlite3.connect(template) as db:
+        (revision,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert revision and {"flow_run", "task_run", "deployment", "work_pool"} <= tables
+    assert not list(template.parent.glob("tmp*")), "no half-made template is left behind"
+
+    def no_subprocess(*a, **k):
+        raise AssertionError("a prepared template must not be migrated again")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert ps.prepare_database() == template
+
+    home = tmp_path / "prefect-home"
+    assert ps.seed_database(home) is True
+    assert (home / "prefect.db").read_bytes() == template.read_bytes()
+    (home / "prefect.db").write_bytes(b"the user's runs")
+    assert ps.seed_database(home) is False, "an existing database is never replaced"
+    assert (home / "prefect.db").read_bytes() == b"the user's runs"
+
+
+def test_no_template_no_seed(own_cache, tmp_path):
+    assert ps.seed_database(tmp_path / "ph") is False
+    assert not (tmp_path / "ph" / "prefect.db").exists()
+
+
+def test_begin_api_starts_in_the_background_and_ensure_api_waits_then_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINKITE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setattr(ps, "_pending", [])
+    try:
+        ps.begin_api()
+        url = ps.ensure_api()
+        assert url == ps.status()["url"]
+        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        if ps.database_template().is_file():
+            # started from the template: the same schema revision, no migrations run here
+            with sqlite3.connect(ps.prefect_home() / "prefect.db") as db:
+                assert db.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+        pid = ps.status()["pid"]
+        assert ps.start(quiet=True)["pid"] == pid, "a running server is reused, not started twice"
+    finally:
+        assert ps.stop() is True
+    assert ps.status() is None
+    assert ps.stop() is False
