@@ -90,9 +90,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+    """utime+stime of the server and its worker processes (uvicorn forks one per worker)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = _stat(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / CLK
+    return total
 
 
 def proc_mem_mb(pid: int) -> dict:
@@ -101,9 +113,9 @@ def proc_mem_mb(pid: int) -> dict:
     return {"rss_mb": round(get("VmRSS"), 1), "peak_rss_mb": round(get("VmHWM"), 1)}
 
 
-def start_server(folder: Path, port: int) -> tuple[subprocess.Popen, dict]:
+def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "SM_MODEL_DIR": str(folder), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "TRAINKITE_SERVE_WORKERS": "1"}
+           "TRAINKITE_SERVE_WORKERS": str(workers)}
     exe = Path(sys.executable).parent / "trainkite-container"
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -202,18 +214,20 @@ def main() -> None:
                     help="TRAINKITE_HOME for the training run when no --model-id is given")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     ap.add_argument("--connections", default="1,16", help="wrk connection counts")
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes (TRAINKITE_SERVE_WORKERS)")
     args = ap.parse_args()
     folder, model_id = model_folder(args)
     conns = [int(c) for c in args.connections.split(",")]
     use_wrk = shutil.which("wrk") is not None
-    results: dict = {"machine": machine(), "model_id": model_id, "load_generator": "wrk" if use_wrk else "python",
+    results: dict = {"machine": machine(), "model_id": model_id, "workers": args.workers,
+                     "load_generator": "wrk" if use_wrk else "python",
                      "in_process": {}, "http": {}}
     weights = (folder / "weights.safetensors").stat().st_size
     results["weights_mb"] = round(weights / 2**20, 2)
     for batch in (1, 32):
         results["in_process"][batch] = in_process(folder, body(batch), args.seconds / 2)
     port = free_port()
-    proc, startup = start_server(folder, port)
+    proc, startup = start_server(folder, port, args.workers)
     results.update(startup)
     results["memory_idle"] = proc_mem_mb(proc.pid)
     try:
@@ -235,7 +249,8 @@ def main() -> None:
 def report(r: dict) -> str:
     m = r["machine"]
     lines = [f"machine: {m['cpus']} CPUs ({m['cpu']}), load {m['loadavg_at_start']:.1f} at start, Python "
-             f"{m['python']}, uvicorn HTTP: {m['http_impl']}, load generator: {r['load_generator']}",
+             f"{m['python']}, uvicorn HTTP: {m['http_impl']}, load generator: {r['load_generator']}, "
+             f"server workers: {r.get('workers', 1)}",
              f"model {r['model_id']} ({r['weights_mb']} MB weights); process start → first /ping answer "
              f"{r['start_to_first_answer_s']} s, → /ping 200 {r['start_to_ping_200_s']} s; "
              f"server RSS idle {r['memory_idle']['rss_mb']} MB, after load {r['memory_after_load']['rss_mb']} MB "

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 USAGE = "usage: trainkite-container serve | trainkite-container COMMAND [ARGS...]"
 # SageMaker sends SIGKILL 30 s after SIGTERM; finish in-flight requests well before that.
 GRACEFUL_SHUTDOWN_S = 20
+MAX_DEFAULT_WORKERS = 8
 
 
 def _env_int(name: str, default: int, minimum: int = 1) -> int:
@@ -52,12 +55,21 @@ def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _exit_cleanly)
     os.environ["SM_MODEL_DIR"] = str(model_dir)
+    from serving.app import READY_DIR_ENV, WORKERS_ENV
+
+    if workers > 1:
+        os.environ[READY_DIR_ENV] = tempfile.mkdtemp(prefix="trainkite-ready-")
+        os.environ[WORKERS_ENV] = str(workers)
     if expected_model_id:
         os.environ["TRAINKITE_MODEL_ID"] = expected_model_id
-    uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_config=log_config(),
-                access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1", server_header=False,
-                lifespan="on")
+    try:
+        uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_config=log_config(),
+                    access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1", server_header=False,
+                    lifespan="on")
+    finally:
+        if workers > 1:
+            shutil.rmtree(os.environ[READY_DIR_ENV], ignore_errors=True)
 
 
 def serve() -> None:
@@ -71,7 +83,11 @@ def serve() -> None:
         print(f"trainkite-container: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     port = _env_int("SAGEMAKER_BIND_TO_PORT", 8080)
-    workers = _env_int("TRAINKITE_SERVE_WORKERS", 1)
+    # One worker per usable CPU, as SageMaker's own model servers do (SAGEMAKER_MODEL_SERVER_WORKERS): a
+    # worker is one Python process, and a batch-1 request is mostly Python. Each holds its own copy of the
+    # model (about 320 MB with torch), hence the cap.
+    default_workers = _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))
+    workers = _env_int("TRAINKITE_SERVE_WORKERS", default_workers)
     model_dir = os.environ.get("SM_MODEL_DIR") or "/opt/ml/model"
     run_server(model_dir, host="0.0.0.0", port=port, workers=workers)
 
@@ -84,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     if args[0] == "serve":
         if len(args) > 1:
             print(f"trainkite-container: `serve` takes no arguments (got {' '.join(args[1:])}); "
-                  "configure it with SM_MODEL_DIR, SAGEMAKER_BIND_TO_PORT, TRAINKITE_SERVE_WORKERS",
+                  "configure it with SM_MODEL_DIR, SAGEMAKER_BIND_TO_PORT, TRAINKITE_SERVE_WORKERS "
+                  "(default: one per CPU, at most 8)",
                   file=sys.stderr)
             raise SystemExit(2)
         serve()

@@ -120,6 +120,33 @@ def test_entrypoint_refuses_a_bad_setting():
     assert proc.returncode == 2 and "TRAINKITE_MAX_INSTANCES='lots'" in proc.stderr
 
 
+@pytest.mark.parametrize("env, workers", [
+    ({}, min(len(os.sched_getaffinity(0)), 8)),
+    ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}, 3),
+    ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "TRAINKITE_SERVE_WORKERS": "2"}, 2),
+])
+def test_serve_runs_one_worker_per_cpu_unless_told(env, workers, monkeypatch):
+    from serving import entrypoint
+
+    for name in ("SAGEMAKER_MODEL_SERVER_WORKERS", "TRAINKITE_SERVE_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = {}
+    monkeypatch.setattr(entrypoint, "run_server", lambda model_dir, **kw: seen.update(kw))
+    entrypoint.serve()
+    assert seen["workers"] == workers and seen["port"] == int(os.environ.get("SAGEMAKER_BIND_TO_PORT", 8080))
+
+
+def test_serve_refuses_a_bad_worker_count(monkeypatch, capsys):
+    from serving import entrypoint
+
+    monkeypatch.setenv("TRAINKITE_SERVE_WORKERS", "0")
+    with pytest.raises(SystemExit) as exc:
+        entrypoint.serve()
+    assert exc.value.code == 2 and "TRAINKITE_SERVE_WORKERS='0' must be a whole number >= 1" in capsys.readouterr().err
+
+
 # --- model.tar.gz -----------------------------------------------------------------------------------------
 
 
@@ -401,6 +428,23 @@ def test_startup_does_not_wait_for_the_model(opt_ml_model, monkeypatch):
         release.set()
         while app.state.model.status == "loading":
             time.sleep(0.02)
+        assert c.get("/ping").status_code == 200
+
+
+def test_with_several_workers_ping_is_healthy_only_when_every_worker_has_loaded(opt_ml_model, tmp_path):
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+
+    app = create_app(model_dir=opt_ml_model, ready_dir=str(tmp_path), workers=2)
+    with TestClient(app) as c:
+        while app.state.model.status == "loading":
+            time.sleep(0.02)
+        assert [p.name for p in tmp_path.iterdir()] == [str(os.getpid())]
+        r = c.get("/ping")
+        assert r.status_code == 503 and r.json() == {"status": "loading",
+                                                     "error": "1 of 2 workers have loaded the model"}
+        (tmp_path / "another-worker").touch()
         assert c.get("/ping").status_code == 200
 
 
