@@ -6,7 +6,8 @@ on the UCI sentiment sentences (Amazon, Yelp); the bow model on the same rows fo
         [--train-rows 20000] [--mode frozen|finetune] [--set train.epochs=10 ...]
 
 `frozen` (CPU): the encoder embeds every text once, then only the head trains. `finetune` trains the
-whole encoder and needs a GPU (bf16 autocast); without one the script says so and exits 3. SST-2 dev
+whole encoder and is meant for a GPU (bf16 autocast); without one the script says so and exits 3, unless
+`--cpu` asks for the same fine-tuning on the CPU (fp32; slow: use --train-rows and --set train.epochs=1). SST-2 dev
 is the evaluation set (`evaluation.query`), as a human-labelled held-out set is in production.
 Prints one JSON object; BENCHMARKS.md records the numbers.
 """
@@ -105,12 +106,13 @@ def main() -> None:
     ap.add_argument("--mode", choices=("frozen", "finetune"), default="frozen")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-bow", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="finetune on the CPU (no GPU here)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (encoder run)")
     args = ap.parse_args()
 
     import torch
 
-    if args.mode == "finetune" and not torch.cuda.is_available():
+    if args.mode == "finetune" and not torch.cuda.is_available() and not args.cpu:
         print(json.dumps({"mode": "finetune", "status": "not run: fine-tuning needs a CUDA GPU"}))
         sys.exit(3)
     np.random.seed(0)
@@ -120,7 +122,8 @@ def main() -> None:
                                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                                 "load_avg_before": os.getloadavg()},
                     "train_rows_requested": args.train_rows, "mode": args.mode}
-    enc_overrides = [query, *COMMON, *ENCODER[args.mode], f"train.threads={args.threads}", *args.overrides]
+    cpu = ["train.device='cpu'", "train.amp=false"] if args.cpu else []
+    enc_overrides = [query, *COMMON, *ENCODER[args.mode], *cpu, f"train.threads={args.threads}", *args.overrides]
     result, params, trained, work = run(args.sst2, enc_overrides)
     try:
         result["out_of_domain"] = out_of_domain(scorer_for(params, trained), args.uci)

