@@ -101,7 +101,8 @@ class ModelParams(_Section):
     )
     embedding_dim: int = Field(64, ge=2, le=1024, description="Embedding size (bow).")
     encoder_mode: Literal["frozen", "finetune"] = Field(
-        "frozen", description="encoder: train only the head (frozen) or the whole encoder (finetune)."
+        "frozen", description="encoder: train only the head on the mean of every encoder layer (frozen) or the "
+        "whole encoder on its sentence embedding (finetune)."
     )
     encoder_max_length: int = Field(
         128, ge=8, le=512, description="encoder: word pieces kept per text (longer texts are cut)."

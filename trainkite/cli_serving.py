@@ -94,10 +94,12 @@ def deploy(
         params = load_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
         _preflight(params, model_id, target, port, allow_older)
         configure_quiet_offline_env()
-        from trainkite.prefect_server import ensure_api
+        from trainkite.prefect_server import begin_api, ensure_api
+
+        begin_api()  # the server comes up while the flow's imports load
+        from flows.deploy import deploy as deploy_flow
 
         ensure_api()
-        from flows.deploy import deploy as deploy_flow
 
         with contextlib.redirect_stdout(sys.stderr):
             result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,

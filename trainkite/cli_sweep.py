@@ -44,10 +44,12 @@ def sweep(
         from trainkite.home import configure_quiet_offline_env
 
         configure_quiet_offline_env()
-        from trainkite.prefect_server import ensure_api
+        from trainkite.prefect_server import begin_api, ensure_api
+
+        begin_api()  # the server comes up while the flow's imports load
+        from flows.sweep import sweep as sweep_flow
 
         ensure_api()
-        from flows.sweep import sweep as sweep_flow
         from trainkite.store import open_store
 
         with contextlib.redirect_stdout(sys.stderr):
