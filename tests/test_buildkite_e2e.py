@@ -143,7 +143,8 @@ def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, proce
 
         with get_client(sync_client=True) as client:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        running = any(t.name.startswith("train-") and t.state.is_running() for t in tasks)
+        # A task run can be read between its creation and its first state (state None).
+        running = any(t.name.startswith("train-") and t.state is not None and t.state.is_running() for t in tasks)
         return running and process_worker.flow_run_process(flow_run_id)
 
     pid = wait_for("the train task to run", training_started, TRAINING_TIMEOUT)
