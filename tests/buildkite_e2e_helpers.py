@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import yaml
 from buildkite.client import BuildkiteClient
 from tests.fakes.buildkite_fixtures import AGENT_BIN, ORG, PIPELINE, TOKEN
 from tests.fakes.buildkite_server import FakeBuildkite
+from tests.process_helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_YML = REPO / "buildkite" / "pipeline.yml"
@@ -26,17 +25,6 @@ APPROVER_TOKEN = "bk-approver-token"
 APPROVER = "alice-approver"
 # Small and fast; tracking off (the flow's W&B path has its own tests).
 SMALL = ["train.epochs=3", "preprocess.buckets=4096", "model.embedding_dim=16", "tracking.backend=\"none\""]
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def pipeline_steps() -> list[dict[str, Any]]:

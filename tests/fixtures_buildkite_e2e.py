@@ -23,10 +23,10 @@ from tests.buildkite_e2e_helpers import (
     Worker,
     fake_steps,
     pipeline_steps,
-    wait_for,
 )
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
 from tests.fakes.buildkite_server import FakeBuildkite
+from tests.process_helpers import git_checkout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,7 @@ def e2e_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_checkout(tmp_path_factory) -> Path:
     """A clean git checkout for the launch step's dirty-tree check (the repo itself may be mid-edit)."""
-    path = tmp_path_factory.mktemp("checkout")
-    git = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "commit.gpgsign=false"]
-    subprocess.run([*git, "init", "-q", str(path)], check=True)
-    (path / "README").write_text("checkout\n")
-    subprocess.run([*git, "-C", str(path), "add", "README"], check=True)
-    subprocess.run([*git, "-C", str(path), "commit", "-q", "-m", "init"], check=True)
-    return path
+    return git_checkout(tmp_path_factory.mktemp("checkout"))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from tests.buildkite_e2e_helpers import SMALL, PipelineRun, read_flow_run, release_runs_for, wait_for
+from tests.buildkite_e2e_helpers import SMALL, PipelineRun, read_flow_run, release_runs_for
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
+from tests.process_helpers import wait_for
 
 pytest_plugins = ["tests.fixtures_buildkite_e2e"]
 

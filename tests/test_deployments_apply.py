@@ -12,7 +12,8 @@ import pytest
 from deployments.automations import FAILURE_EVENTS, RELEASE_AUTOMATION, STALE_AUTOMATION
 from deployments.specs import DEPLOYMENTS, ECS_POOL, PROCESS_POOL, RELEASE_DEPLOYMENT, TRAIN_DEPLOYMENT
 from params.model import Params
-from tests.buildkite_e2e_helpers import REPO, read_flow_run, wait_for
+from tests.buildkite_e2e_helpers import REPO, read_flow_run
+from tests.process_helpers import wait_for
 
 pytest_plugins = ["tests.fixtures_buildkite_e2e"]
 

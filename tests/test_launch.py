@@ -12,19 +12,14 @@ import pytest
 from buildkite import launch as ln
 from buildkite.context import BuildContext
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
+from tests.process_helpers import git_checkout
 
 REPO = Path(__file__).resolve().parent.parent
-GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "commit.gpgsign=false"]
 
 
 @pytest.fixture
 def checkout(tmp_path) -> Path:
-    path = tmp_path / "checkout"
-    subprocess.run([*GIT, "init", "-q", str(path)], check=True)
-    (path / "tracked.txt").write_text("v1\n")
-    subprocess.run([*GIT, "-C", str(path), "add", "tracked.txt"], check=True)
-    subprocess.run([*GIT, "-C", str(path), "commit", "-q", "-m", "init"], check=True)
-    return path
+    return git_checkout(tmp_path / "checkout", "tracked.txt", "v1\n")
 
 
 def _launch(args: list[str], fake, number: int, checkout: Path) -> subprocess.CompletedProcess:

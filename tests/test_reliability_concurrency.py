@@ -18,6 +18,7 @@ import requests
 from tests.conftest import REPO
 from tests.faults.serving import serve_model
 from tests.fixtures_models import copy_model, flush_prefect_logs, trained_model_dir  # noqa: F401
+from tests.process_helpers import finish
 from trainkite import manifest as mf
 from trainkite.store import LocalStore
 
@@ -33,16 +34,6 @@ def _train(home: Path, root: Path, model_id: str, seed: int) -> subprocess.Popen
         [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", f"train.seed={seed}",
          "--set", f"artifacts.root={json.dumps(str(root))}", "--model-id", model_id, "--json"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"training hung for {timeout}s:\n{err[-3000:]}") from None
-    return proc.returncode, out, err
 
 
 def _seed_of(store: LocalStore, model_id: str) -> int:
@@ -61,7 +52,7 @@ def four_trainings(prefect_api, tmp_path_factory) -> dict:
     procs = {"conc-a": _train(base / "home", root, "conc-a", 1), "conc-b": _train(base / "home", root, "conc-b", 2),
              "same-1/1": _train(base / "home-1", root, "same-1", 1),
              "same-1/2": _train(base / "home-2", root, "same-1", 2)}
-    return {"store": LocalStore(root), "results": {name: _finish(p) for name, p in procs.items()}}
+    return {"store": LocalStore(root), "results": {name: finish(p, 240) for name, p in procs.items()}}
 
 
 def test_two_trainings_publish_different_models_into_one_store_at_once(four_trainings):

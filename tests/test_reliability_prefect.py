@@ -16,38 +16,13 @@ import requests
 from tests.conftest import REPO
 from tests.faults.prefect_server import PrivatePrefectServer
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
+from tests.process_helpers import finish, git_checkout, wait_for
 from trainkite import manifest as mf
 from trainkite.store import LocalStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
 
 SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", "--set", "tracking.backend='none'"]
-GIT = ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "-c", "commit.gpgsign=false"]
-
-
-def _wait(what: str, predicate, timeout: float, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError(f"hung for {timeout:.0f}s:\n{err[-3000:]}") from None
-    return proc.returncode, out, err
-
-
 @pytest.fixture(scope="module", autouse=True)
 def private_server(tmp_path_factory):
     """A second, private Prefect server for the restart test, booting while the launch test runs."""
@@ -69,12 +44,7 @@ def _flow_runs(api_url: str, model_id: str) -> list[dict]:
 
 @pytest.fixture
 def clean_checkout(tmp_path) -> Path:
-    path = tmp_path / "checkout"
-    subprocess.run([*GIT, "init", "-q", str(path)], check=True)
-    (path / "README").write_text("checkout\n")
-    subprocess.run([*GIT, "-C", str(path), "add", "README"], check=True)
-    subprocess.run([*GIT, "-C", str(path), "commit", "-q", "-m", "init"], check=True)
-    return path
+    return git_checkout(tmp_path / "checkout")
 
 
 def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fake_buildkite, clean_checkout, tmp_path):
@@ -99,7 +69,7 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
         return subprocess.Popen(launch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     first, retry = start(), start()
-    results = [_finish(first, 120), _finish(retry, 120)]
+    results = [finish(first, 120), finish(retry, 120)]
     for rc, _, err in results:
         assert rc == 0, err[-3000:]
     ids = {json.loads(out)["flow_run_id"] for _, out, _ in results}
@@ -109,11 +79,11 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
     assert [r["id"] for r in _flow_runs(prefect_api, model_id)] == [flow_run_id]
 
     # Run it (what a worker does for the process pool), then retry the launch step once more.
-    rc, _, err = _finish(subprocess.Popen([sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
+    rc, _, err = finish(subprocess.Popen([sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
                                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True), 240)
     assert rc == 0, err[-3000:]
-    rc, out, err = _finish(start(), 120)
+    rc, out, err = finish(start(), 120)
     assert rc == 0 and json.loads(out)["flow_run_id"] == flow_run_id, err[-3000:]
 
     runs = _flow_runs(prefect_api, model_id)
@@ -142,10 +112,11 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
              "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         state = home / "artifacts" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
-        _wait("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180, proc)
+        wait_for("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180,
+                 interval=0.05, proc=proc)
         epoch_at_stop = json.loads(state.read_text())["epoch"]
         offline = server.restart(down_for=1.0)
-        rc, out, err = _finish(proc, 240)
+        rc, out, err = finish(proc, 240)
         assert rc == 0, err[-3000:]
         print(f"\nserver stopped at epoch {epoch_at_stop}/12, offline {offline:.1f}s; run completed")
         assert epoch_at_stop < 12  # the restart really happened mid-run
@@ -154,9 +125,9 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
         store = LocalStore(home / "artifacts")
         assert [m["model_id"] for m in mf.list_models(store)] == ["restart-1"]
         mf.fetch_model(store, "restart-1")  # whole and verified
-        runs = _wait("the restarted server to show the run's final state",
-                     lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
-                     30)
+        runs = wait_for("the restarted server to show the run's final state",
+                        lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
+                        30, interval=0.05)
         assert len(_flow_runs(server.url, "restart-1")) == 1 and len(runs) == 1
         assert "Traceback" not in err
     finally:
