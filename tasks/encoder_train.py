@@ -9,14 +9,13 @@ tolerance-equal rather than bit-identical across runs there.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from params.model import Params
@@ -28,9 +27,11 @@ from tasks.train import (
     TrainedModel,
     epoch_batches,
     finish_training,
+    load_checkpoint,
     local_weights,
     make_deterministic,
     pick_device,
+    save_checkpoint,
 )
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
@@ -78,57 +79,6 @@ def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, fro
                            arrays[f"{split}_offsets"], n_classes, device)
 
 
-def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
-    return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
-
-
-def _save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: nn.Module,
-                     optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor], state: dict) -> None:
-    weights_key, state_key = _ckpt_keys(ref)
-    tensors = {f"current.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if not state["best_is_current"]:
-        tensors.update({f"best.{k}": v for k, v in best.items()})
-    for idx, st in optimizer.state_dict()["state"].items():
-        for name, t in st.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
-    local = workdir / "checkpoint.safetensors"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(local))
-    store.put_file(local, weights_key)
-    # The state file is written after the weights, so a state file always has its weights.
-    store.put_bytes(json.dumps(state).encode(), state_key)
-
-
-def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: nn.Module,
-                     optimizer: torch.optim.Optimizer):
-    weights_key, state_key = _ckpt_keys(ref)
-    if not store.exists(state_key):
-        return None
-    state = json.loads(store.get_bytes(state_key))
-    if state.get("identity") != identity:
-        log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
-        return None
-    local = store.local_path(weights_key)
-    if local is None:
-        local = workdir / "resume.safetensors"
-        store.download(weights_key, local)
-    tensors = load_file(str(local))
-    current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
-    model.load_state_dict(current)
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-    if state.get("best_is_current"):
-        best = {k: v.clone() for k, v in current.items()}
-    opt_state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = v
-    sd = optimizer.state_dict()
-    sd["state"] = opt_state
-    optimizer.load_state_dict(sd)
-    return state, best
-
-
 def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                   workdir: Path) -> TrainedModel:
     tp = params.train
@@ -147,7 +97,7 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
 
     metric = params.evaluation.primary_metric
     tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
-    ck = _load_checkpoint(store, ref, workdir, identity, model, optimizer)
+    ck = load_checkpoint(store, ref, workdir, identity, model, optimizer)
     if ck is not None:
         state, best_state = ck
         tracker = EpochTracker(tp, metric, state, best_state)
@@ -177,8 +127,8 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
         val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
                     features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
-            _save_checkpoint(store, ref, workdir, model, optimizer, tracker.best_state,
-                             tracker.checkpoint_state(epoch, identity))
+            save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity),
+                            optimizer)
     elapsed = time.perf_counter() - started
 
     return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,

@@ -104,20 +104,30 @@ def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
     return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
 
 
-def _save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: BowClassifier,
-                     best: dict[str, torch.Tensor], state: dict) -> None:
+def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: torch.nn.Module,
+                    best: dict[str, torch.Tensor], state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """The current weights, the best ones (unless they are the current), the optimizer's moments when it has
+    any, and the tracker's state: every model type's checkpoint, in the artifact store."""
     weights_key, state_key = _ckpt_keys(ref)
-    local = workdir / "checkpoint.safetensors"
     tensors = {f"current.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if not state["best_is_current"]:
         tensors.update({f"best.{k}": v for k, v in best.items()})
+    if optimizer is not None:
+        for idx, st in optimizer.state_dict()["state"].items():
+            for name, t in st.items():
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
+    local = workdir / "checkpoint.safetensors"
+    local.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(local))
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
     store.put_bytes(json.dumps(state).encode(), state_key)
 
 
-def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict):
+def load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """Restore `model` (and `optimizer`) from the last checkpoint made with the same inputs: (state, best
+    weights), or None when there is none."""
     weights_key, state_key = _ckpt_keys(ref)
     if not store.exists(state_key):
         return None
@@ -125,14 +135,26 @@ def _load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identit
     if state.get("identity") != identity:
         log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
         return None
-    local = workdir / "resume.safetensors"
-    store.download(weights_key, local) if store.local_path(weights_key) is None else None
-    tensors = load_file(str(store.local_path(weights_key) or local))
+    local = store.local_path(weights_key)
+    if local is None:
+        local = workdir / "resume.safetensors"
+        store.download(weights_key, local)
+    tensors = load_file(str(local))
     current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
+    model.load_state_dict(current)
     best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     if state.get("best_is_current"):
         best = {k: v.clone() for k, v in current.items()}
-    return state, current, best
+    if optimizer is not None:
+        opt_state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = v
+        sd = optimizer.state_dict()
+        sd["state"] = opt_state
+        optimizer.load_state_dict(sd)
+    return state, best
 
 
 def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
@@ -151,10 +173,9 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
 
     metric = params.evaluation.primary_metric
     tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
-    ck = _load_checkpoint(store, ref, workdir, identity)
+    ck = load_checkpoint(store, ref, workdir, identity, model)
     if ck is not None:
-        state, current, best_state = ck
-        model.load_state_dict(current)
+        state, best_state = ck
         tracker = EpochTracker(tp, metric, state, best_state)
         start_epoch = state["epoch"] + 1
         resumed = state["epoch"]
@@ -187,7 +208,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
         probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
         val = score(arrays["validation_y"], probs, features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
-            _save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity))
+            save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity))
     elapsed = time.perf_counter() - started
 
     return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,

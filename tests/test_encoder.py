@@ -122,17 +122,17 @@ def test_a_crashed_training_resumes_to_the_same_weights(encoder_model, tmp_path,
 
     params, _, root = encoder_model
     store, features, ref = open_store(str(root)), _cached_features(root), ModelRef("sentiment", "enc-crash")
-    save = encoder_train._save_checkpoint
+    save = encoder_train.save_checkpoint
 
     def crash_after_epoch_2(*args):
         save(*args)
-        if args[-1]["epoch"] == 2:
+        if args[5]["epoch"] == 2:  # (store, ref, workdir, model, best, state, optimizer)
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(encoder_train, "_save_checkpoint", crash_after_epoch_2)
+    monkeypatch.setattr(encoder_train, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         encoder_train.train_encoder(features, params, store, ref, tmp_path / "a")
-    monkeypatch.setattr(encoder_train, "_save_checkpoint", save)
+    monkeypatch.setattr(encoder_train, "save_checkpoint", save)
     # A fresh workdir, as on another container: only the store's checkpoint carries over (AdamW moments too).
     resumed = encoder_train.train_encoder(features, params, store, ref, tmp_path / "b")
     assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == params.train.epochs
