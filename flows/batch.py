@@ -8,7 +8,7 @@ from buildkite.context import BuildContext
 from flows.hooks import release_build_on_failure
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from tasks import batch_steps
-from trainkite.ids import new_model_id, validate_model_id
+from trainkite.ids import resolve_model_id
 
 
 @flow(name="train-batch", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure])
@@ -32,6 +32,6 @@ def train_on_batch(
         poll_seconds: How often to ask Batch for the job's status.
         timeout_seconds: Give up waiting after this long.
     """
-    model_id = validate_model_id(model_id) if model_id else (build.model_id if build else new_model_id())
+    model_id = resolve_model_id(model_id, build)
     job_id = batch_steps.submit(params, model_id, build, job_queue, job_definition)
     return {"model_id": model_id, **batch_steps.wait(job_id, poll_seconds, timeout_seconds)}

@@ -8,7 +8,7 @@ from buildkite.context import BuildContext
 from flows.hooks import release_build_on_failure
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from tasks import steps
-from trainkite.ids import new_model_id, validate_model_id
+from trainkite.ids import resolve_model_id
 
 
 @flow(name="train", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure],
@@ -27,7 +27,7 @@ def train(
         build: The Buildkite build that started this run, if any (its block step gets unblocked).
         tags: Extra tags for the W&B run (e.g. a sweep ID).
     """
-    model_id = validate_model_id(model_id) if model_id else (build.model_id if build else new_model_id())
+    model_id = resolve_model_id(model_id, build)
     dataset = steps.fetch_data(params, model_id)
     features = steps.preprocess(dataset, params, model_id)
     trained = steps.train_model(features, params, model_id)

@@ -81,3 +81,17 @@ def test_refusals_exit_2_without_traceback(args, needle, tmp_path):
     assert "Traceback" not in proc.stderr
     proc = tk(*args, "--json", env={"TRAINKITE_HOME": str(tmp_path)}, check=False)
     assert proc.returncode == 2 and needle in json.loads(proc.stdout)["error"]
+
+
+def test_a_run_publishes_under_the_id_asked_for_else_its_builds_else_a_new_one():
+    from types import SimpleNamespace
+
+    from trainkite.errors import UserInputError
+    from trainkite.ids import resolve_model_id
+
+    build = SimpleNamespace(model_id="trainkite-42")
+    assert resolve_model_id("retry-7", build) == "retry-7"
+    assert resolve_model_id(None, build) == "trainkite-42"
+    assert resolve_model_id("", None).startswith("local-")
+    with pytest.raises(UserInputError, match="invalid model ID '../x'"):
+        resolve_model_id("../x", build)

@@ -100,7 +100,7 @@ def train(
         else:
             params = load_params(params_file, overrides or [])
         configure_quiet_offline_env()
-        from trainkite.ids import new_model_id, validate_model_id
+        from trainkite.ids import resolve_model_id
         from trainkite.prefect_server import begin_api, ensure_api
 
         begin_api()  # the server comes up while the flow's imports (Prefect, torch) load
@@ -111,7 +111,7 @@ def train(
 
         build = BuildContext.from_env()
         _check_tree(build)
-        mid = validate_model_id(model_id) if model_id else (build.model_id if build else new_model_id())
+        mid = resolve_model_id(model_id, build)
         result = _run_train(params, mid, build, as_json)
         sample = None
         if not as_json:

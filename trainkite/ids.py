@@ -30,3 +30,13 @@ def new_model_id(env: dict[str, str] | None = None) -> str:
         return validate_model_id(f"{slug}-{number}")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"local-{stamp}-{secrets.token_hex(3)}"
+
+
+def resolve_model_id(model_id: str | None, build=None) -> str:
+    """The ID a run publishes under: the one asked for (validated), else its Buildkite build's, else a new one.
+
+    `build` is a `buildkite.context.BuildContext` (anything with `.model_id`), or None outside a build.
+    """
+    if model_id:
+        return validate_model_id(model_id)
+    return build.model_id if build else new_model_id()
