@@ -91,11 +91,15 @@ def load_backbone():
     return tokenizer, backbone
 
 
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each text's mean over its real word pieces (padding masked out)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sentence embedding as all-MiniLM-L6-v2 was trained to give it: masked mean, then unit length."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-    return nn.functional.normalize(summed.float(), dim=-1)
+    return nn.functional.normalize(masked_mean(hidden, mask).float(), dim=-1)
 
 
 class EncoderClassifier(nn.Module):
@@ -113,9 +117,7 @@ class EncoderClassifier(nn.Module):
 
 def layer_means(hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
     """The masked mean of every layer's hidden states (embeddings included), side by side."""
-    m = mask.unsqueeze(-1).to(hidden_states[0].dtype)
-    count = m.sum(1).clamp(min=1e-9)
-    return torch.cat([(h * m).sum(1) / count for h in hidden_states], dim=-1).float()
+    return torch.cat([masked_mean(h, mask) for h in hidden_states], dim=-1).float()
 
 
 def pooled(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
