@@ -10,6 +10,10 @@ vanishes, so these two automations act from the Prefect server's side:
 * `trainkite-stale-training-runs` (proactive): a run tagged `buildkite` sent a heartbeat and
   then nothing (no heartbeat, no final state) for ZOMBIE_AFTER_SECONDS -> mark it Crashed;
   that Crashed event fires the first automation. This covers a worker that died with its run.
+* `trainkite-unstarted-training-runs` (proactive): a run tagged `buildkite` was scheduled and
+  reached neither Running nor a final state within START_TIMEOUT_SECONDS (no worker polls its
+  pool, its ECS task or GPU instance never came) -> mark it Crashed, as above. Without it a run
+  that never starts sends no heartbeat, so the second automation never watches it.
 
 Event names are `prefect.flow-run.<state name>` (prefect/server/models/events.py) and tags
 appear as related resources `prefect.tag.<tag>` with role `tag`.
@@ -23,10 +27,11 @@ from uuid import UUID
 from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture, RunDeployment
 from prefect.client.schemas.objects import StateType
 
-from deployments.specs import BUILDKITE_TAG, ZOMBIE_AFTER_SECONDS
+from deployments.specs import BUILDKITE_TAG, START_TIMEOUT_SECONDS, ZOMBIE_AFTER_SECONDS
 
 RELEASE_AUTOMATION = "trainkite-release-build"
 STALE_AUTOMATION = "trainkite-stale-training-runs"
+UNSTARTED_AUTOMATION = "trainkite-unstarted-training-runs"
 
 # State *names*: TimedOut is a Failed-type state with its own event.
 FAILURE_EVENTS = frozenset({
@@ -36,7 +41,13 @@ FAILURE_EVENTS = frozenset({
     "prefect.flow-run.Cancelled",
 })
 FINAL_EVENTS = FAILURE_EVENTS | {"prefect.flow-run.Completed"}
-_BUILDKITE_RUNS = {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{BUILDKITE_TAG}"}
+
+
+def _tagged(tag: str) -> dict[str, str]:
+    return {"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{tag}"}
+
+
+_BUILDKITE_RUNS = _tagged(BUILDKITE_TAG)
 
 
 def release_build_automation(release_deployment_id: UUID) -> AutomationCore:
@@ -88,8 +99,35 @@ def stale_run_automation() -> AutomationCore:
     )
 
 
+def unstarted_run_automation(within_seconds: int = START_TIMEOUT_SECONDS, tag: str = BUILDKITE_TAG,
+                             name: str = UNSTARTED_AUTOMATION) -> AutomationCore:
+    """(`tag` and `name` differ only in tests, which must not touch every Buildkite-tagged run.)"""
+    return AutomationCore(
+        name=name,
+        description=f"A Buildkite-started flow run did not start within {within_seconds} s: mark it Crashed so "
+        "its build is released instead of waiting at training_finished.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Scheduled"},
+            expect={"prefect.flow-run.Running", *FINAL_EVENTS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_tagged(tag),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_seconds),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"Did not start within {within_seconds} s: no worker is polling its work pool, or its "
+                "infrastructure (ECS task, GPU instance) was never placed.",
+            )
+        ],
+    )
+
+
 def desired_automations(release_deployment_id: UUID | None) -> list[AutomationCore]:
-    found = [stale_run_automation()]
+    found = [stale_run_automation(), unstarted_run_automation()]
     if release_deployment_id is not None:
         found.insert(0, release_build_automation(release_deployment_id))
     return found

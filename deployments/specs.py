@@ -33,6 +33,10 @@ RETRAIN_CRON = os.environ.get("TRAINKITE_RETRAIN_CRON", "0 3 * * 1")
 RETRAIN_TIMEZONE = os.environ.get("TRAINKITE_RETRAIN_TIMEZONE", "UTC")
 SCHEDULE_SLUG = "trainkite"
 ZOMBIE_AFTER_SECONDS = 120
+# A Buildkite-started run still not Running after this long (no worker polls its pool, an ECS task that
+# is never placed, a GPU capacity provider that never scales out) is marked Crashed, which releases its
+# build. 30 min covers a GPU instance launch plus a multi-GB image pull; read when `deployments apply` runs.
+START_TIMEOUT_SECONDS = int(os.environ.get("TRAINKITE_START_TIMEOUT_SECONDS", "1800"))
 
 _QUIET_OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",

@@ -204,3 +204,37 @@ def test_a_run_cancelled_before_it_starts_releases_the_build(new_run, process_wo
     assert meta["training-status"] == "failed"
     assert meta["metrics"] == "training failed: CANCELLED: cancelled from the UI"
     assert run.annotations()["trainkite-training"]["style"] == "error"
+
+
+def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker):
+    """Sent to a pool no worker polls (here: the ECS pool): no flow process, no heartbeat, no hook. The
+    unstarted-run automation marks it Crashed after its timeout, which releases the build."""
+    import uuid
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    from buildkite.context import BuildContext
+    from deployments.automations import unstarted_run_automation
+    from deployments.specs import BUILDKITE_TAG, ECS_POOL
+    from params import load_params
+
+    run = new_run(SMALL)
+    build = BuildContext(number=run.number, pipeline=PIPELINE, organization=ORG)
+    # The applied automation waits 30 min; this one watches only this test's run, and briefly.
+    tag = f"never-starts-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        automation_id = client.create_automation(unstarted_run_automation(15, tag=tag, name=f"test-{tag}"))
+    try:
+        flow_run = run_deployment(f"train/{ECS_POOL}", timeout=0, tags=[BUILDKITE_TAG, tag],
+                                  parameters={"params": load_params(None, SMALL).model_dump(mode="json"),
+                                              "model_id": build.model_id, "build": build.model_dump(mode="json")})
+        meta = run.wait_unblocked("training_finished", 120)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation_id)
+    assert meta["training-status"] == "failed"
+    assert meta["metrics"].startswith("training failed: CRASHED: Did not start within 15 s"), meta["metrics"]
+    assert run.annotations()["trainkite-training"]["style"] == "error"
+    state = read_flow_run(flow_run.id).state
+    assert state.is_crashed() and "no worker is polling" in state.message

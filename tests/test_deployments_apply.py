@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from deployments.automations import FAILURE_EVENTS, RELEASE_AUTOMATION, STALE_AUTOMATION
+from deployments.automations import FAILURE_EVENTS, RELEASE_AUTOMATION, STALE_AUTOMATION, UNSTARTED_AUTOMATION
 from deployments.specs import DEPLOYMENTS, ECS_POOL, PROCESS_POOL, RELEASE_DEPLOYMENT, TRAIN_DEPLOYMENT
 from params.model import Params
 from tests.buildkite_e2e_helpers import REPO, read_flow_run
@@ -37,7 +37,7 @@ def _snapshot() -> dict:
         for name in (PROCESS_POOL, ECS_POOL):
             pool = client.read_work_pool(name)
             out[name] = (str(pool.id), pool.updated, pool.base_job_template)
-        for name in (RELEASE_AUTOMATION, STALE_AUTOMATION):
+        for name in (RELEASE_AUTOMATION, STALE_AUTOMATION, UNSTARTED_AUTOMATION):
             [automation] = client.read_automations_by_name(name)
             out[name] = (str(automation.id), None, automation.model_dump(mode="json"))
     return out
@@ -103,12 +103,16 @@ def test_release_automations_point_at_the_release_deployment(applied):
         release = client.read_deployment_by_name(RELEASE_DEPLOYMENT)
         [automation] = client.read_automations_by_name(RELEASE_AUTOMATION)
         [stale] = client.read_automations_by_name(STALE_AUTOMATION)
+        [unstarted] = client.read_automations_by_name(UNSTARTED_AUTOMATION)
     assert automation.enabled and automation.trigger.expect == set(FAILURE_EVENTS)
     related = automation.trigger.match_related
     assert related["prefect.resource.id"] in ("prefect.tag.buildkite", ["prefect.tag.buildkite"])
     [action] = automation.actions
     assert action.type == "run-deployment" and action.deployment_id == release.id
     assert stale.trigger.posture == "Proactive" and stale.actions[0].type == "change-flow-run-state"
+    assert unstarted.trigger.posture == "Proactive" and unstarted.trigger.within.total_seconds() == 1800
+    assert unstarted.trigger.after == {"prefect.flow-run.Scheduled"}
+    assert unstarted.actions[0].type == "change-flow-run-state" and unstarted.actions[0].state == "CRASHED"
 
 
 def test_a_run_of_the_process_deployment_is_picked_up_by_a_worker_and_finishes(process_worker, params_factory):
