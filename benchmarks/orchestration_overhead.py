@@ -29,12 +29,13 @@ import sys, time, shutil
 from pathlib import Path
 t0 = time.perf_counter()
 from params import load_params
-from tasks import data, preprocess as pp, train as tn, evaluate as ev, publish as pb
+from tasks import data, preprocess as pp, provenance, train as tn, evaluate as ev, publish as pb
 from trainkite.store import open_store
 from trainkite.manifest import ModelRef
 params = load_params(None, sys.argv[2:])
 store = open_store(params.artifacts.root); mid = sys.argv[1]; work = Path(params.artifacts.root) / "_work"
 t1 = time.perf_counter()
+provenance.check_code_commit(None)
 ds = data.fetch_dataset(params, work, store, f"sentiment/{mid}")
 f = pp.preprocess(ds, params.preprocess, store, work)
 tr = tn.train_model(f, params, store, ModelRef("sentiment", mid), work)

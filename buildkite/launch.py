@@ -68,6 +68,17 @@ def require_clean_tree(checkout: str | Path) -> None:
             "stop that step from writing into the checkout")
 
 
+def checkout_commit(checkout: str | Path) -> str | None:
+    """The SHA the agent checked out: BUILDKITE_COMMIT may be a symbolic ref ("HEAD" from the UI's New Build)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
 def idempotency_key(build: BuildContext) -> str:
     return f"buildkite-{build.organization}-{build.pipeline}-{build.number}"
 
@@ -95,8 +106,12 @@ def launch(*, params: Params, build: BuildContext | None, deployment: str,
     model_id = validate_model_id(build.model_id) if build else None
     kwargs: dict[str, Any] = {"tags": ["trainkite-launch"]}
     if build is not None:
-        kwargs = {"idempotency_key": idempotency_key(build), "tags": [BUILDKITE_TAG],
-                  "job_variables": {"env": job_env(env, model_id)}}
+        job_variables: dict[str, Any] = {"env": job_env(env, model_id)}
+        if env.get("TRAINKITE_TRAIN_IMAGE"):
+            # The image an earlier step built from this commit: an ECS/Batch run then trains the build's
+            # code, which the flow checks (tasks/provenance.py) before it trains.
+            job_variables["image"] = env["TRAINKITE_TRAIN_IMAGE"]
+        kwargs = {"idempotency_key": idempotency_key(build), "tags": [BUILDKITE_TAG], "job_variables": job_variables}
     parameters = {"params": params.model_dump(mode="json"), "model_id": model_id,
                   "build": build.model_dump(mode="json") if build else None}
     try:
@@ -133,7 +148,12 @@ def launch_from_env(params_file: str | Path | None, overrides: list[str], deploy
     params = resolve_params(params_file, overrides, env)  # bad params: exit 2 before anything starts
     build = BuildContext.from_env(env)
     if build is not None:
-        require_clean_tree(env.get("BUILDKITE_BUILD_CHECKOUT_PATH") or os.getcwd())
+        checkout = env.get("BUILDKITE_BUILD_CHECKOUT_PATH") or os.getcwd()
+        require_clean_tree(checkout)
+        resolved = checkout_commit(checkout)
+        if resolved and resolved != build.commit:
+            build = build.model_copy(update={"commit": resolved})
+            env = {**env, "BUILDKITE_COMMIT": resolved}
         if not env.get("PREFECT_API_URL"):
             raise UserInputError("PREFECT_API_URL is not set: inside a build, training must go to the team's "
                                  "Prefect server (set it, and PREFECT_API_AUTH_STRING or PREFECT_API_KEY, in "

@@ -1,4 +1,4 @@
-"""The training pipeline: fetch → preprocess → train → evaluate → publish → track → notify."""
+"""The training pipeline: check code → fetch → preprocess → train → evaluate → publish → track → notify."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def train(
         tags: Extra tags for the W&B run (e.g. a sweep ID).
     """
     model_id = resolve_model_id(model_id, build)
+    steps.check_code(build)
     dataset = steps.fetch_data(params, model_id)
     features = steps.preprocess(dataset, params, model_id)
     trained = steps.train_model(features, params, model_id)

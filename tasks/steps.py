@@ -20,6 +20,7 @@ from params.model import Params
 from tasks import data
 from tasks import evaluate as ev, model_types
 from tasks import notify as nt
+from tasks import provenance
 from tasks import publish as pb
 from tasks import track as tr
 from tasks.preprocess import FeaturesRef
@@ -85,6 +86,11 @@ def _track_key(context, p) -> str:
 
 
 _cached = {"persist_result": True, "result_serializer": "json"}
+
+
+@task(name="check_code", cache_policy=NONE)
+def check_code(build: BuildContext | None) -> dict:
+    return provenance.check_code_commit(build)
 
 
 @task(name="fetch_data", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error,

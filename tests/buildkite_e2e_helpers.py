@@ -80,7 +80,7 @@ class PipelineRun:
             "BUILDKITE_BUILD_NUMBER": str(self.number),
             "BUILDKITE_BUILD_ID": self.build["id"],
             "BUILDKITE_BUILD_URL": self.build["web_url"],
-            "BUILDKITE_COMMIT": "0" * 40, "BUILDKITE_BRANCH": "main", "BUILDKITE_SOURCE": "ui",
+            "BUILDKITE_COMMIT": "HEAD", "BUILDKITE_BRANCH": "main", "BUILDKITE_SOURCE": "ui",
             "BUILDKITE_STEP_KEY": step_key, "BUILDKITE_LABEL": step.get("label", ""),
             "BUILDKITE_BUILD_CHECKOUT_PATH": str(self.checkout),
             # The launch step annotates through the REST API with the bot's token (agent env hook).

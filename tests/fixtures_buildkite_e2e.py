@@ -26,7 +26,7 @@ from tests.buildkite_e2e_helpers import (
 )
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
 from tests.fakes.buildkite_server import FakeBuildkite
-from tests.process_helpers import git_checkout, wait_for
+from tests.process_helpers import repo_checkout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def e2e_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean_checkout(tmp_path_factory) -> Path:
-    """A clean git checkout for the launch step's dirty-tree check (the repo itself may be mid-edit)."""
-    return git_checkout(tmp_path_factory.mktemp("checkout"))
+    """The agent's checkout: a clean clone of the commit the worker's code is (the repo may be mid-edit)."""
+    return repo_checkout(tmp_path_factory.mktemp("checkout") / "repo")
 
 
 @pytest.fixture(scope="module")

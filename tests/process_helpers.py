@@ -21,6 +21,22 @@ def git_checkout(path: Path, name: str = "README", text: str = "checkout\n") -> 
     return path
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_head() -> str:
+    """The commit of the code under test: what a build's BUILDKITE_COMMIT must name for its run to train."""
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def repo_checkout(path: Path) -> Path:
+    """A clean clone of this repo at its HEAD: an agent's checkout of the commit the workers run (the repo
+    itself may be mid-edit, which the launch step would refuse)."""
+    subprocess.run([*GIT, "clone", "-q", "--no-hardlinks", str(REPO), str(path)], check=True)
+    return path
+
+
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.5,
              proc: subprocess.Popen | None = None) -> Any:
     """Poll `predicate` until it is truthy; fail on timeout, or as soon as `proc` (if given) exits."""

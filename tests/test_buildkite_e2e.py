@@ -16,7 +16,7 @@ import pytest
 
 from tests.buildkite_e2e_helpers import SMALL, PipelineRun, read_flow_run, release_runs_for
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
-from tests.process_helpers import wait_for
+from tests.process_helpers import git_checkout, repo_head, wait_for
 
 pytest_plugins = ["tests.fixtures_buildkite_e2e"]
 
@@ -85,6 +85,9 @@ def test_pipeline_trains_reviews_and_deploys(new_run, process_worker):
     env = flow_run.job_variables["env"]
     assert env["BUILDKITE_BUILD_NUMBER"] == str(run.number) and env["TRAINKITE_MODEL_ID"] == meta["model-id"]
     assert not any("TOKEN" in k for k in env)
+    # The build said BUILDKITE_COMMIT=HEAD; launch resolved it from the agent's checkout, and the worker's code
+    # is that commit, so the run trained.
+    assert flow_run.parameters["build"]["commit"] == env["BUILDKITE_COMMIT"] == repo_head()
 
     notes = run.annotations()
     assert flow_run_id in notes["trainkite-launch"]["body"] and "/runs/flow-run/" in notes["trainkite-launch"]["body"]
@@ -238,3 +241,23 @@ def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker)
     assert run.annotations()["trainkite-training"]["style"] == "error"
     state = read_flow_run(flow_run.id).state
     assert state.is_crashed() and "no worker is polling" in state.message
+
+
+def test_a_build_of_another_commit_than_the_workers_code_is_refused_before_training(
+        bk_fake, process_worker, e2e_home, tmp_path):
+    """The agent checked out a commit the worker's code is not: the run refuses before it fetches a row, and
+    the build is released as failed with both commits named."""
+    other = git_checkout(tmp_path / "other")
+    run = PipelineRun(bk_fake, bk_fake.create_build(ORG, PIPELINE), e2e_home, other,
+                      {"TRAINKITE_SET": "\n".join(SMALL)})
+    flow_run_id = _launch(run)
+    meta = run.wait_unblocked("training_finished", TRAINING_TIMEOUT)
+    assert meta["training-status"] == "failed"
+    assert "this worker's code is commit " + repo_head() in meta["metrics"], meta["metrics"]
+    assert run.annotations()["trainkite-training"]["style"] == "error"
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert {t.name.rsplit("-", 1)[0] for t in tasks} == {"check_code"}, "nothing ran after the refusal"

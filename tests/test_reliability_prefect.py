@@ -16,7 +16,7 @@ import requests
 from tests.conftest import REPO
 from tests.faults.prefect_server import PrivatePrefectServer
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
-from tests.process_helpers import finish, git_checkout, wait_for
+from tests.process_helpers import finish, repo_checkout, wait_for
 from trainkite import manifest as mf
 from trainkite.store import LocalStore
 
@@ -44,7 +44,7 @@ def _flow_runs(api_url: str, model_id: str) -> list[dict]:
 
 @pytest.fixture
 def clean_checkout(tmp_path) -> Path:
-    return git_checkout(tmp_path / "checkout")
+    return repo_checkout(tmp_path / "checkout")
 
 
 def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fake_buildkite, clean_checkout, tmp_path):

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.process_helpers import repo_head
+
 from tests.conftest import REPO
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE
 from tests.fixtures_models import copy_model, flush_prefect_logs, trained_model_dir  # noqa: F401
@@ -102,7 +104,7 @@ def test_canary_secrets_never_leave_the_environment(prefect_api, bucket, fake_bu
             "BUILDKITE": "true", "BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
             "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_API_URL": fake_buildkite.url, "BUILDKITE_API_TOKEN": token,
             "BUILDKITE_BUILD_URL": f"https://buildkite.com/{ORG}/{PIPELINE}/builds/{number}",
-            "BUILDKITE_COMMIT": "0" * 40, "BUILDKITE_BRANCH": "main",
+            "BUILDKITE_COMMIT": repo_head(), "BUILDKITE_BRANCH": "main",
             # Secrets the agent itself holds, which the run must not copy anywhere either.
             "BUILDKITE_AGENT_ACCESS_TOKEN": canaries["BUILDKITE_API_TOKEN"][::-1],
         })

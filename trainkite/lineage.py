@@ -33,9 +33,10 @@ def _git(*args: str) -> str | None:
 def git_info() -> dict[str, object]:
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        # Inside an image there is no .git: the build bakes the commit in.
-        commit = os.environ.get("TRAINKITE_GIT_COMMIT") or os.environ.get("BUILDKITE_COMMIT")
-        return {"commit": commit or "unknown", "dirty": None, "branch": os.environ.get("BUILDKITE_BRANCH")}
+        # Inside an image there is no .git: the image build bakes the commit in (GIT_COMMIT build arg).
+        # Never BUILDKITE_COMMIT: that is the commit the build asked for, not the one this code is.
+        return {"commit": os.environ.get("TRAINKITE_GIT_COMMIT") or "unknown", "dirty": None,
+                "branch": os.environ.get("BUILDKITE_BRANCH")}
     status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") or ""
     return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
 
