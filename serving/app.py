@@ -78,10 +78,40 @@ class ModelSlot:
             self.error, self.status = "model failed to load (see the container log)", "failed"
             return
         self.predictor, self.model_id = predictor, predictor.model_id
-        self.status = "ready"
         if self.ready_dir:
-            (Path(self.ready_dir) / str(os.getpid())).touch()
+            (Path(self.ready_dir) / str(os.getpid())).write_text(_started(os.getpid()))
+        self.status = "ready"
         log.info("model %s loaded from %s; ready", predictor.model_id, predictor.folder)
+
+
+def _started(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot; Linux), or "" where /proc has no answer."""
+    try:
+        # Field 22 of /proc/<pid>/stat, counted after the ")" that ends the (free-form) command name.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def loaded_workers(ready_dir: str) -> int:
+    """Workers that loaded the model and are still alive. A worker uvicorn restarted after a crash leaves its
+    predecessor's file behind: a dead pid, or a reused pid with another start time, does not count."""
+    alive = 0
+    for marker in Path(ready_dir).iterdir():
+        try:
+            pid = int(marker.name)
+            os.kill(pid, 0)
+        except (ValueError, ProcessLookupError):
+            continue
+        except PermissionError:  # alive, owned by another user
+            pass
+        try:
+            recorded = marker.read_text()
+        except OSError:
+            continue
+        if recorded == _started(pid):
+            alive += 1
+    return alive
 
 
 def _loader(model_dir, model_id, store_root, expected_model_id):
@@ -176,7 +206,7 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
     async def ping(request: Request) -> Response:
         if slot.status != "ready":
             return not_ready()
-        if slot.ready_dir and (loaded := len(os.listdir(slot.ready_dir))) < slot.workers:
+        if slot.ready_dir and (loaded := loaded_workers(slot.ready_dir)) < slot.workers:
             # Healthy only when every worker can answer: SageMaker sends traffic after the first 200.
             return _json({"status": "loading", "error": f"{loaded} of {slot.workers} workers have loaded the model"},
                          503)

@@ -431,10 +431,10 @@ def test_startup_does_not_wait_for_the_model(opt_ml_model, monkeypatch):
         assert c.get("/ping").status_code == 200
 
 
-def test_with_several_workers_ping_is_healthy_only_when_every_worker_has_loaded(opt_ml_model, tmp_path):
+def test_with_several_workers_ping_is_healthy_only_when_every_live_worker_has_loaded(opt_ml_model, tmp_path):
     from starlette.testclient import TestClient
 
-    from serving.app import create_app
+    from serving.app import _started, create_app
 
     app = create_app(model_dir=opt_ml_model, ready_dir=str(tmp_path), workers=2)
     with TestClient(app) as c:
@@ -444,8 +444,21 @@ def test_with_several_workers_ping_is_healthy_only_when_every_worker_has_loaded(
         r = c.get("/ping")
         assert r.status_code == 503 and r.json() == {"status": "loading",
                                                      "error": "1 of 2 workers have loaded the model"}
-        (tmp_path / "another-worker").touch()
-        assert c.get("/ping").status_code == 200
+        # A worker that crashed after loading (uvicorn restarts it under a new pid) left its file: not loaded.
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (tmp_path / str(dead.pid)).write_text("1")
+        assert c.get("/ping").status_code == 503
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (tmp_path / str(other.pid)).write_text("0")  # a reused pid: another process's start time
+            assert c.get("/ping").json()["error"] == "1 of 2 workers have loaded the model"
+            (tmp_path / str(other.pid)).write_text(_started(other.pid))
+            assert c.get("/ping").status_code == 200
+        finally:
+            other.kill()
+            other.wait()
+        assert c.get("/ping").status_code == 503
 
 
 def test_wrong_model_for_the_container_never_becomes_healthy(opt_ml_model):
