@@ -199,9 +199,13 @@ def predict(
             raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
         if input_csv and not output_csv:
             raise UserInputError("--input needs --output (where the scored CSV goes)")
+        from trainkite.manifest import find_model
+
+        store = _store(root)
+        find_model(store, model_id)  # a bad or unknown ID is refused before torch loads (seconds)
         from tasks.predict import Predictor
 
-        predictor = Predictor.from_store(_store(root), model_id)
+        predictor = Predictor.from_store(store, model_id)
         if text:
             preds = [{"text": t, **p} for t, p in zip(text, predictor.predict(text), strict=True)]
             emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
