@@ -331,13 +331,16 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
     params = params_factory()
     assert deploy(model_id="champ-1", target="local", params=params)["deployed"]
     seen = {}
+    started = datetime.now(UTC)
 
     def approve():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with get_client(sync_client=True) as c:
-                runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                paused = c.read_flow_runs(flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                # Only this test's run: the session's server may hold other paused runs.
+                runs = [r for r in paused if r.parameters.get("model_id") == "cand-2" and r.created >= started]
                 if runs:
                     keyset = runs[0].state.state_details.run_input_keyset
                     seen["form"] = c.read_flow_run_input(runs[0].id, keyset["description"])
