@@ -74,55 +74,53 @@ def release_build_automation(release_deployment_id: UUID) -> AutomationCore:
     )
 
 
-def stale_run_automation() -> AutomationCore:
+def _crash_when_silent(*, name: str, description: str, after: str, expect: set[str], seconds: int, message: str,
+                       tag: str = BUILDKITE_TAG) -> AutomationCore:
+    """Proactive: after an `after` event of a run tagged `tag`, no `expect` event within `seconds` -> Crashed
+    (whose event the release automation turns into a released build)."""
     return AutomationCore(
-        name=STALE_AUTOMATION,
-        description=f"A Buildkite-started flow run sent no heartbeat or final state for "
-        f"{ZOMBIE_AFTER_SECONDS} s (its process or host is gone): mark it Crashed so its build is released.",
+        name=name,
+        description=description,
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+            after={after},
+            expect=expect,
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=_BUILDKITE_RUNS,
+            match_related=_tagged(tag),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+            within=timedelta(seconds=seconds),
         ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"No heartbeat for {ZOMBIE_AFTER_SECONDS} s: the flow-run process or its host is gone "
-                "(OOM kill, lost instance, dead worker).",
-            )
-        ],
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=message)],
+    )
+
+
+def stale_run_automation() -> AutomationCore:
+    return _crash_when_silent(
+        name=STALE_AUTOMATION,
+        description=f"A Buildkite-started flow run sent no heartbeat or final state for "
+        f"{ZOMBIE_AFTER_SECONDS} s (its process or host is gone): mark it Crashed so its build is released.",
+        after="prefect.flow-run.heartbeat",
+        expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+        seconds=ZOMBIE_AFTER_SECONDS,
+        message=f"No heartbeat for {ZOMBIE_AFTER_SECONDS} s: the flow-run process or its host is gone "
+        "(OOM kill, lost instance, dead worker).",
     )
 
 
 def unstarted_run_automation(within_seconds: int = START_TIMEOUT_SECONDS, tag: str = BUILDKITE_TAG,
                              name: str = UNSTARTED_AUTOMATION) -> AutomationCore:
     """(`tag` and `name` differ only in tests, which must not touch every Buildkite-tagged run.)"""
-    return AutomationCore(
+    return _crash_when_silent(
         name=name,
         description=f"A Buildkite-started flow run did not start within {within_seconds} s: mark it Crashed so "
         "its build is released instead of waiting at training_finished.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Scheduled"},
-            expect={"prefect.flow-run.Running", *FINAL_EVENTS},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=_tagged(tag),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_seconds),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"Did not start within {within_seconds} s: no worker is polling its work pool, or its "
-                "infrastructure (ECS task, GPU instance) was never placed.",
-            )
-        ],
+        after="prefect.flow-run.Scheduled",
+        expect={"prefect.flow-run.Running", *FINAL_EVENTS},
+        seconds=within_seconds,
+        message=f"Did not start within {within_seconds} s: no worker is polling its work pool, or its "
+        "infrastructure (ECS task, GPU instance) was never placed.",
+        tag=tag,
     )
 
 
