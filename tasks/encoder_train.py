@@ -23,14 +23,13 @@ from tasks import encoder as enc
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from tasks.train import (
-    EpochTracker,
     TrainedModel,
     epoch_batches,
     finish_training,
-    load_checkpoint,
     local_weights,
     make_deterministic,
     pick_device,
+    resume_or_start,
     save_checkpoint,
 )
 from trainkite.manifest import ModelRef
@@ -95,14 +94,7 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
                                   weight_decay=tp.weight_decay)
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
-    metric = params.evaluation.primary_metric
-    tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
-    ck = load_checkpoint(store, ref, workdir, identity, model, optimizer)
-    if ck is not None:
-        state, best_state = ck
-        tracker = EpochTracker(tp, metric, state, best_state)
-        start_epoch, resumed = state["epoch"] + 1, state["epoch"]
-        log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
+    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, model, params, optimizer)
 
     use_amp = device == "cuda" and tp.amp
     started = time.perf_counter()

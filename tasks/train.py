@@ -157,6 +157,20 @@ def load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
     return state, best
 
 
+def resume_or_start(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: torch.nn.Module,
+                    params: Params, optimizer: torch.optim.Optimizer | None = None,
+                    ) -> tuple[EpochTracker, int, int | None]:
+    """(tracker, first epoch, epoch resumed from): from the last checkpoint made with the same inputs, which
+    restores `model` and `optimizer` too, else from scratch. Every model type's trainer starts here."""
+    metric = params.evaluation.primary_metric
+    ck = load_checkpoint(store, ref, workdir, identity, model, optimizer)
+    if ck is None:
+        return EpochTracker(params.train, metric), 1, None
+    state, best_state = ck
+    log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
+    return EpochTracker(params.train, metric, state, best_state), state["epoch"] + 1, state["epoch"]
+
+
 def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                 workdir: Path) -> TrainedModel:
     tp = params.train
@@ -171,15 +185,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
     params_list = list(model.parameters())
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
 
-    metric = params.evaluation.primary_metric
-    tracker, start_epoch, resumed = EpochTracker(tp, metric), 1, None
-    ck = load_checkpoint(store, ref, workdir, identity, model)
-    if ck is not None:
-        state, best_state = ck
-        tracker = EpochTracker(tp, metric, state, best_state)
-        start_epoch = state["epoch"] + 1
-        resumed = state["epoch"]
-        log.info("resuming %s from the checkpoint of epoch %d", ref.model_id, state["epoch"])
+    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, model, params)
 
     use_amp = device == "cuda" and tp.amp
     started = time.perf_counter()
