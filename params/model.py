@@ -113,6 +113,10 @@ class TrainParams(_Section):
     epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs.")
     batch_size: int = Field(32, ge=1, le=65_536, description="Examples per step.")
     learning_rate: float = Field(0.5, gt=0, le=100, description="Initial learning rate (linear decay to 0).")
+    warmup_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of all steps over which the rate rises linearly from 0 to learning_rate "
+        "before it decays (fine-tuning a pretrained encoder wants ~0.06)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="L2 on the dense layer.")
     patience: int = Field(3, ge=0, description="Early stopping: epochs without validation improvement (0 = off).")
     seed: int = Field(1234, ge=0, description="Seed for weights and shuffling.")

@@ -221,11 +221,21 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
                            best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
 
 
+def learning_rate(tp, step: int, total_steps: int) -> float:
+    """The rate at 0-based `step`: linear warm-up over the first warmup_fraction of the steps, then linear
+    decay to 0 at the end (no warm-up: decay from the first step, as fastText does)."""
+    warmup = int(tp.warmup_fraction * total_steps)
+    if step < warmup:
+        return tp.learning_rate * (step + 1) / warmup
+    return tp.learning_rate * max(0.0, 1.0 - (step - warmup) / max(1, total_steps - warmup))
+
+
 def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
     """One epoch's batches (row indices) with their learning rate, for every model type.
 
     One generator per epoch: a resumed run shuffles exactly like an uninterrupted one. The rate decays
-    linearly to 0 over the whole run. Progress is reported after each 50th step and the last.
+    linearly to 0 over the whole run, after a linear warm-up over `warmup_fraction` of it. Progress is
+    reported after each 50th step and the last.
     """
     eg = torch.Generator()
     eg.manual_seed(tp.seed * 1000 + epoch)
@@ -233,7 +243,7 @@ def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
     steps_per_epoch = max(1, -(-n // tp.batch_size))
     total_steps = steps_per_epoch * tp.epochs
     for b in range(steps_per_epoch):
-        lr = tp.learning_rate * max(0.0, 1.0 - ((epoch - 1) * steps_per_epoch + b) / total_steps)
+        lr = learning_rate(tp, (epoch - 1) * steps_per_epoch + b, total_steps)
         yield order[b * tp.batch_size : (b + 1) * tp.batch_size], lr
         if b % 50 == 0 or b == steps_per_epoch - 1:
             progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
