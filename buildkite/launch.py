@@ -108,8 +108,8 @@ def launch(*, params: Params, build: BuildContext | None, deployment: str,
     if build is not None:
         job_variables: dict[str, Any] = {"env": job_env(env, model_id)}
         if env.get("TRAINKITE_TRAIN_IMAGE"):
-            # The image an earlier step built from this commit: an ECS/Batch run then trains the build's
-            # code, which the flow checks (tasks/provenance.py) before it trains.
+            # The image an earlier step pushed for this commit: an ECS run then trains the build's code, which
+            # the flow checks (tasks/provenance.py) before it trains. (Batch jobs use their job definition's.)
             job_variables["image"] = env["TRAINKITE_TRAIN_IMAGE"]
         kwargs = {"idempotency_key": idempotency_key(build), "tags": [BUILDKITE_TAG], "job_variables": job_variables}
     parameters = {"params": params.model_dump(mode="json"), "model_id": model_id,
