@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,31 @@ def test_run_identity_never_carries_secrets():
     assert job == {"BUILDKITE_BUILD_NUMBER": "42", "BUILDKITE_PIPELINE_SLUG": PIPELINE,
                    "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "abc", "TRAINKITE_MODEL_ID": "trainkite-42"}
     assert TOKEN not in str(build.model_dump()) and "agent-secret" not in str(build.model_dump())
+
+
+def test_launch_runs_the_builds_image_and_resolved_commit(prefect_api, fake_buildkite, checkout, monkeypatch):
+    """Inside a build: BUILDKITE_COMMIT=HEAD becomes the checkout's SHA, and TRAINKITE_TRAIN_IMAGE the run's image
+    job variable (read back from the Prefect server). The run goes to the ECS pool, which nothing polls here."""
+    from prefect import get_client
+
+    from deployments.apply import apply
+    from deployments.specs import ECS_POOL
+
+    apply()
+    # Build numbers only grow; start past any earlier session's on a reused server (its idempotency keys).
+    with fake_buildkite._lock:
+        fake_buildkite._pipelines[(ORG, PIPELINE)]["next"] = time.time_ns() // 1_000_000
+    number = fake_buildkite.create_build(ORG, PIPELINE)
+    env = {"BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+           "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "HEAD",
+           "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
+           "PREFECT_API_URL": prefect_api, "TRAINKITE_TRAIN_IMAGE": "123.dkr.ecr.us-east-1.amazonaws.com/train:abc"}
+    monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
+    monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
+    out = ln.launch_from_env(None, ["train.epochs=1"], f"train/{ECS_POOL}", env)
+    head = ln.checkout_commit(checkout)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(out["flow_run_id"])
+        client.delete_flow_run(run.id)  # never started; gone before any automation looks at it
+    assert head and run.parameters["build"]["commit"] == head == run.job_variables["env"]["BUILDKITE_COMMIT"]
+    assert run.job_variables["image"] == env["TRAINKITE_TRAIN_IMAGE"]
