@@ -5,13 +5,14 @@ from __future__ import annotations
 from prefect import flow
 
 from buildkite.context import BuildContext
-from flows.hooks import release_build_on_failure
+from flows.hooks import release_build_on_failure, stop_if_build_canceled
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from tasks import batch_steps
 from trainkite.ids import resolve_model_id
 
 
-@flow(name="train-batch", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure])
+@flow(name="train-batch", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure],
+      on_cancellation=[release_build_on_failure])
 def train_on_batch(
     params: Params = load_params(DEFAULT_PARAMS_FILE),
     model_id: str | None = None,
@@ -33,5 +34,6 @@ def train_on_batch(
         timeout_seconds: Give up waiting after this long.
     """
     model_id = resolve_model_id(model_id, build)
-    job_id = batch_steps.submit(params, model_id, build, job_queue, job_definition)
-    return {"model_id": model_id, **batch_steps.wait(job_id, poll_seconds, timeout_seconds)}
+    with stop_if_build_canceled(build):
+        job_id = batch_steps.submit(params, model_id, build, job_queue, job_definition)
+        return {"model_id": model_id, **batch_steps.wait(job_id, poll_seconds, timeout_seconds)}

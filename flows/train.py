@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from buildkite.context import BuildContext
-from flows.hooks import release_build_on_failure
+from flows.hooks import release_build_on_failure, stop_if_build_canceled
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from tasks import steps
 from trainkite.ids import resolve_model_id
@@ -28,12 +28,13 @@ def train(
         tags: Extra tags for the W&B run (e.g. a sweep ID).
     """
     model_id = resolve_model_id(model_id, build)
-    steps.check_code(build)
-    dataset = steps.fetch_data(params, model_id)
-    features = steps.preprocess(dataset, params, model_id)
-    trained = steps.train_model(features, params, model_id)
-    report = steps.evaluate(trained, features, params, model_id)
-    published = steps.publish(params, model_id, dataset, trained, report, build)
-    tracking = steps.track(params, published, report, tags or [])
-    steps.notify(build, published, report, tracking)
+    with stop_if_build_canceled(build):
+        steps.check_code(build)
+        dataset = steps.fetch_data(params, model_id)
+        features = steps.preprocess(dataset, params, model_id)
+        trained = steps.train_model(features, params, model_id)
+        report = steps.evaluate(trained, features, params, model_id)
+        published = steps.publish(params, model_id, dataset, trained, report, build)
+        tracking = steps.track(params, published, report, tags or [])
+        steps.notify(build, published, report, tracking)
     return steps.report(published, report, tracking)

@@ -63,8 +63,7 @@ class BatchJobTimeout(BatchJobError, TimeoutError):
         self.last_status = last_status
         self.timeout_seconds = timeout_seconds
         super().__init__(
-            f"AWS Batch job {job_id} still {last_status} after {timeout_seconds:g}s; "
-            "it keeps running - terminate it with `aws batch terminate-job` if it must stop"
+            f"AWS Batch job {job_id} still {last_status} after {timeout_seconds:g}s"
         )
 
 
@@ -321,6 +320,7 @@ def wait_for_job(
     logs_client: Any | None = None,
     log_tail_lines: int = 50,
     sleep: Callable[[float], None] = time.sleep,
+    terminate_if_abandoned: bool = False,
 ) -> BatchJobResult:
     """Poll ``describe_jobs`` until the job is SUCCEEDED or FAILED and return the result.
 
@@ -329,11 +329,32 @@ def wait_for_job(
     for an unknown id and :class:`BatchJobTimeout` after ``timeout_seconds`` (the loop
     makes at most ``timeout_seconds / poll_seconds + 1`` calls). With ``logs_client``,
     the tail of a failed job's log stream is attached to the result.
+
+    With ``terminate_if_abandoned``, a wait that ends before the job does (timeout, a cancelled
+    run's TerminationSignal, Ctrl-C) terminates the job first: the caller is about to report
+    failure, and a job left running would train for nobody.
     """
     if not job_id or not isinstance(job_id, str):
         raise BatchJobNotFound(f"invalid AWS Batch job id {job_id!r}")
     if poll_seconds <= 0 or timeout_seconds < 0:
         raise ValueError("poll_seconds must be > 0 and timeout_seconds >= 0")
+    try:
+        return _wait(job_id, client=client, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
+                     logs_client=logs_client, log_tail_lines=log_tail_lines, sleep=sleep)
+    except BatchJobNotFound:
+        raise
+    except BaseException as stopped:
+        if terminate_if_abandoned:
+            try:
+                terminate_job(job_id, f"trainkite: the run waiting for this job stopped "
+                                      f"({type(stopped).__name__}: {str(stopped)[:300]})", client=client)
+            except Exception as err:  # never mask why the wait ended
+                log.error("could not terminate AWS Batch job %s: %s", job_id, err)
+        raise
+
+
+def _wait(job_id: str, *, client: Any | None, poll_seconds: float, timeout_seconds: float, logs_client: Any | None,
+          log_tail_lines: int, sleep: Callable[[float], None]) -> BatchJobResult:
     batch = _client("batch", client)
     max_polls = math.floor(timeout_seconds / poll_seconds) + 1
     deadline = time.monotonic() + timeout_seconds
@@ -354,3 +375,11 @@ def wait_for_job(
             break
         sleep(poll_seconds)
     raise BatchJobTimeout(job_id, last_status, timeout_seconds)
+
+
+def terminate_job(job_id: str, reason: str, *, client: Any | None = None) -> None:
+    """Stop a job nobody waits for any more (its run was cancelled or gave up): a queued job is cancelled,
+    a running one's container is stopped; the job ends FAILED with `reason`. Batch allows 1,024
+    characters of reason."""
+    _client("batch", client).terminate_job(jobId=job_id, reason=reason[:1024])
+    log.info("terminated AWS Batch job %s: %s", job_id, reason)

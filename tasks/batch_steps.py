@@ -39,7 +39,10 @@ def submit(params: Params, model_id: str, build: BuildContext | None, job_queue:
 
 @task(name="wait_batch_job", cache_policy=NONE)
 def wait(job_id: str, poll_seconds: float, timeout_seconds: float) -> dict:
-    result = batch.wait_for_job(job_id, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds)
+    # Cancelled (the worker's SIGTERM arrives as TerminationSignal) or timed out: the build is released as
+    # failed, so the job must not train on and then try to unblock it.
+    result = batch.wait_for_job(job_id, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
+                                terminate_if_abandoned=True)
     get_run_logger().info("Batch job %s ended %s after %d attempt(s); log stream %s", job_id, result.status,
                           result.attempts, result.log_stream_name)
     result.raise_for_status()

@@ -8,6 +8,7 @@ import logging
 import os
 
 from buildkite.context import BuildContext
+from tasks.build_watch import canceled_reason
 
 log = logging.getLogger("trainkite.notify")
 
@@ -48,10 +49,28 @@ def failure_fields(model_id: str, reason: str) -> dict[str, str]:
             "docker-image": "none", "metrics": f"training failed: {reason}"[:900], STATUS_FIELD: "failed"}
 
 
-def _client(build: BuildContext):
+def client_for(build: BuildContext):
     from buildkite.client import BuildkiteClient
 
     return BuildkiteClient(org=build.organization, pipeline=build.pipeline)
+
+
+def _unblock(client, build: BuildContext, fields: dict[str, str]) -> str | None:
+    """Unblock; None when done, the reason when the build was canceled (nothing can unblock it now)."""
+    from buildkite.client import BuildkiteError
+
+    try:
+        client.unblock(build.number, build.step_key, fields)
+        return None
+    except BuildkiteError as err:
+        # A refused token or scope (401/403/404) says nothing about the build: do not ask again.
+        if err.status not in (None, 422):
+            raise
+        reason = canceled_reason(client.get_build(build.number))
+        if reason is None:
+            raise
+        log.warning("%s; its step %s stays as it is", reason, build.step_key)
+        return reason
 
 
 def _annotate(client, build: BuildContext, body: str, style: str) -> None:
@@ -69,9 +88,11 @@ def notify_success(build: BuildContext | None, fields: dict[str, str], annotatio
     if build is None:
         log.info("not inside a Buildkite build: nothing to unblock (model %s)", fields["model-id"])
         return "skipped"
-    client = _client(build)
+    client = client_for(build)
     _annotate(client, build, annotation, "success")
-    client.unblock(build.number, build.step_key, fields)
+    if _unblock(client, build, fields):
+        # The model is published and tracked; only the build stopped waiting for it.
+        return "skipped: build canceled"
     log.info("unblocked %s of build %s #%s", build.step_key, build.pipeline, build.number)
     return "unblocked"
 
@@ -81,11 +102,12 @@ def notify_failure(build: BuildContext | None, *, model_id: str, flow_run: str, 
     if build is None:
         log.info("not inside a Buildkite build: nothing to release (model %s failed: %s)", model_id, reason)
         return "skipped"
-    client = _client(build)
+    client = client_for(build)
     body = (f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
             f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}")
     _annotate(client, build, body, "error")
-    client.unblock(build.number, build.step_key, failure_fields(model_id, reason))
+    if _unblock(client, build, failure_fields(model_id, reason)):
+        return "skipped: build canceled"
     return "released"
 
 

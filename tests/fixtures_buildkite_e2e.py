@@ -70,13 +70,14 @@ def clean_checkout(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def process_worker(applied, bk_fake, e2e_home, tmp_path_factory) -> Iterator[Worker]:
     """`prefect worker start --pool trainkite-process`, polling every 2 s, with the bot's Buildkite
-    token in its environment (the way a real worker host gets it: never through job variables)."""
+    token in its environment (the way a real worker host gets it: never through job variables); its
+    runs look at their build every 2 s."""
     if not sys.platform.startswith("linux"):
         pytest.skip("finds flow-run processes through /proc")
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKITE")}
     env.update({"PREFECT_WORKER_QUERY_SECONDS": "2", "BUILDKITE_API_URL": bk_fake.url, "BUILDKITE_API_TOKEN": TOKEN,
-                "TRAINKITE_HOME": str(e2e_home)})
+                "TRAINKITE_HOME": str(e2e_home), "TRAINKITE_BUILD_WATCH_SECONDS": "2"})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "trainkite-process",

@@ -21,7 +21,7 @@ import boto3
 import botocore.session
 import pytest
 from botocore.config import Config
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 from botocore.validate import ParamValidator
 
 from tasks.batch import (
@@ -416,6 +416,53 @@ def test_wait_is_bounded():
         stub.add_response("describe_jobs", {"jobs": [_job("RUNNABLE")]}, {"jobs": [JOB_ID]})
     with stub, pytest.raises(BatchJobTimeout, match="still RUNNABLE"):
         wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=3, sleep=lambda _s: None)
+    stub.assert_no_pending_responses()
+
+
+def test_an_abandoned_wait_terminates_the_job():
+    """The flow's wait timed out: the job is terminated, with why, before the timeout is raised."""
+    batch, stub = _stubbed("batch")
+    stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
+    stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
+    why = ("trainkite: the run waiting for this job stopped "
+           f"(BatchJobTimeout: AWS Batch job {JOB_ID} still RUNNING after 1s)")
+    stub.add_response("terminate_job", {}, {"jobId": JOB_ID, "reason": why})
+    with stub, pytest.raises(BatchJobTimeout, match="still RUNNING"):
+        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=1, sleep=lambda _s: None,
+                     terminate_if_abandoned=True)
+    stub.assert_no_pending_responses()
+
+
+def test_a_cancelled_wait_terminates_the_job_and_keeps_the_cancel():
+    """A cancelled flow run's SIGTERM arrives as an exception in the wait's sleep: the job is terminated and the
+    exception goes on (here KeyboardInterrupt stands for Prefect's TerminationSignal, a BaseException too)."""
+    batch, stub = _stubbed("batch")
+    stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
+    stub.add_response("terminate_job", {}, {"jobId": JOB_ID, "reason": ANY})
+
+    def cancelled(_s):
+        raise KeyboardInterrupt
+
+    with stub, pytest.raises(KeyboardInterrupt):
+        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=60, sleep=cancelled,
+                     terminate_if_abandoned=True)
+    stub.assert_no_pending_responses()
+
+
+def test_a_failed_terminate_does_not_hide_why_the_wait_ended():
+    batch, stub = _stubbed("batch")
+    stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
+    stub.add_client_error("terminate_job", service_error_code="ClientException", http_status_code=400)
+    with stub, pytest.raises(BatchJobTimeout):
+        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=0, sleep=lambda _s: None,
+                     terminate_if_abandoned=True)
+
+
+def test_a_plain_wait_leaves_the_job_alone():
+    batch, stub = _stubbed("batch")
+    stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
+    with stub, pytest.raises(BatchJobTimeout):  # a terminate_job call would fail the stub
+        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=0, sleep=lambda _s: None)
     stub.assert_no_pending_responses()
 
 

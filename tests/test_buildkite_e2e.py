@@ -23,6 +23,9 @@ pytest_plugins = ["tests.fixtures_buildkite_e2e"]
 FIELDS = {"model-id", "model-data-path", "wandb-run-id", "model-env", "docker-image", "metrics", "training-status"}
 # A bare worker poll (2 s) + process start + training of 3 epochs, on a busy 2-core box.
 TRAINING_TIMEOUT = 150
+# Trains until stopped.
+SLOW = ["train.epochs=1000", "train.patience=0", "preprocess.buckets=4096", "model.embedding_dim=16",
+        'tracking.backend="none"']
 
 
 @pytest.fixture
@@ -135,23 +138,22 @@ def test_a_failing_flow_releases_the_build_and_review_fails(new_run, process_wor
     assert run.annotations()["trainkite-review"]["style"] == "error"
 
 
+def _training_process(flow_run_id: str, worker) -> int | None:
+    """The flow run's process once its train task is running."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    # A task run can be read between its creation and its first state (state None).
+    running = any(t.name.startswith("train-") and t.state is not None and t.state.is_running() for t in tasks)
+    return running and worker.flow_run_process(flow_run_id)
+
+
 def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, process_worker, record_property):
-    slow = ["train.epochs=1000", "train.patience=0", "preprocess.buckets=4096", "model.embedding_dim=16",
-            'tracking.backend="none"']
-    run = new_run(slow)
+    run = new_run(SLOW)
     flow_run_id = _launch(run)
-
-    def training_started():
-        from prefect import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-        with get_client(sync_client=True) as client:
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        # A task run can be read between its creation and its first state (state None).
-        running = any(t.name.startswith("train-") and t.state is not None and t.state.is_running() for t in tasks)
-        return running and process_worker.flow_run_process(flow_run_id)
-
-    pid = wait_for("the train task to run", training_started, TRAINING_TIMEOUT)
+    pid = wait_for("the train task to run", lambda: _training_process(flow_run_id, process_worker), TRAINING_TIMEOUT)
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
 
@@ -178,6 +180,54 @@ def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, proce
 
     review = run.run_step("review")
     assert review.returncode != 0
+
+
+def test_a_build_canceled_in_buildkite_cancels_its_training_run(new_run, process_worker, record_property):
+    """Someone presses Cancel on the build mid-training. Nothing in Buildkite tells the run; the run's build
+    watch (every 2 s here, TRAINKITE_BUILD_WATCH_SECONDS) sees it, the run is cancelled through Prefect and its
+    worker stops the process: no model is published, and neither the hook nor release-build fails on the
+    canceled build."""
+    import requests
+
+    run = new_run(SLOW)
+    flow_run_id = _launch(run)
+    pid = wait_for("the train task to run", lambda: _training_process(flow_run_id, process_worker), TRAINING_TIMEOUT)
+    resp = requests.put(f"{run.fake.url}/organizations/{ORG}/pipelines/{PIPELINE}/builds/{run.number}/cancel",
+                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    canceled = time.monotonic()
+
+    flow_run = wait_for("the run to be cancelled",
+                        lambda: (r := read_flow_run(flow_run_id)).state.is_final() and r, 90)
+    stopped_after = time.monotonic() - canceled
+    assert flow_run.state.is_cancelled(), (flow_run.state, process_worker.tail())
+    wait_for("the flow-run process to exit", lambda: not _alive(pid), 30)
+    history = _state_messages(flow_run_id)
+    assert f"Buildkite build #{run.number} was canceled" in " ".join(history), history
+    assert not list(run.home.rglob(f"trainkite-{run.number}/manifest.json")), "no model was published"
+
+    release = wait_for("the release-build run to finish",
+                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60)
+    assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
+    unblocks = run.fake.requests_to("PUT", rf"/builds/{run.number}/jobs/[^/]+/unblock$")
+    assert all(r["status"] == 422 for r in unblocks), unblocks  # a canceled build cannot be unblocked
+    record_property("build_cancel_to_run_cancelled_s", round(stopped_after, 1))
+    print(f"\nbuild canceled -> flow run Cancelled: {stopped_after:.1f}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _state_messages(flow_run_id: str) -> list[str]:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return [f"{s.type.value}: {s.message}" for s in client.read_flow_run_states(flow_run_id)]
 
 
 def test_a_run_cancelled_before_it_starts_releases_the_build(new_run, process_worker):

@@ -36,7 +36,7 @@ def _statuses(fake, number: int, method: str = "PUT", path: str = UNBLOCK) -> li
 def _fast_client(monkeypatch, timeout: float) -> None:
     """The notify path's client with a short request timeout (production: 10 s), so a test can time out
     twice without waiting 20 s. Retry count and backoff stay the production defaults."""
-    monkeypatch.setattr(notify, "_client", lambda build: BuildkiteClient(org=build.organization,
+    monkeypatch.setattr(notify, "client_for", lambda build: BuildkiteClient(org=build.organization,
                                                                          pipeline=build.pipeline, timeout=timeout))
 
 
