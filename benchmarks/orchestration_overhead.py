@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,15 +86,23 @@ def main() -> None:
     def stop(e: dict) -> None:
         subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=e, capture_output=True, check=False)
 
-    for i in range(args.repeats):
-        res["plain"].append(_run(PLAIN, f"plain-{i}", env))
+    homes = [home]
+    try:
+        for i in range(args.repeats):
+            res["plain"].append(_run(PLAIN, f"plain-{i}", env))
+            stop(env)
+            res["flow_first"].append(_run(FLOW, f"first-{i}", env))
+            res["flow_warm"].append(_run(FLOW, f"warm-{i}", env))
+            homes.append(Path(tempfile.mkdtemp(prefix="bench-overhead-new-")))
+            new_env = {**env, "TRAINKITE_HOME": str(homes[-1])}
+            try:
+                res["flow_first_new_home"].append(_run(FLOW, f"new-{i}", new_env))
+            finally:
+                stop(new_env)
+    finally:
         stop(env)
-        res["flow_first"].append(_run(FLOW, f"first-{i}", env))
-        res["flow_warm"].append(_run(FLOW, f"warm-{i}", env))
-        new_env = {**env, "TRAINKITE_HOME": tempfile.mkdtemp(prefix="bench-overhead-new-")}
-        res["flow_first_new_home"].append(_run(FLOW, f"new-{i}", new_env))
-        stop(new_env)
-    stop(env)
+        for h in homes:  # each holds a Prefect database, stores and runs: not worth keeping
+            shutil.rmtree(h, ignore_errors=True)
 
     def median(k: str, col: int) -> float:
         return round(statistics.median(r[col] for r in res[k]), 2)
