@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from buildkite.context import BuildContext
-from deployments.specs import BUILDKITE_TAG, TRAIN_DEPLOYMENT
+from deployments.specs import BATCH_FLOW, BUILDKITE_TAG, TRAIN_DEPLOYMENT
 from params.model import Params, load_params
 from trainkite.errors import TrainkiteError, UserInputError
 from trainkite.ids import validate_model_id
@@ -105,15 +105,19 @@ def launch(*, params: Params, build: BuildContext | None, deployment: str,
 
     model_id = validate_model_id(build.model_id) if build else None
     kwargs: dict[str, Any] = {"tags": ["trainkite-launch"]}
+    parameters = {"params": params.model_dump(mode="json"), "model_id": model_id,
+                  "build": build.model_dump(mode="json") if build else None}
     if build is not None:
         job_variables: dict[str, Any] = {"env": job_env(env, model_id)}
         if env.get("TRAINKITE_TRAIN_IMAGE"):
-            # The image an earlier step pushed for this commit: an ECS run then trains the build's code, which
-            # the flow checks (tasks/provenance.py) before it trains. (Batch jobs use their job definition's.)
-            job_variables["image"] = env["TRAINKITE_TRAIN_IMAGE"]
+            # The image an earlier step pushed for this commit, so the run trains the build's code (which the flow
+            # checks before it trains, tasks/provenance.py): ECS runs it as the task's image; a Batch job cannot
+            # override its definition's image, so train-batch registers a definition with it.
+            if deployment.split("/", 1)[0] == BATCH_FLOW:
+                parameters["image"] = env["TRAINKITE_TRAIN_IMAGE"]
+            else:
+                job_variables["image"] = env["TRAINKITE_TRAIN_IMAGE"]
         kwargs = {"idempotency_key": idempotency_key(build), "tags": [BUILDKITE_TAG], "job_variables": job_variables}
-    parameters = {"params": params.model_dump(mode="json"), "model_id": model_id,
-                  "build": build.model_dump(mode="json") if build else None}
     try:
         run = run_deployment(deployment, parameters=parameters, timeout=0, **kwargs)
     except ObjectNotFound:

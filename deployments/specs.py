@@ -21,6 +21,7 @@ ECS_POOL = "trainkite-gpu-ecs"
 IMAGE_APP_DIR = "/opt/app"
 
 TRAIN_DEPLOYMENT = f"train/{PROCESS_POOL}"
+BATCH_FLOW = "train-batch"
 RELEASE_DEPLOYMENT = f"release-build/{PROCESS_POOL}"
 # Flow runs started from Buildkite carry this tag; the release automations match on it.
 BUILDKITE_TAG = "buildkite"
@@ -132,7 +133,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         tags=("trainkite-release",),
     ),
     DeploymentSpec(
-        "train-batch", PROCESS_POOL, "flows/batch.py:train_on_batch", PROCESS_POOL,
+        BATCH_FLOW, PROCESS_POOL, "flows/batch.py:train_on_batch", PROCESS_POOL,
         "Train on an AWS Batch GPU queue (Spot first, retried on reclaim and resumed from the checkpoint); "
         "this run only submits the job and waits, so a CPU worker is enough.",
         job_variables={"env": _GPU_ENV},

@@ -21,6 +21,7 @@ def train_on_batch(
     job_definition: str = "trainkite-train-gpu",
     poll_seconds: float = 30.0,
     timeout_seconds: float = 6 * 3600.0,
+    image: str | None = None,
 ) -> dict:
     """Submit one training job to an AWS Batch GPU queue and wait for it.
 
@@ -32,8 +33,10 @@ def train_on_batch(
         job_definition: Batch job definition (stack output BatchJobDefinitionArn).
         poll_seconds: How often to ask Batch for the job's status.
         timeout_seconds: Give up waiting after this long.
+        image: Train in this image (the build's commit) instead of the job definition's. Empty = the definition's.
     """
     model_id = resolve_model_id(model_id, build)
     with stop_if_build_canceled(build):
-        job_id = batch_steps.submit(params, model_id, build, job_queue, job_definition)
+        definition = batch_steps.job_definition(job_definition, image)
+        job_id = batch_steps.submit(params, model_id, build, job_queue, definition)
         return {"model_id": model_id, **batch_steps.wait(job_id, poll_seconds, timeout_seconds)}

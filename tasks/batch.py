@@ -18,6 +18,7 @@ rule. The container sees ``AWS_BATCH_JOB_ATTEMPT`` and resumes from its S3 check
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -202,6 +203,54 @@ def job_definition_spec(
     if "Ref::params_file" in container["command"]:
         spec["parameters"] = {"params_file": "params/sentiment.toml"}
     return spec
+
+
+# What register_job_definition takes back from a described definition (the rest is status, ARN, revision...).
+_REGISTERABLE = ("type", "parameters", "schedulingPriority", "containerProperties", "retryStrategy",
+                 "propagateTags", "timeout", "tags", "platformCapabilities")
+
+
+def job_definition_for_image(base: str, image: str, *, client: Any | None = None) -> str:
+    """The ARN of a job definition that is `base` (its newest ACTIVE revision) with `image` as the container image.
+
+    Batch's SubmitJob cannot override the image, so a build that pushed an image of its own commit needs a
+    definition of its own: `<base>-img-<sha256(image)[:12]>`, registered once and reused by every run of that
+    image. `base` itself is never touched: runs without an image keep getting the stack's definition.
+    """
+    if not image or any(c.isspace() for c in image):
+        raise ValueError(f"invalid container image {image!r}")
+    batch = _client("batch", client)
+    template = _template(batch, base)
+    name = f"{template['jobDefinitionName']}-img-{hashlib.sha256(image.encode()).hexdigest()[:12]}"
+    if not _JOB_NAME_RE.match(name):
+        raise ValueError(f"job definition name {name!r} is too long: shorten {base!r}")
+    mine = _newest_active(batch, name)
+    if mine is not None and mine["containerProperties"].get("image") == image:
+        return mine["jobDefinitionArn"]
+    spec = {k: template[k] for k in _REGISTERABLE if k in template}
+    spec["containerProperties"] = {**template["containerProperties"], "image": image}
+    arn = batch.register_job_definition(jobDefinitionName=name, **spec)["jobDefinitionArn"]
+    log.info("registered AWS Batch job definition %s (%s with image %s)", arn, base, image)
+    return arn
+
+
+def _template(batch: Any, base: str) -> dict[str, Any]:
+    # An ARN or `name:revision` names one revision; a bare name means its newest ACTIVE one.
+    if base.startswith("arn:") or ":" in base:
+        found = batch.describe_job_definitions(jobDefinitions=[base]).get("jobDefinitions", [])
+        template = found[0] if found else None
+    else:
+        template = _newest_active(batch, base)
+    if template is None or template.get("status", "ACTIVE") != "ACTIVE":
+        raise BatchJobError(f"AWS Batch job definition {base!r} not found or not ACTIVE; deploy the stack first")
+    return template
+
+
+def _newest_active(batch: Any, name: str) -> dict[str, Any] | None:
+    found: list[dict[str, Any]] = []
+    for page in batch.get_paginator("describe_job_definitions").paginate(jobDefinitionName=name, status="ACTIVE"):
+        found.extend(page.get("jobDefinitions", []))
+    return max(found, key=lambda d: d["revision"], default=None)
 
 
 def _reject_secret_like_env(environment: Mapping[str, str]) -> None:

@@ -28,6 +28,16 @@ def build_env(build: BuildContext | None) -> dict[str, str]:
     return env
 
 
+@task(name="job_definition", cache_policy=NONE)
+def job_definition(job_definition: str, image: str | None) -> str:
+    """The stack's job definition, or (for a build that pushed its own image) one registered with that image."""
+    if not image:
+        return job_definition
+    arn = batch.job_definition_for_image(job_definition, image)
+    get_run_logger().info("Batch job definition for image %s: %s", image, arn)
+    return arn
+
+
 @task(name="submit_batch_job", cache_policy=NONE)
 def submit(params: Params, model_id: str, build: BuildContext | None, job_queue: str, job_definition: str) -> str:
     job_id = batch.submit_training_job(job_name=f"train-{model_id}".replace(".", "-")[:128], job_queue=job_queue,

@@ -14,6 +14,8 @@ platform API). A missing tool fails the test when CI=true and skips it locally.
 
 from __future__ import annotations
 
+import fnmatch
+
 import os
 import re
 import shutil
@@ -290,6 +292,29 @@ def test_prefect_worker_and_observer_queue(cfn):
     queue_policy = cfn["Resources"]["EcsEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
     assert queue_policy["Principal"] == {"Service": "events.amazonaws.com"}
     assert queue_policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["EcsTaskStateChangeRule", "Arn"]}
+
+
+def test_the_training_role_may_register_only_per_image_job_definitions(cfn):
+    """train-batch registers `<stack definition>-img-<hash>` for a build's image (tasks/batch.py); the role may
+    register exactly those names, submit with them, and pass only the two training roles."""
+    import hashlib
+
+    role = cfn["Resources"]["TrainingTaskRole"]["Properties"]
+    statements = {st["Sid"]: st for pol in role["Policies"] for st in pol["PolicyDocument"]["Statement"]}
+    register = statements["RegisterPerImageJobDefinitions"]
+    assert register["Action"] == "batch:RegisterJobDefinition"
+    pattern = register["Resource"]["Fn::Sub"].rsplit("job-definition/", 1)[1]
+    definition = cfn["Resources"]["GpuTrainingJobDefinition"]["Properties"]["JobDefinitionName"]["Fn::Sub"]
+    ours = f"{definition}-img-{hashlib.sha256(b'img:1').hexdigest()[:12]}"
+    assert fnmatch.fnmatchcase(ours, pattern) and not fnmatch.fnmatchcase(definition, pattern)
+    submit = [r["Fn::Sub"].rsplit("job-definition/", 1)[1]
+              for r in statements["SubmitToOurQueueWithOurJobDefinition"]["Resource"] if "Fn::Sub" in r]
+    assert any(fnmatch.fnmatchcase(f"{ours}:1", r) for r in submit)
+    passing = cfn["Resources"]["TrainingRolePassesTrainingRoles"]["Properties"]
+    assert passing["Roles"] == [{"Ref": "TrainingTaskRole"}]
+    assert passing["PolicyDocument"]["Statement"] == [{
+        "Sid": "PassOnlyTheTrainingRolesToThoseDefinitions", "Effect": "Allow", "Action": "iam:PassRole",
+        "Resource": [{"Fn::GetAtt": ["TrainingTaskRole", "Arn"]}, {"Fn::GetAtt": ["TrainingExecutionRole", "Arn"]}]}]
 
 
 def test_checkov_skips_are_justified():

@@ -103,3 +103,30 @@ def test_launch_runs_the_builds_image_and_resolved_commit(prefect_api, fake_buil
         client.delete_flow_run(run.id)  # never started; gone before any automation looks at it
     assert head and run.parameters["build"]["commit"] == head == run.job_variables["env"]["BUILDKITE_COMMIT"]
     assert run.job_variables["image"] == env["TRAINKITE_TRAIN_IMAGE"]
+
+
+def test_a_batch_launch_passes_the_builds_image_to_the_flow(prefect_api, fake_buildkite, checkout, monkeypatch):
+    """A Batch job cannot override its definition's image, so for train-batch the image is a flow parameter (the flow
+    registers a definition with it); it is not a job variable of the CPU process that only waits."""
+    from prefect import get_client
+
+    from deployments.apply import apply
+    from deployments.specs import BATCH_FLOW, PROCESS_POOL
+
+    apply()
+    with fake_buildkite._lock:
+        fake_buildkite._pipelines[(ORG, PIPELINE)]["next"] = time.time_ns() // 1_000_000
+    number = fake_buildkite.create_build(ORG, PIPELINE)
+    image = "123.dkr.ecr.us-east-1.amazonaws.com/train:def"
+    env = {"BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+           "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "HEAD",
+           "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout), "PREFECT_API_URL": prefect_api,
+           "TRAINKITE_TRAIN_IMAGE": image}
+    monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
+    monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
+    out = ln.launch_from_env(None, ["train.epochs=1"], f"{BATCH_FLOW}/{PROCESS_POOL}", env)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(out["flow_run_id"])
+        client.delete_flow_run(run.id)
+    assert run.parameters["image"] == image
+    assert "image" not in run.job_variables
