@@ -4,7 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # A full disk otherwise shows up halfway through as pip's "[Errno 28] No space left on device".
+  need_mb=3072
+  free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+  if [ "${free_mb:-0}" -lt "$need_mb" ]; then
+    echo "install.sh: the install needs about ${need_mb} MB free in $(pwd) (.venv with torch, pip's cache); ${free_mb} MB free" >&2
+    exit 1
+  fi
+  "$PY" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 extras=""
