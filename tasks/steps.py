@@ -77,12 +77,15 @@ def _train_key(context, p) -> str:
     return "train-" + _key(_store(params).root, p["model_id"], p["features"].key, params.params_hash())
 
 
+# Every key names the store: a step's outputs live there, so a hit for another store (same model ID and
+# inputs, another artifact root or TRAINKITE_HOME) would hand on keys that do not exist in this one.
 def _evaluate_key(context, p) -> str:
-    return "evaluate-" + _key(p["model_id"], p["trained"].weights_key, p["params"].params_hash())
+    params: Params = p["params"]
+    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash())
 
 
 def _track_key(context, p) -> str:
-    return "track-" + _key(p["published"].model_id, p["published"].manifest["files"])
+    return "track-" + _key(p["published"].artifact_uri, p["published"].model_id, p["published"].manifest["files"])
 
 
 _cached = {"persist_result": True, "result_serializer": "json"}

@@ -74,6 +74,23 @@ def test_same_inputs_give_identical_weights_and_reuse_preprocessing(prefect_api,
     assert mc["files"]["weights.safetensors"] != ma["files"]["weights.safetensors"]
 
 
+def test_one_model_id_in_another_store_runs_every_step_again(prefect_api, tk_home, params_factory, tmp_path,
+                                                             monkeypatch):
+    """Same model ID and inputs, another machine's TRAINKITE_HOME (another store, no local run folder): no cached
+    step may hand on keys of the first store (evaluate used to, and publish then missed run/metrics.json)."""
+    import shutil
+
+    params = params_factory()
+    _run(params, "two-stores-1")
+    shutil.rmtree(tk_home)
+    monkeypatch.setenv("TRAINKITE_HOME", str(tmp_path / "other-machine"))
+    result, run_id = _run(params, "two-stores-1")
+    states = _task_states(run_id)
+    assert all(s == ["Completed"] for step, s in states.items()), states
+    assert open_store().exists("sentiment/two-stores-1/metrics.json")
+    assert result["model_id"] == "two-stores-1"
+
+
 def test_bad_data_fails_the_flow_and_writes_nothing(prefect_api, tk_home, params_factory, tmp_path):
     from trainkite.errors import DataError
 
