@@ -56,7 +56,9 @@ def client_for(build: BuildContext):
 
 
 def _unblock(client, build: BuildContext, fields: dict[str, str]) -> str | None:
-    """Unblock; None when done, the reason when the build was canceled (nothing can unblock it now)."""
+    """Unblock; None when done, else why there is nothing left to do: the build was canceled (nothing can
+    unblock it now), or this is a failure and another path already released the step as failed (the Batch
+    job's own run and its train-batch run word the same failure differently)."""
     from buildkite.client import BuildkiteError
 
     try:
@@ -66,11 +68,15 @@ def _unblock(client, build: BuildContext, fields: dict[str, str]) -> str | None:
         # A refused token or scope (401/403/404) says nothing about the build: do not ask again.
         if err.status not in (None, 422):
             raise
-        reason = canceled_reason(client.get_build(build.number))
-        if reason is None:
-            raise
-        log.warning("%s; its step %s stays as it is", reason, build.step_key)
-        return reason
+        current = client.get_build(build.number)
+        reason = canceled_reason(current)
+        if reason is not None:
+            log.warning("%s; its step %s stays as it is", reason, build.step_key)
+            return "skipped: build canceled"
+        if fields[STATUS_FIELD] == "failed" and (current.get("meta_data") or {}).get(STATUS_FIELD) == "failed":
+            log.info("step %s of build #%s was already released as failed", build.step_key, build.number)
+            return "already released"
+        raise
 
 
 def _annotate(client, build: BuildContext, body: str, style: str) -> None:
@@ -90,9 +96,10 @@ def notify_success(build: BuildContext | None, fields: dict[str, str], annotatio
         return "skipped"
     client = client_for(build)
     _annotate(client, build, annotation, "success")
-    if _unblock(client, build, fields):
+    outcome = _unblock(client, build, fields)
+    if outcome:
         # The model is published and tracked; only the build stopped waiting for it.
-        return "skipped: build canceled"
+        return outcome
     log.info("unblocked %s of build %s #%s", build.step_key, build.pipeline, build.number)
     return "unblocked"
 
@@ -106,9 +113,7 @@ def notify_failure(build: BuildContext | None, *, model_id: str, flow_run: str, 
     body = (f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
             f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}")
     _annotate(client, build, body, "error")
-    if _unblock(client, build, failure_fields(model_id, reason)):
-        return "skipped: build canceled"
-    return "released"
+    return _unblock(client, build, failure_fields(model_id, reason)) or "released"
 
 
 def annotation_markdown(model_id: str, artifact_uri: str, summary: dict[str, float], wandb: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from types import SimpleNamespace
 
+import pytest
+
 from flows.hooks import release_build_on_failure
 from tasks import release as rl
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE
@@ -67,3 +69,31 @@ def test_hook_and_release_flow_release_once_with_identical_values(fake_buildkite
     assert fake_buildkite.build(ORG, PIPELINE, number)["meta_data"] == meta
     note = {a["context"]: a for a in fake_buildkite.annotations(ORG, PIPELINE, number)}["trainkite-training"]
     assert note["style"] == "error" and "`train (was Running)`" in note["body"] and flow_run["id"] in note["body"]
+
+
+def test_a_second_failure_worded_differently_finds_the_build_released(fake_buildkite, buildkite_env):
+    """Two runs report one build's failure (a Batch job's own run, then its train-batch run that gave up on it):
+    the second finds the step released as failed and stops there instead of failing on the other wording."""
+    number = fake_buildkite.create_build(ORG, PIPELINE)
+    build = {"number": number, "pipeline": PIPELINE, "organization": ORG}
+    inner = rl.summarize(_flow_run(build, "CRASHED", "Execution was aborted by a termination signal."), [])
+    outer = rl.summarize(_flow_run(build, "FAILED", "AWS Batch job j-1 still RUNNING after 21600s"), [])
+    assert rl.release(inner) == "released"
+    assert rl.release(outer) == "already released"
+    meta = fake_buildkite.build(ORG, PIPELINE, number)["meta_data"]
+    assert meta["metrics"] == "training failed: CRASHED: Execution was aborted by a termination signal."
+
+
+def test_a_success_after_a_failure_release_is_still_refused(fake_buildkite, buildkite_env):
+    """The build moved on as failed: a model published later must not pass for the build's (start a new build)."""
+    from buildkite.client import BuildkiteError
+    from tasks import notify
+
+    number = fake_buildkite.create_build(ORG, PIPELINE)
+    build = {"number": number, "pipeline": PIPELINE, "organization": ORG}
+    assert rl.release(rl.summarize(_flow_run(build), [])) == "released"
+    ctx = rl.summarize(_flow_run(build), []).build
+    fields = notify.success_fields(model_id=ctx.model_id, artifact_uri="/m", wandb_run_id=None, docker_image=None,
+                                   metrics_line="test_accuracy=0.9")
+    with pytest.raises(BuildkiteError, match="already unblocked with different values"):
+        notify.notify_success(ctx, fields, "### m")
