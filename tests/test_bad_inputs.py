@@ -267,7 +267,7 @@ def test_serving_refuses(served, name, body, ctype, status, needle):
 # --- Buildkite, as the flow's notify step meets it -----------------------------------------------------------
 
 BK_CASES = [("expired-token", "rejected the API token (401"), ("missing-scope", "lacks the write_builds scope"),
-            ("canceled-build", "was canceled; there is nothing to unblock"),
+            ("canceled-build", None),
             ("unknown-pipeline", "check the organization slug")]
 
 
@@ -287,10 +287,14 @@ def test_buildkite_refuses(name, needle, fake_buildkite, buildkite_env, monkeypa
         build = build.model_copy(update={"pipeline": "no-such-pipeline"})
     fields = notify.success_fields(model_id=build.model_id, artifact_uri="/x", wandb_run_id=None, docker_image=None,
                                    metrics_line="acc=1")
-    with pytest.raises(BuildkiteError) as err:
-        notify.notify_success(build, fields, "### report")
-    assert needle in str(err.value)
-    assert os.environ["BUILDKITE_API_TOKEN"] not in str(err.value)
+    if name == "canceled-build":
+        # Not the run's fault: its model is published; the run completes and says nobody waits for it.
+        assert notify.notify_success(build, fields, "### report") == "skipped: build canceled"
+    else:
+        with pytest.raises(BuildkiteError) as err:
+            notify.notify_success(build, fields, "### report")
+        assert needle in str(err.value)
+        assert os.environ["BUILDKITE_API_TOKEN"] not in str(err.value)
     # Nothing written: the step is still blocked and no meta-data landed.
     assert fake_buildkite.job(ORG, PIPELINE, number, "training_finished")["state"] == "blocked"
     assert fake_buildkite.build(ORG, PIPELINE, number)["meta_data"] == {}
