@@ -39,8 +39,11 @@ def _cancel_flow_run(flow_run_id: str, reason: str) -> None:
     from prefect import get_client
     from prefect.states import Cancelling
 
+    # Not forced: a run that reached a final state meanwhile keeps it (the server refuses the transition).
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run_id, Cancelling(message=reason), force=True)
+        result = client.set_flow_run_state(flow_run_id, Cancelling(message=reason))
+    if result.status.value != "ACCEPT":
+        log.info("flow run %s not cancelled (%s): %s", flow_run_id, result.status.value, result.details)
 
 
 @contextmanager

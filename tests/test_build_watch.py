@@ -124,3 +124,30 @@ def test_a_refused_token_is_still_an_error_on_a_canceled_build(fake_buildkite, b
     monkeypatch.setenv("BUILDKITE_API_TOKEN", "bk-expired")
     with pytest.raises(BuildkiteError, match="rejected the API token"):
         notify.notify_failure(build, model_id=build.model_id, flow_run="r (1)", reason="FAILED: x")
+
+
+def test_a_late_cancel_leaves_a_finished_run_as_it_ended(prefect_api):
+    """The watch saw the cancel just as the run finished: the run keeps its Completed state (the cancel is not
+    forced), so its worker has nothing to stop."""
+    from prefect import flow, get_client
+    from prefect.states import Completed, Running
+
+    from flows.hooks import _cancel_flow_run
+
+    @flow(name="watch-late-cancel")
+    def noop() -> None:
+        return None
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(noop)
+        client.set_flow_run_state(run.id, Running(), force=True)
+        client.set_flow_run_state(run.id, Completed(), force=True)
+        _cancel_flow_run(str(run.id), "Buildkite build #1 was canceled")
+        assert client.read_flow_run(run.id).state.is_completed()
+        running = client.create_flow_run(noop)
+        client.set_flow_run_state(running.id, Running(), force=True)
+        _cancel_flow_run(str(running.id), "Buildkite build #2 was canceled")
+        state = client.read_flow_run(running.id).state
+        client.delete_flow_run(run.id)
+        client.delete_flow_run(running.id)
+    assert state.is_cancelling() and state.message == "Buildkite build #2 was canceled"
