@@ -199,13 +199,13 @@ def predict(
             raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
         if input_csv and not output_csv:
             raise UserInputError("--input needs --output (where the scored CSV goes)")
-        from trainkite.manifest import find_model
+        from trainkite.manifest import fetch_model
 
-        store = _store(root)
-        find_model(store, model_id)  # a bad or unknown ID is refused before torch loads (seconds)
+        # Found and verified before torch loads (seconds): a bad or unknown ID is refused at once.
+        folder, manifest = fetch_model(_store(root), model_id)
         from tasks.predict import Predictor
 
-        predictor = Predictor.from_store(store, model_id)
+        predictor = Predictor(folder, manifest)
         if text:
             preds = [{"text": t, **p} for t, p in zip(text, predictor.predict(text), strict=True)]
             emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
