@@ -22,6 +22,7 @@ from deployments.specs import BATCH_FLOW, BUILDKITE_TAG, TRAIN_DEPLOYMENT
 from params.model import Params, load_params
 from trainkite.errors import TrainkiteError, UserInputError
 from trainkite.ids import validate_model_id
+from trainkite.lineage import git_output
 
 log = logging.getLogger("trainkite.launch")
 
@@ -70,13 +71,7 @@ def require_clean_tree(checkout: str | Path) -> None:
 
 def checkout_commit(checkout: str | Path) -> str | None:
     """The SHA the agent checked out: BUILDKITE_COMMIT may be a symbolic ref ("HEAD" from the UI's New Build)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+    return git_output("rev-parse", "HEAD", cwd=checkout, timeout=60) or None
 
 
 def idempotency_key(build: BuildContext) -> str:

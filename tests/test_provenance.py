@@ -47,7 +47,7 @@ def test_code_that_does_not_know_its_commit_is_refused_inside_a_build():
 
 
 def test_an_image_reports_its_baked_commit_never_the_builds(monkeypatch):
-    monkeypatch.setattr(lineage, "_git", lambda *a: None)  # no .git, as inside an image
+    monkeypatch.setattr(lineage, "git_output", lambda *a, **k: None)  # no .git, as inside an image
     monkeypatch.setenv("BUILDKITE_COMMIT", SHA)
     monkeypatch.delenv("TRAINKITE_GIT_COMMIT", raising=False)
     assert lineage.git_info()["commit"] == "unknown"

@@ -22,23 +22,24 @@ _TRAINING_CODE = (
 )
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str, cwd: str | Path = REPO_ROOT, timeout: float = 10) -> str | None:
+    """What `git <args>` printed in `cwd` (this code's checkout by default), or None where git fails."""
     try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def git_info() -> dict[str, object]:
-    commit = _git("rev-parse", "HEAD")
+    commit = git_output("rev-parse", "HEAD")
     if commit is None:
         # Inside an image there is no .git: the image build bakes the commit in (GIT_COMMIT build arg).
         # Never BUILDKITE_COMMIT: that is the commit the build asked for, not the one this code is.
         return {"commit": os.environ.get("TRAINKITE_GIT_COMMIT") or "unknown", "dirty": None,
                 "branch": os.environ.get("BUILDKITE_BRANCH")}
-    status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") or ""
-    return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
+    status = git_output("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") or ""
+    return {"commit": commit, "dirty": bool(status), "branch": git_output("rev-parse", "--abbrev-ref", "HEAD")}
 
 
 def package_versions() -> dict[str, str]:
