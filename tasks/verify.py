@@ -108,6 +108,11 @@ def compare_weights(a: Path, b: Path, tolerance: float | None) -> tuple[bool, bo
 
 def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -> VerifyReport:
     folder, manifest = fetch_model(store, model_id)  # hashes first: a tampered file stops here
+    return verify_fetched(folder, manifest, model_id, tolerance)
+
+
+def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float = 1e-4) -> VerifyReport:
+    """Rebuild the model in `folder` (as `fetch_model` returns it: hashes verified) and compare its weights."""
     recorded = manifest["lineage"].get("params")
     stored = json.loads((folder / "params.json").read_text())
     if recorded is None:

@@ -25,13 +25,13 @@ def verify(model_id: str, root: RootOpt = None,
            as_json: JsonOpt = False) -> None:
     """Rebuild a model from its manifest alone and compare its weights (exit 0 identical, 1 different)."""
     with user_errors(as_json):
-        from trainkite.manifest import find_model
+        from trainkite.manifest import fetch_model
 
-        store = _store(root)
-        find_model(store, model_id)  # refused before torch and the flow's imports load
-        from tasks.verify import verify_model
+        # Found and hash-verified before torch and the flow's imports load: a bad or unknown ID is refused at once.
+        folder, manifest = fetch_model(_store(root), model_id)
+        from tasks.verify import verify_fetched
 
-        r = verify_model(store, model_id, tolerance)
+        r = verify_fetched(folder, manifest, model_id, tolerance)
         differing = {k: v for k, v in r.tensors.items() if not v["equal"]}
         out = {"model_id": r.model_id, "ok": r.ok, "mode": r.mode, "identical": r.identical,
                "equal_within_tolerance": r.equal_within_tolerance, "differing_tensors": differing,
