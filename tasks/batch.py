@@ -236,7 +236,7 @@ def job_definition_for_image(base: str, image: str, *, client: Any | None = None
 
 def _template(batch: Any, base: str) -> dict[str, Any]:
     # An ARN or `name:revision` names one revision; a bare name means its newest ACTIVE one.
-    if base.startswith("arn:") or ":" in base:
+    if ":" in base:
         found = batch.describe_job_definitions(jobDefinitions=[base]).get("jobDefinitions", [])
         template = found[0] if found else None
     else:
