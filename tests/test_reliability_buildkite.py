@@ -14,6 +14,7 @@ from buildkite.client import BuildkiteClient, BuildkiteError
 from buildkite.context import BuildContext
 from tasks import notify
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
+from tests.process_helpers import wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
 
@@ -73,6 +74,9 @@ def test_502_503_then_two_timeouts_are_retried_and_the_step_is_unblocked_once(fa
     assert notify.notify_success(build, _fields(build.model_id), "### done") == "unblocked"
     elapsed = time.monotonic() - t0
 
+    # A timed-out PUT is still sleeping in the fake when the client has already confirmed and returned: read the
+    # log once every request has been answered (status None = still in flight).
+    wait_for("the timed-out PUTs to be answered", lambda: None not in _statuses(fake_buildkite, build.number), 5)
     statuses = _statuses(fake_buildkite, build.number)
     assert statuses[:2] == [502, 503] and statuses.count(200) == 1, statuses
     # The timed-out PUT had landed: later attempts see "not blocked", and the client confirms the values.
