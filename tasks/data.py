@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from params.model import DataParams, Params
@@ -47,38 +52,116 @@ def resolve_data_path(path: str) -> Path:
     return (REPO_ROOT / p).resolve()
 
 
-def query_local(folder: Path, sql: str) -> pd.DataFrame:
-    """DuckDB SQL over `folder`: every *.csv / *.parquet file is a table named after the file."""
-    import duckdb
+RAW_BATCH_ROWS = 65_536
+# The snapshot's layout and fingerprint: 2 = checked and ordered in DuckDB, fingerprint over Arrow buffers.
+SNAPSHOT_SCHEMA = 2
+_NESTED = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_struct,
+           pa.types.is_map, pa.types.is_union, pa.types.is_list_view, pa.types.is_large_list_view)
 
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _table_files(folder: Path) -> list[tuple[str, Path]]:
     if not folder.is_dir():
         raise DataError(f"data.path {str(folder)!r} is not a folder (it should hold *.csv / *.parquet tables)")
-    con = duckdb.connect(":memory:")
+    root = folder.resolve()
+    out = []
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in (".csv", ".parquet") or not f.is_file():
+            continue
+        real = f.resolve()
+        # A link out of the folder would make another host file a table.
+        if real.parent != root:
+            raise DataError(f"data.path: {f.name} links outside {str(folder)!r}; copy the file into the folder")
+        out.append((f.stem, real))
+    if not out:
+        raise DataError(f"data.path {str(folder)!r} holds no *.csv or *.parquet files")
+    return out
+
+
+def open_local(folder: Path):
+    """A DuckDB connection that can read the tables of `folder` and nothing else: a view per file, then file
+    access limited to exactly those files, no extension loading or installing, and the configuration locked
+    so the query cannot undo any of it."""
+    import duckdb
+
+    files = _table_files(folder)
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
     try:
         tables = []
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in (".csv", ".parquet") or not f.is_file():
-                continue
-            name = f.stem
+        for name, f in files:
             reader = "read_parquet" if f.suffix.lower() == ".parquet" else "read_csv"
             opts = "" if reader == "read_parquet" else ", header=true, all_varchar=true"
-            quoted = str(f).replace("'", "''")
             try:
-                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}(\'{quoted}\'{opts})')
+                con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {reader}({_literal(str(f))}{opts})")
             except duckdb.Error as err:
-                # Reliability fix (issue 8): DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or
-                # has an over-long line escaped as a raw 30-line exception and a CLI traceback.
+                # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
+                # not escape as a raw exception.
                 raise DataError(f"data.path: {f.name} cannot be read as a table: {_duckdb_message(err)}") from None
             tables.append(name)
-        if not tables:
-            raise DataError(f"data.path {str(folder)!r} holds no *.csv or *.parquet files")
+        con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for _, f in files)}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET allow_community_extensions = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con, tables
+
+
+def one_select(sql: str, what: str) -> None:
+    """The query is one SELECT: no COPY, ATTACH, INSTALL, SET, PRAGMA or second statement runs."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise DataError(f"{what}: the SQL does not parse: {_duckdb_message(err)}") from None
+    if len(statements) != 1:
+        raise DataError(f"{what} must be exactly one SELECT statement; it holds {len(statements)} statements")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise DataError(f"{what} must be a SELECT statement, not {kind.name}; only reads of data.path are run")
+
+
+def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query",
+                   batch_rows: int = RAW_BATCH_ROWS) -> None:
+    """Run `sql` over the tables in `folder` and stream its result to the Parquet file `out`."""
+    import duckdb
+
+    one_select(sql, what)
+    con, tables = open_local(folder)
+    try:
         try:
-            return con.execute(sql).fetch_df()
+            reader = con.sql(sql).to_arrow_reader(batch_rows)
+            _write_batches(iter(reader), reader.schema, out)
         except duckdb.Error as err:
             msg = _duckdb_message(err)
             raise DataError(f"query failed in DuckDB: {msg} (tables available: {', '.join(tables)})") from None
     finally:
         con.close()
+
+
+def query_local(folder: Path, sql: str) -> pd.DataFrame:
+    """The query result as a DataFrame (small results: tools and tests; training streams instead)."""
+    with tempfile.TemporaryDirectory(prefix="trainkite-query-") as tmp:
+        out = Path(tmp) / "raw.parquet"
+        query_local_to(folder, sql, out)
+        return pd.read_parquet(out)
+
+
+def _write_batches(batches, schema: pa.Schema, out: Path) -> None:
+    with pq.ParquetWriter(out, schema) as writer:
+        for batch in batches:
+            if batch.num_rows:
+                writer.write_batch(batch)
 
 
 def _duckdb_message(err: Exception) -> str:
@@ -90,24 +173,63 @@ def _duckdb_message(err: Exception) -> str:
     return f"{lines[0]} {detail}".strip()[:500] if lines else type(err).__name__
 
 
-def query_athena(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str | None]]:
-    """The production twin: the same SQL through awswrangler (Athena)."""
+ATHENA_CHUNK_ROWS = 100_000
+
+
+def query_athena_to(data: DataParams, sql: str, out: Path,
+                    chunk_rows: int = ATHENA_CHUNK_ROWS) -> dict[str, str | None]:
+    """The production twin: the same SQL through awswrangler (Athena), read in chunks into `out`. Athena's
+    own controls (the workgroup's) govern what the SQL may do."""
     import awswrangler as wr
 
     if data.athena_ctas_approach and data.athena_unload_approach:
         raise UserInputError("data.athena_ctas_approach and data.athena_unload_approach cannot both be true")
-    df = wr.athena.read_sql_query(
+    chunks = wr.athena.read_sql_query(
         sql,
         database=data.athena_database,
         workgroup=data.athena_workgroup,
         s3_output=data.athena_s3_output,
         ctas_approach=data.athena_ctas_approach,
         unload_approach=data.athena_unload_approach,
+        chunksize=chunk_rows,
     )
-    qid = df.attrs.get("query_metadata", {}).get("QueryExecutionId") if hasattr(df, "attrs") else None
-    out = data.athena_s3_output
-    return df, {"query_execution_id": qid, "s3_output": out, "database": data.athena_database,
-                "workgroup": data.athena_workgroup}
+    if isinstance(chunks, pd.DataFrame):
+        chunks = iter([chunks])
+    qid = None
+    writer = None
+    schema = None
+    try:
+        for df in chunks:
+            if qid is None and hasattr(df, "attrs"):
+                qid = df.attrs.get("query_metadata", {}).get("QueryExecutionId")
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            if writer is None:
+                schema = table.schema
+                writer = pq.ParquetWriter(out, schema)
+            elif table.schema != schema:
+                table = table.cast(schema)
+            writer.write_table(table)
+        if writer is None:
+            pq.write_table(pa.table({}), out)
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"query_execution_id": qid, "s3_output": data.athena_s3_output, "database": data.athena_database,
+            "workgroup": data.athena_workgroup}
+
+
+def query_athena(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str | None]]:
+    with tempfile.TemporaryDirectory(prefix="trainkite-query-") as tmp:
+        out = Path(tmp) / "raw.parquet"
+        meta = query_athena_to(data, sql, out)
+        return pd.read_parquet(out), meta
+
+
+def run_query_to(data: DataParams, sql: str, out: Path, what: str) -> dict[str, str | None] | None:
+    if data.source == "local":
+        query_local_to(resolve_data_path(data.path), sql, out, what)
+        return None
+    return query_athena_to(data, sql, out)
 
 
 def run_query(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str | None] | None]:
@@ -116,43 +238,108 @@ def run_query(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str |
     return query_athena(data, sql)
 
 
-def check_rows(df: pd.DataFrame, data: DataParams, what: str) -> tuple[pd.DataFrame, list[str]]:
-    """Refuse rows that cannot be trained on, with a message that names the problem."""
+def _engine(tmp: Path):
+    """DuckDB for our own SQL over the fetched rows (never the user's): bounded memory, spills to `tmp`."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                             "autoload_known_extensions": False})
+    con.execute(f"SET temp_directory = {_literal(str(tmp / 'spill'))}")
+    con.execute("SET memory_limit = '512MB'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def _column_expr(schema: pa.Schema, column: str, what: str, role: str, name: str) -> str:
+    t = schema.field(column).type
+    if any(test(t) for test in _NESTED):
+        raise DataError(f"{what}: the {role} column {column!r} is of type {t}, not a plain value; a {role} must be "
+                        "a string (or a number for labels): pick a field or join the list in the SQL")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return f"decode({name})"
+    return f"CAST({name} AS VARCHAR)"
+
+
+def _row(n: int) -> str:
+    return f"row {n:,}"
+
+
+def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[str]:
+    """Refuse rows that cannot be trained on, with a message that names the problem and a row (0-based, in
+    the query's order). Creates the view `view` (rn, text, label) over the checked rows."""
+    import duckdb
+
     tc, lc = data.text_column, data.label_column
-    missing = [c for c in (tc, lc) if c not in df.columns]
+    schema = pq.read_schema(raw)
+    missing = [c for c in (tc, lc) if c not in schema.names]
     if missing:
         raise DataError(
             f"{what}: column(s) {', '.join(repr(c) for c in missing)} missing from the query result "
-            f"(it returned {', '.join(map(repr, df.columns)) or 'no columns'}); set data.text_column/"
+            f"(it returned {', '.join(map(repr, schema.names)) or 'no columns'}); set data.text_column/"
             "data.label_column or alias them in the SQL"
         )
-    if len(df) == 0:
+    text_expr = _column_expr(schema, tc, what, "text", "t")
+    label_expr = _column_expr(schema, lc, what, "label", "l")
+    src = f"read_parquet({_literal(str(raw))}, file_row_number=true)"
+    con.execute(f"CREATE VIEW {view}_in AS SELECT file_row_number AS rn, {_ident(tc)} AS t, {_ident(lc)} AS l "
+                f"FROM {src}")
+    n, null_t, first_null_t, null_l, first_null_l = con.execute(
+        f"SELECT count(*), count(*) FILTER (t IS NULL), min(rn) FILTER (t IS NULL), "
+        f"count(*) FILTER (l IS NULL), min(rn) FILTER (l IS NULL) FROM {view}_in").fetchone()
+    if n == 0:
         raise DataError(f"{what}: the query returned no rows; check the SQL and the tables it reads")
-    df = df[[tc, lc]].rename(columns={tc: "text", lc: "label"})
-    if df["text"].isna().any():
-        raise DataError(f"{what}: {int(df['text'].isna().sum())} row(s) have a null text (e.g. row "
-                        f"{int(df.index[df['text'].isna()][0])}); filter them in the SQL")
-    if df["label"].isna().any():
-        raise DataError(f"{what}: {int(df['label'].isna().sum())} row(s) have a null label; filter them in the SQL")
-    df = df.assign(text=df["text"].map(_as_text), label=df["label"].map(lambda v: str(v).strip()))
-    empty = df["text"].str.strip() == ""
-    if empty.any():
-        raise DataError(f"{what}: {int(empty.sum())} row(s) have an empty text; filter them in the SQL")
-    too_long = df["text"].str.len() > MAX_TEXT_CHARS
-    if too_long.any():
-        raise DataError(f"{what}: {int(too_long.sum())} text(s) are longer than {MAX_TEXT_CHARS:,} characters")
+    if null_t:
+        raise DataError(f"{what}: {null_t:,} row(s) have a null text (e.g. {_row(first_null_t)}); "
+                        "filter them in the SQL")
+    if null_l:
+        raise DataError(f"{what}: {null_l:,} row(s) have a null label (e.g. {_row(first_null_l)}); "
+                        "filter them in the SQL")
+    con.execute(f"CREATE VIEW {view} AS SELECT rn, {text_expr} AS text, trim({label_expr}) AS label FROM {view}_in")
+    try:
+        empty, first_empty, long, first_long = con.execute(
+            f"SELECT count(*) FILTER (e), min(rn) FILTER (e), count(*) FILTER (g), min(rn) FILTER (g) FROM "
+            f"(SELECT rn, regexp_full_match(text, '[\\s\\p{{Z}}\\x{{85}}\\x{{1c}}-\\x{{1f}}]*') AS e, "
+            f"length(text) > {MAX_TEXT_CHARS} AS g FROM {view})").fetchone()
+    except duckdb.Error as err:
+        if "UTF" in str(err) or "utf" in str(err):
+            raise DataError(f"{what}: a text value is not valid UTF-8; fix the encoding in the source") from None
+        raise
+    if empty:
+        raise DataError(f"{what}: {empty:,} row(s) have an empty text (e.g. {_row(first_empty)}); "
+                        "filter them in the SQL")
+    if long:
+        raise DataError(f"{what}: {long:,} text(s) are longer than {MAX_TEXT_CHARS:,} characters "
+                        f"(e.g. {_row(first_long)})")
     if data.labels is not None:
-        bad = sorted(set(df["label"]) - set(data.labels))
+        allowed = ", ".join(_literal(v) for v in data.labels)
+        bad = con.execute(f"SELECT label, min(rn) FROM {view} WHERE label NOT IN ({allowed}) GROUP BY label "
+                          "ORDER BY label").fetchall()
         if bad:
-            raise DataError(f"{what}: label(s) {bad} are not in data.labels {data.labels}")
+            raise DataError(f"{what}: label(s) {[b[0] for b in bad]} are not in data.labels {data.labels} "
+                            f"(e.g. {_row(min(b[1] for b in bad))})")
     warnings = []
-    conflicts = df.groupby("text")["label"].nunique()
-    n_conf = int((conflicts > 1).sum())
+    n_conf, example = con.execute(
+        f"SELECT count(*), min(text) FROM (SELECT text FROM {view} GROUP BY text "
+        "HAVING count(DISTINCT label) > 1)").fetchone()
     if n_conf:
-        msg = f"{what}: {n_conf} text(s) appear with conflicting labels (e.g. {conflicts[conflicts > 1].index[0]!r})"
+        msg = f"{what}: {n_conf} text(s) appear with conflicting labels (e.g. {example!r})"
         log.warning(msg)
         warnings.append(msg)
-    return df.reset_index(drop=True), warnings
+    return warnings
+
+
+def check_rows(df: pd.DataFrame, data: DataParams, what: str) -> tuple[pd.DataFrame, list[str]]:
+    """The same checks on a DataFrame (tools and tests): the checked rows as (text, label)."""
+    with tempfile.TemporaryDirectory(prefix="trainkite-check-") as tmp:
+        raw = Path(tmp) / "raw.parquet"
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), raw)
+        con = _engine(Path(tmp))
+        try:
+            warnings = check_raw(con, raw, data, what, "rows")
+            out = con.execute("SELECT text, label FROM rows ORDER BY rn").fetch_df()
+        finally:
+            con.close()
+    return out, warnings
 
 
 def _as_text(v: object) -> str:
@@ -179,12 +366,53 @@ def canonical(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["split", "text", "label"], kind="mergesort").reset_index(drop=True)
 
 
-def fingerprint(df: pd.DataFrame) -> str:
+def fingerprint_v1(df: pd.DataFrame) -> str:
+    """Snapshot schema 1's fingerprint (one JSON line per row): kept to check the data of older models."""
     h = hashlib.sha256()
     for split, text, label in df[["split", "text", "label"]].itertuples(index=False):
         h.update(json.dumps([split, text, label], ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+class _Fingerprint:
+    """sha256 of the canonical rows from their Arrow buffers: per column, the stream of value lengths and the
+    stream of UTF-8 bytes, so the digest is the same however the rows are cut into batches."""
+
+    COLUMNS = ("split", "text", "label")
+
+    def __init__(self) -> None:
+        self._h = {(c, part): hashlib.sha256() for c in self.COLUMNS for part in ("len", "data")}
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        for c in self.COLUMNS:
+            arr = batch.column(batch.schema.get_field_index(c))
+            if arr.null_count:
+                raise DataError(f"snapshot: column {c!r} holds nulls")
+            if pa.types.is_large_string(arr.type):
+                off_type = np.int64
+            else:
+                arr = arr.cast(pa.string())
+                off_type = np.int32
+            offsets = np.frombuffer(arr.buffers()[1], dtype=off_type)[arr.offset: arr.offset + len(arr) + 1]
+            self._h[(c, "len")].update(np.diff(offsets).astype("<i8").tobytes())
+            data = arr.buffers()[2]
+            if data is not None and len(arr):
+                self._h[(c, "data")].update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
+
+    def hexdigest(self) -> str:
+        top = hashlib.sha256(f"trainkite.snapshot/{SNAPSHOT_SCHEMA}\n".encode())
+        for key in sorted(self._h):
+            top.update(self._h[key].digest())
+        return top.hexdigest()
+
+
+def fingerprint(df: pd.DataFrame) -> str:
+    """The fingerprint of rows in canonical order (columns split, text, label)."""
+    fp = _Fingerprint()
+    for batch in pa.Table.from_pandas(df[["split", "text", "label"]], preserve_index=False).to_batches():
+        fp.update(batch)
+    return fp.hexdigest()
 
 
 def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
@@ -194,44 +422,82 @@ def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
     return seen
 
 
+SNAPSHOT_ROW_GROUP = 131_072
+
+
 def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = None,
                   prefix: str | None = None) -> DatasetRef:
     """Run the queries, check and split the rows, write the snapshot (Parquet) and fingerprint it.
 
-    With a store, the snapshot is also staged there (`<prefix>/run/snapshot.parquet`) for re-runs.
+    The rows never sit in Python objects: the query result streams to Parquet, DuckDB checks, splits and
+    orders it, and the fingerprint reads the snapshot's Arrow batches. Nothing is written to `workdir` until
+    every check passed. With a store, the snapshot is also staged there (`<prefix>/run/snapshot.parquet`).
     """
     data = params.data
-    raw, athena = run_query(data, data.query)
-    rows, warnings = check_rows(raw, data, "data.query")
-    rows["split"] = [split_of(t, data.split_seed, data.validation_fraction, data.test_fraction) for t in rows["text"]]
-    if params.evaluation.query:
-        eraw, _ = run_query(data, params.evaluation.query)
-        ev, w2 = check_rows(eraw, data, "evaluation.query")
-        warnings += w2
-        ev["split"] = "evaluation"
-        rows = pd.concat([rows, ev], ignore_index=True)
-    rows = canonical(rows)
-    train_labels = set(rows.loc[rows["split"] == "train", "label"])
-    if len(set(rows.loc[rows["split"] != "evaluation", "label"])) < 2:
-        raise DataError(f"data.query: only one class ({sorted(train_labels)}) in the data; a classifier needs two")
-    if len(train_labels) < 2:
-        raise DataError("data.query: the training split holds a single class; add rows or change the split")
-    labels = labels_of(rows, data)
-    unknown_eval = sorted(set(rows.loc[rows["split"] == "evaluation", "label"]) - set(labels))
-    if unknown_eval:
-        raise DataError(f"evaluation.query: label(s) {unknown_eval} never occur in the training data {labels}")
-    counts = {s: int((rows["split"] == s).sum()) for s in SPLITS}
-    if counts["validation"] == 0:
-        raise DataError("data.query: too few rows for a validation split; add rows or raise data.validation_fraction")
-    workdir.mkdir(parents=True, exist_ok=True)
-    snap = workdir / "data" / "snapshot.parquet"
-    snap.parent.mkdir(parents=True, exist_ok=True)
-    rows[["split", "text", "label"]].to_parquet(snap, index=False)
+    tmp = Path(tempfile.mkdtemp(prefix="trainkite-fetch-"))
+    con = None
+    try:
+        raw = tmp / "raw.parquet"
+        athena = run_query_to(data, data.query, raw, "data.query")
+        con = _engine(tmp)
+        warnings = check_raw(con, raw, data, "data.query", "q0")
+        seed, test = data.split_seed, data.test_fraction
+        upto_validation = data.test_fraction + data.validation_fraction
+        # split_of, in SQL: the first 8 bytes of sha256("<seed>\x1f<text>") as a fraction of 2**64.
+        h = f"(('0x' || left(sha256({_literal(str(seed))} || chr(31) || text), 16))::UBIGINT::DOUBLE " \
+            "/ 18446744073709551616.0)"
+        parts = [f"SELECT CASE WHEN {h} < {test!r} THEN 'test' WHEN {h} < {upto_validation!r} THEN 'validation' "
+                 "ELSE 'train' END AS split, text, label FROM q0"]
+        if params.evaluation.query:
+            eraw = tmp / "eval.parquet"
+            run_query_to(data, params.evaluation.query, eraw, "evaluation.query")
+            warnings += check_raw(con, eraw, data, "evaluation.query", "q1")
+            parts.append("SELECT 'evaluation' AS split, text, label FROM q1")
+        snap_tmp = tmp / "snapshot.parquet"
+        # Binary (code point) order of split, text, label: the canonical order.
+        con.execute(f"COPY (SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY split, text, label) TO "
+                    f"{_literal(str(snap_tmp))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})")
+        snap_sql = f"read_parquet({_literal(str(snap_tmp))})"
+        counts = dict.fromkeys(SPLITS, 0)
+        counts.update(dict(con.execute(f"SELECT split, count(*) FROM {snap_sql} GROUP BY split").fetchall()))
+        seen = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split <> 'evaluation' "
+                                          "ORDER BY label").fetchall()]
+        train_labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split = 'train' "
+                                                  "ORDER BY label").fetchall()]
+        eval_labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split = "
+                                                 "'evaluation' ORDER BY label").fetchall()]
+        con.close()
+        con = None
+        if len(seen) < 2:
+            raise DataError(f"data.query: only one class ({train_labels}) in the data; a classifier needs two")
+        if len(train_labels) < 2:
+            raise DataError("data.query: the training split holds a single class; add rows or change the split")
+        labels = list(data.labels) if data.labels is not None else seen
+        unknown_eval = sorted(set(eval_labels) - set(labels))
+        if unknown_eval:
+            raise DataError(f"evaluation.query: label(s) {unknown_eval} never occur in the training data {labels}")
+        if counts["validation"] == 0:
+            raise DataError("data.query: too few rows for a validation split; add rows or raise "
+                            "data.validation_fraction")
+        fp = snapshot_fingerprint(snap_tmp)
+        snap = workdir / "data" / "snapshot.parquet"
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(snap_tmp), snap)
+    except Exception as err:
+        import duckdb
+
+        if isinstance(err, duckdb.Error):
+            raise DataError(f"data: checking the query result failed in DuckDB: {_duckdb_message(err)}") from None
+        raise
+    finally:
+        if con is not None:
+            con.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     key = stage(store, snap, run_key(prefix, "snapshot.parquet")) if store is not None and prefix else None
     return DatasetRef(
         snapshot_path=str(snap),
         snapshot_key=key,
-        fingerprint=fingerprint(rows),
+        fingerprint=fp,
         labels=labels,
         counts=counts,
         source=data.source,
@@ -246,11 +512,24 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def iter_snapshot(path: str | Path, batch_rows: int = RAW_BATCH_ROWS, columns=("split", "text", "label")):
+    """The snapshot's rows as Arrow record batches, in its (canonical) order."""
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns))
+
+
 def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
     if ref.snapshot_key is None:
         return Path(ref.snapshot_path)
     return local_copy(store, ref.snapshot_key, Path(ref.snapshot_path))
 
 
-def snapshot_fingerprint(path: str | Path) -> str:
-    return fingerprint(canonical(read_snapshot(path)))
+def snapshot_fingerprint(path: str | Path, schema: int = SNAPSHOT_SCHEMA, batch_rows: int = RAW_BATCH_ROWS) -> str:
+    """The fingerprint of a snapshot file; `schema` 1 recomputes an older model's (rows re-sorted first)."""
+    if schema == 1:
+        return fingerprint_v1(canonical(read_snapshot(path)))
+    if schema != SNAPSHOT_SCHEMA:
+        raise DataError(f"snapshot schema {schema} is unknown to this code (it knows 1 and {SNAPSHOT_SCHEMA})")
+    fp = _Fingerprint()
+    for batch in iter_snapshot(path, batch_rows):
+        fp.update(batch)
+    return fp.hexdigest()
