@@ -30,9 +30,12 @@ class BowClassifier(nn.Module):
 
 def batch_slices(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gather the ids of `rows` (texts) into one flat array + offsets for EmbeddingBag."""
-    ends = np.append(offsets[1:], n_ids)
-    starts = offsets[rows]
-    lengths = ends[rows] - starts
+    # Only the rows' own bounds are read: `offsets` may be a memory-mapped array of millions of texts.
+    n = len(offsets)
+    starts = np.asarray(offsets[rows], dtype=np.int64)
+    nxt = rows + 1
+    ends = np.where(nxt < n, np.asarray(offsets[np.minimum(nxt, n - 1)], dtype=np.int64), n_ids)
+    lengths = ends - starts
     new_offsets = np.zeros(len(rows), dtype=np.int64)
     np.cumsum(lengths[:-1], out=new_offsets[1:])
     # Vectorised ranges: position i of text r maps to starts[r] + i.
@@ -53,6 +56,8 @@ def predict_proba(model: BowClassifier, ids: np.ndarray, offsets: np.ndarray, ba
         else:
             idx, offs = batch_slices(offsets, len(ids), np.arange(start, min(n, start + batch)))
             x = ids[idx]
-        logits = model(torch.from_numpy(x).to(device), torch.from_numpy(offs).to(device))
+        # Stored ids are int32; EmbeddingBag wants ids and offsets of one dtype.
+        x = np.asarray(x, dtype=np.int64)
+        logits = model(torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(offs, dtype=np.int64)).to(device))
         out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), dtype=np.float32)

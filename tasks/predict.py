@@ -11,7 +11,7 @@ import torch
 
 from params.model import PreprocessParams
 from tasks.bow import predict_proba
-from tasks.preprocess import encode
+from tasks.preprocess import encoder_for
 from tasks.train import load_weights
 from trainkite.errors import IntegrityError
 from trainkite.manifest import fetch_model, load_dir_manifest
@@ -32,6 +32,8 @@ class Predictor:
             self._encoder = EncoderScorer(folder / "weights.safetensors", cfg, len(self.labels), self.model_id)
         elif self.model_type == "bow":
             self.preprocess = PreprocessParams.model_validate(cfg["preprocess"])
+            # A model is asked in the features it was trained on (features.json; older models: schema 1).
+            self._encode = encoder_for(cfg.get("feature_schema"))
             self.model = load_weights(folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"],
                                       len(self.labels))
         else:
@@ -53,7 +55,7 @@ class Predictor:
         if self.model_type == "encoder":
             with self._lock:
                 return self._encoder(texts)
-        ids, offsets = encode(texts, self.preprocess)
+        ids, offsets = self._encode(texts, self.preprocess)
         with self._lock, torch.inference_mode():
             return predict_proba(self.model, ids, offsets)
 

@@ -1,25 +1,43 @@
 """Text to features: unicode normalisation, word 1..n-grams, a stable hash into buckets.
 
-The same `featurize` runs at training and at serving time, so what the model saw and what
-it is asked about are encoded identically.
+The same `encode` runs at training and at serving time, so what the model saw and what it is asked about
+are encoded identically. It works on whole Arrow arrays: texts are cut at spaces by an Arrow kernel, each
+distinct space-free piece is normalised, tokenised and hashed once (the rule of `tokenize`: its tokens never
+hold a space, so cutting first changes nothing), and n-gram hashes are combined arithmetically in numpy:
+no Python code runs per row or per n-gram. No torch here: serving images without torch import it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import unicodedata
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from params.model import PreprocessParams
-from tasks.data import DatasetRef, local_snapshot, read_snapshot
+from tasks.data import DatasetRef, iter_snapshot, local_snapshot
 from trainkite.store import ArtifactStore
 
-_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+# What `encode` produces for given params: 1 = blake2b of every n-gram's text (models made before the
+# streaming pipeline; `encode_v1` still encodes them, so they serve as trained), 2 = the same tokens, each
+# n-gram's hash combined from its tokens' blake2b. Recorded in features.json and the manifest.
+FEATURE_SCHEMA = 2
+BATCH_ROWS = 65_536
+
+_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GRAM = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier: token order matters in an n-gram's hash
 
 
 class FeaturesRef(BaseModel):
@@ -30,6 +48,112 @@ class FeaturesRef(BaseModel):
     fingerprint: str
 
 
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit, so `% buckets` is uniform."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _token_hash(token: str) -> int:
+    # blake2b, never hash(): Python salts str hashes per process.
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _as_arrow(texts) -> pa.Array:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if isinstance(texts, pa.Array):
+        return texts.cast(pa.string()) if not pa.types.is_string(texts.type) else texts
+    try:
+        return pa.array(texts, type=pa.string())
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        # Lone surrogates are not UTF-8; they get the same replacement everywhere.
+        return pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in texts], type=pa.string())
+
+
+def _piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """Token hashes of each distinct piece, flat, and where each piece's hashes start (len + 1)."""
+    seen: dict[str, int] = {}
+    flat: list[int] = []
+    starts = np.zeros(len(pieces) + 1, dtype=np.int64)
+    for i, piece in enumerate(pieces):
+        for tok in tokenize(piece, p):
+            h = seen.get(tok)
+            if h is None:
+                h = seen[tok] = _token_hash(tok)
+            flat.append(h)
+        starts[i + 1] = len(flat)
+    return np.asarray(flat, dtype=np.uint64), starts
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + c) for each (s, c), without a Python loop."""
+    total = int(counts.sum())
+    first = np.zeros(len(counts), dtype=np.int64)
+    if len(counts):
+        np.cumsum(counts[:-1], out=first[1:])
+    return np.repeat(starts - first, counts) + np.arange(total, dtype=np.int64)
+
+
+def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """EmbeddingBag input for `texts` (a list of str or an Arrow string array): flat bucket ids (int64) and
+    the offset where each text's ids start (int64). Per text, per token in order: the 1..ngram_max-grams
+    that start there."""
+    ids, offsets = encode_int32(texts, p)
+    return ids.astype(np.int64), offsets
+
+
+def encode_int32(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """`encode` with int32 ids (buckets are at most 2**24): the stored form."""
+    arr = _as_arrow(texts)
+    n = len(arr)
+    pieces = pc.split_pattern(arr, " ")
+    piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
+    dic = pc.dictionary_encode(pc.list_flatten(pieces))
+    tok_hash, tok_start = _piece_tokens(dic.dictionary.to_pylist(), p)
+    occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    occ_tokens = np.diff(tok_start)[occ]
+    h = tok_hash[_ranges(tok_start[occ], occ_tokens)]
+    row = np.repeat(piece_rows, occ_tokens)
+    full = np.bincount(row, minlength=n).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    text_start = np.zeros(n, dtype=np.int64)
+    if n:
+        np.cumsum(full[:-1], out=text_start[1:])
+    pos = np.arange(len(h), dtype=np.int64) - text_start[row]
+    if len(h) and int(full.max()) > p.max_tokens:
+        keep = pos < p.max_tokens
+        h, row, pos = h[keep], row[keep], pos[keep]
+    lengths = np.minimum(full, p.max_tokens)
+    k_max = p.ngram_max
+    # Row j of `grams`: the hashes of the n-grams that start at token j (n = 1..k_max). Token j's n-gram is
+    # valid when n tokens remain in its text; masking row-major keeps each text's grams contiguous, in
+    # token order (unigram, bigram, ... of token 0, then of token 1, ...).
+    left = np.repeat(lengths, lengths) - pos if len(h) else np.zeros(0, dtype=np.int64)
+    grams = np.empty((len(h), k_max), dtype=np.uint64)
+    grams[:, 0] = h
+    with np.errstate(over="ignore"):
+        for k in range(1, k_max):
+            grams[:-k, k] = grams[:-k, k - 1] * _GRAM + h[k:]
+            grams[len(h) - k:, k] = 0
+        valid = left[:, None] > np.arange(k_max)[None, :]
+        salted = grams ^ np.arange(1, k_max + 1, dtype=np.uint64)[None, :]
+        ids = (_mix(salted[valid]) % np.uint64(p.buckets)).astype(np.int32)
+    per_text = np.zeros(n, dtype=np.int64)
+    for k in range(k_max):
+        per_text += np.maximum(lengths - k, 0)
+    offsets = np.zeros(n, dtype=np.int64)
+    if n:
+        np.cumsum(per_text[:-1], out=offsets[1:])
+    return ids, offsets
+
+
+def featurize(text: str, p: PreprocessParams) -> list[int]:
+    """One text's bucket ids (as `encode` gives them)."""
+    return encode([text], p)[0].tolist()
+
+
+# --- the tokens (both schemas), and schema 1's n-gram hashing: older models still serve as trained ---------
 def normalize(text: str, p: PreprocessParams) -> str:
     if p.unicode_form != "none":
         text = unicodedata.normalize(p.unicode_form, text)
@@ -41,13 +165,11 @@ def tokenize(text: str, p: PreprocessParams) -> list[str]:
 
 
 def bucket(gram: str, buckets: int) -> int:
-    # blake2b, never hash(): Python salts str hashes per process.
-    # surrogatepass: a lone surrogate (legal in JSON, not in UTF-8) must hash, not crash.
     return int.from_bytes(hashlib.blake2b(gram.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
                           "little") % buckets
 
 
-def featurize(text: str, p: PreprocessParams) -> list[int]:
+def featurize_v1(text: str, p: PreprocessParams) -> list[int]:
     words = tokenize(text, p)
     ids = []
     for n in range(1, p.ngram_max + 1):
@@ -56,57 +178,175 @@ def featurize(text: str, p: PreprocessParams) -> list[int]:
     return ids
 
 
-def encode(texts: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """EmbeddingBag input: flat ids and the offset of each text."""
+def encode_v1(texts: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     ids: list[int] = []
     offsets = np.empty(len(texts), dtype=np.int64)
     for i, t in enumerate(texts):
         offsets[i] = len(ids)
-        ids.extend(featurize(t, p))
+        ids.extend(featurize_v1(t, p))
     return np.asarray(ids, dtype=np.int64), offsets
 
 
-def cache_key(fingerprint: str, p: PreprocessParams) -> str:
-    h = hashlib.sha256(f"{fingerprint}|{p.model_dump_json()}|{CODE_VERSION}".encode())
+def encoder_for(schema: int | None):
+    """The `encode` of a model's feature schema (features.json `feature_schema`; absent = 1)."""
+    schema = 1 if schema is None else schema
+    if schema == FEATURE_SCHEMA:
+        return encode
+    if schema == 1:
+        return encode_v1
+    raise ValueError(f"feature schema {schema} is unknown to this code (it knows 1 and {FEATURE_SCHEMA})")
+
+
+def cache_key(fingerprint: str, p: PreprocessParams, schema: int = FEATURE_SCHEMA) -> str:
+    h = hashlib.sha256(f"{fingerprint}|{p.model_dump_json()}|{CODE_VERSION}|{schema}".encode())
     return h.hexdigest()[:24]
 
 
-def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, workdir: Path) -> FeaturesRef:
-    """Encode every split and keep the arrays in the store's feature cache (reused across runs)."""
-    ref = features_ref(cache_key(dataset.fingerprint, p), dataset)
+def schemas(model_type: str) -> dict[str, int]:
+    """The manifest's record of what the rows and features of a new model look like (see manifest.schemas)."""
+    from tasks.data import SNAPSHOT_SCHEMA
+
+    return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type == "bow" else 1}
+
+
+def worker_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, workdir: Path, *,
+               batch_rows: int = BATCH_ROWS, threads: int | None = None,
+               schema: int = FEATURE_SCHEMA) -> FeaturesRef:
+    """Encode every split and keep the arrays in the store's feature cache (reused across runs).
+
+    The snapshot is read in batches, encoded on `threads` worker threads (Arrow and numpy release the
+    GIL) and appended in order to one .npy file per array: the result is byte-identical whatever the batch
+    size or thread count, and memory holds a few batches, not the table. `schema` 1 rebuilds the features of
+    a model made before schema 2 (`trainkite verify`).
+    """
+    ref = features_ref(cache_key(dataset.fingerprint, p, schema), dataset)
+    if schema == FEATURE_SCHEMA:
+        enc = encode_int32
+    else:
+        v1 = encoder_for(schema)
+
+        def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+            return v1(texts.to_pylist(), p)
     if store.exists(ref.store_key):
         return ref
-    rows = read_snapshot(local_snapshot(dataset, store))
-    label_index = {lab: i for i, lab in enumerate(dataset.labels)}
-    arrays: dict[str, np.ndarray] = {}
-    for split in ("train", "validation", "test", "evaluation"):
-        part = rows[rows["split"] == split]
-        ids, offsets = encode(part["text"].tolist(), p)
-        arrays[f"{split}_ids"] = ids
-        arrays[f"{split}_offsets"] = offsets
-        arrays[f"{split}_y"] = np.asarray([label_index[lab] for lab in part["label"]], dtype=np.int64)
-    return save_features(arrays, ref, store, workdir)
+    snap = local_snapshot(dataset, store)
+    label_index = pa.array(dataset.labels, type=pa.string())
+    out = workdir / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {f"{split}_{part}": NpyAppender(out / f"{split}_{part}.npy", dtype)
+               for split in SPLITS for part, dtype in (("ids", np.int32), ("offsets", np.int64), ("y", np.int64))}
+    ids_so_far = dict.fromkeys(SPLITS, 0)
+
+    def work(batch: pa.RecordBatch) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        done = []
+        split_col = batch.column(0)
+        for split in pc.unique(split_col).to_pylist():
+            part = batch.filter(pc.equal(split_col, split))
+            ids, offsets = enc(part.column(1), p)
+            y = pc.index_in(part.column(2), value_set=label_index).to_numpy(zero_copy_only=False)
+            done.append((split, ids, offsets, y.astype(np.int64)))
+        return done
+
+    threads = threads or worker_threads()
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        def drain(keep: int) -> None:
+            while len(pending) > keep:
+                for split, ids, offsets, y in pending.popleft().result():
+                    writers[f"{split}_ids"].append(ids)
+                    writers[f"{split}_offsets"].append(offsets + ids_so_far[split])
+                    writers[f"{split}_y"].append(y)
+                    ids_so_far[split] += len(ids)
+
+        for batch in iter_snapshot(snap, batch_rows):
+            pending.append(pool.submit(work, batch))
+            drain(2 * threads)
+        drain(0)
+    for w in writers.values():
+        w.close()
+    return publish_features(out, list(writers), ref, store)
+
+
+SPLITS = ("train", "validation", "test", "evaluation")
+
+
+class NpyAppender:
+    """A .npy file written in pieces: the header is rewritten with the final length on close."""
+
+    _HEADER_BYTES = 128
+
+    def __init__(self, path: Path, dtype) -> None:
+        self.path, self.dtype, self.n = path, np.dtype(dtype), 0
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._f.write(self._header(0))
+
+    def _header(self, n: int) -> bytes:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (n,)}
+        body = repr(d).encode("latin1")
+        pad = self._HEADER_BYTES - 10 - len(body) - 1
+        return b"\x93NUMPY\x01\x00" + (self._HEADER_BYTES - 10).to_bytes(2, "little") + body + b" " * pad + b"\n"
+
+    def append(self, arr: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
+        self.n += len(arr)
+
+    def close(self) -> None:
+        self._f.seek(0)
+        self._f.write(self._header(self.n))
+        self._f.close()
 
 
 def features_ref(key: str, dataset: DatasetRef) -> FeaturesRef:
-    """Where the features for `key` live in the store's cache (any model type)."""
-    return FeaturesRef(key=key, store_key=f"_cache/features/{key}.npz", labels=dataset.labels,
+    """Where the features for `key` live in the store's cache (any model type): one .npy per array, and an
+    index.json written last that names them (no index = no features)."""
+    return FeaturesRef(key=key, store_key=f"_cache/features/{key}/index.json", labels=dataset.labels,
                        counts=dataset.counts, fingerprint=dataset.fingerprint)
 
 
-def save_features(arrays: dict[str, np.ndarray], ref: FeaturesRef, store: ArtifactStore, workdir: Path) -> FeaturesRef:
-    out = workdir / "features.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
-    store.put_file(out, ref.store_key)
+def publish_features(folder: Path, names: list[str], ref: FeaturesRef, store: ArtifactStore) -> FeaturesRef:
+    prefix = ref.store_key.rsplit("/", 1)[0]
+    for name in names:
+        store.put_file(folder / f"{name}.npy", f"{prefix}/{name}.npy")
+    index = {"schema": FEATURE_SCHEMA, "arrays": sorted(names)}
+    store.put_bytes(json.dumps(index).encode(), ref.store_key)
     return ref
 
 
+def save_features(arrays: dict[str, np.ndarray], ref: FeaturesRef, store: ArtifactStore, workdir: Path) -> FeaturesRef:
+    out = workdir / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        np.save(out / f"{name}.npy", arr, allow_pickle=False)
+    return publish_features(out, list(arrays), ref, store)
+
+
+def _open(path: Path) -> np.ndarray:
+    # Copy-on-write map: pages come from the file as batches touch them; the arrays are writable for torch.
+    try:
+        return np.load(path, mmap_mode="c", allow_pickle=False)
+    except ValueError:  # an empty array cannot be mapped
+        return np.load(path, allow_pickle=False)
+
+
 def load_features(ref: FeaturesRef, store: ArtifactStore, workdir: Path) -> dict[str, np.ndarray]:
-    local = store.local_path(ref.store_key)
-    if local is None:
-        local = workdir / "features.npz"
-        if not local.exists():
-            store.download(ref.store_key, local)
-    with np.load(local, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The cached arrays, memory-mapped (downloaded first when the store is not a local folder)."""
+    prefix = ref.store_key.rsplit("/", 1)[0]
+    index = json.loads(store.get_bytes(ref.store_key))
+    out: dict[str, np.ndarray] = {}
+    for name in index["arrays"]:
+        key = f"{prefix}/{name}.npy"
+        local = store.local_path(key)
+        if local is None:
+            local = workdir / "features" / f"{name}.npy"
+            if not local.exists():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                store.download(key, local)
+        out[name] = _open(local)
+    return out

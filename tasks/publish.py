@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from buildkite.context import BuildContext
 from params.model import Params
 from tasks.data import DatasetRef, local_snapshot
+from tasks.preprocess import FEATURE_SCHEMA, schemas
 from tasks.evaluate import EvalReport
 from tasks.train import TrainedModel
 from trainkite import manifest as mf
@@ -39,6 +40,7 @@ def feature_config(params: Params, labels: list[str]) -> dict:
         "model_type": params.model.type,
         "labels": labels,
         "preprocess": params.preprocess.model_dump(mode="json"),
+        "feature_schema": FEATURE_SCHEMA,
         "embedding_dim": params.model.embedding_dim,
     }
 
@@ -87,7 +89,8 @@ def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained
         "params": params.model_dump(mode="json"),
         "data": {"fingerprint": dataset.fingerprint, "query": dataset.query,
                  "evaluation_query": dataset.evaluation_query, "source": dataset.source,
-                 "counts": dataset.counts, "snapshot": source["snapshot"], "athena": dataset.athena},
+                 "counts": dataset.counts, "snapshot": source["snapshot"], "athena": dataset.athena,
+                 mf.SCHEMAS_FIELD: schemas(params.model.type)},
         "wandb": {"run_id": wandb_run_id(model_id), "project": params.tracking.project,
                   "entity": params.tracking.entity} if tracking else None,
         "docker_image": docker_image(),

@@ -197,7 +197,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
         loss_sum = 0.0
         for rows, lr in epoch_batches(tp, n, epoch):
             idx, offs = batch_slices(tr_off, len(tr_ids), rows)
-            x = torch.from_numpy(tr_ids[idx]).to(device)
+            x = torch.from_numpy(tr_ids[idx].astype(np.int64)).to(device)
             o = torch.from_numpy(offs).to(device)
             y = torch.from_numpy(tr_y[rows]).to(device)
             for p in params_list:

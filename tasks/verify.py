@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from params.model import Params, validate_params
-from tasks import data, model_types, train as tn
+from tasks import data, model_types, preprocess as pp, train as tn
 from trainkite.errors import IntegrityError
 from trainkite.lineage import git_info, package_versions
-from trainkite.manifest import ModelRef, fetch_model
+from trainkite.manifest import ModelRef, fetch_model, recorded_schemas
 from trainkite.store import ArtifactStore, LocalStore
 
 
@@ -63,6 +63,11 @@ def lineage_changes(manifest: dict, device: str) -> dict[str, dict]:
             changes[f"packages.{name}"] = {"model": version, "now": now_pk.get(name)}
     if lin.get("device") != device:
         changes["device"] = {"model": lin.get("device"), "now": device}
+    now_schemas = pp.schemas(manifest.get("model_type", "bow"))
+    for name, version in recorded_schemas(manifest).items():
+        if version != now_schemas[name]:
+            # Not a failure by itself: the rebuild uses the model's own schema where this code still has it.
+            changes[f"schema.{name}"] = {"model": version, "now": now_schemas[name]}
     return changes
 
 
@@ -77,7 +82,7 @@ def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path
     else:
         how = "query re-run"
         path = Path(data.fetch_dataset(params, workdir).snapshot_path)
-    got = data.snapshot_fingerprint(path)
+    got = data.snapshot_fingerprint(path, schema=recorded_schemas(manifest)["snapshot"])
     if got != expected:
         raise IntegrityError(
             f"model {manifest['model_id']}: the data ({how}) no longer matches its fingerprint "
@@ -125,7 +130,12 @@ def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float
     try:
         dataset, data_check = rows_for_rebuild(folder, manifest, params, work)
         scratch = LocalStore(work / "store")
-        features = model_types.featurize(dataset, params, scratch, work)
+        feature_schema = recorded_schemas(manifest)["features"]
+        if params.model.type == "bow" and feature_schema != pp.FEATURE_SCHEMA:
+            # An older model: its own featurizer (kept for serving) rebuilds its features.
+            features = pp.preprocess(dataset, params.preprocess, scratch, work, schema=feature_schema)
+        else:
+            features = model_types.featurize(dataset, params, scratch, work)
         trained = model_types.train(features, params, scratch, ModelRef(params.model.name, model_id), work)
         gpu_model = manifest["lineage"].get("device") == "cuda"
         identical, close, tensors = compare_weights(folder / "weights.safetensors", Path(trained.weights_path),

@@ -24,6 +24,9 @@ MANIFEST = "manifest.json"
 SCHEMA = "trainkite.manifest/1"
 # `<root>/_claims/<name>/<model-id>`: which files a publish of that model ID is committed to (see publish).
 CLAIMS = "_claims"
+# lineage.data.schemas: the layout of the snapshot (and its fingerprint) and of the features a model was
+# built from, e.g. {"snapshot": 2, "features": 2}. Models made before the field existed are schema 1 of both.
+SCHEMAS_FIELD = "schemas"
 # Written during training, deliberately outside the hashed model files.
 SCRATCH_PREFIXES = ("checkpoints/",)
 
@@ -172,3 +175,9 @@ def load_dir_manifest(folder: Path) -> dict[str, Any]:
     manifest = json.loads(path.read_text())
     verify_dir(folder, manifest, may_be_absent=NOT_SERVED)
     return manifest
+
+
+def recorded_schemas(manifest: dict[str, Any]) -> dict[str, int]:
+    """The snapshot and feature schema versions a model was made with (1 for models older than the field)."""
+    recorded = (manifest.get("lineage") or {}).get("data", {}).get(SCHEMAS_FIELD) or {}
+    return {"snapshot": int(recorded.get("snapshot", 1)), "features": int(recorded.get("features", 1))}
