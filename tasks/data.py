@@ -132,9 +132,11 @@ def one_select(sql: str, what: str) -> None:
 
 
 def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query",
-                   batch_rows: int = RAW_BATCH_ROWS) -> None:
+                   batch_rows: int | None = None) -> None:
     """Run `sql` over the tables in `folder` and stream its result to the Parquet file `out`."""
     import duckdb
+
+    batch_rows = batch_rows or RAW_BATCH_ROWS
 
     one_select(sql, what)
     con, tables = open_local(folder)
@@ -177,7 +179,7 @@ ATHENA_CHUNK_ROWS = 100_000
 
 
 def query_athena_to(data: DataParams, sql: str, out: Path,
-                    chunk_rows: int = ATHENA_CHUNK_ROWS) -> dict[str, str | None]:
+                    chunk_rows: int | None = None) -> dict[str, str | None]:
     """The production twin: the same SQL through awswrangler (Athena), read in chunks into `out`. Athena's
     own controls (the workgroup's) govern what the SQL may do."""
     import awswrangler as wr
@@ -191,7 +193,7 @@ def query_athena_to(data: DataParams, sql: str, out: Path,
         s3_output=data.athena_s3_output,
         ctas_approach=data.athena_ctas_approach,
         unload_approach=data.athena_unload_approach,
-        chunksize=chunk_rows,
+        chunksize=chunk_rows or ATHENA_CHUNK_ROWS,
     )
     if isinstance(chunks, pd.DataFrame):
         chunks = iter([chunks])
@@ -512,9 +514,9 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def iter_snapshot(path: str | Path, batch_rows: int = RAW_BATCH_ROWS, columns=("split", "text", "label")):
+def iter_snapshot(path: str | Path, batch_rows: int | None = None, columns=("split", "text", "label")):
     """The snapshot's rows as Arrow record batches, in its (canonical) order."""
-    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns))
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows or RAW_BATCH_ROWS, columns=list(columns))
 
 
 def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
@@ -523,7 +525,7 @@ def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
     return local_copy(store, ref.snapshot_key, Path(ref.snapshot_path))
 
 
-def snapshot_fingerprint(path: str | Path, schema: int = SNAPSHOT_SCHEMA, batch_rows: int = RAW_BATCH_ROWS) -> str:
+def snapshot_fingerprint(path: str | Path, schema: int = SNAPSHOT_SCHEMA, batch_rows: int | None = None) -> str:
     """The fingerprint of a snapshot file; `schema` 1 recomputes an older model's (rows re-sorted first)."""
     if schema == 1:
         return fingerprint_v1(canonical(read_snapshot(path)))

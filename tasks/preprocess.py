@@ -217,7 +217,7 @@ def worker_threads() -> int:
 
 
 def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, workdir: Path, *,
-               batch_rows: int = BATCH_ROWS, threads: int | None = None,
+               batch_rows: int | None = None, threads: int | None = None,
                schema: int = FEATURE_SCHEMA) -> FeaturesRef:
     """Encode every split and keep the arrays in the store's feature cache (reused across runs).
 
@@ -265,7 +265,7 @@ def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, w
                     writers[f"{split}_y"].append(y)
                     ids_so_far[split] += len(ids)
 
-        for batch in iter_snapshot(snap, batch_rows):
+        for batch in iter_snapshot(snap, batch_rows or BATCH_ROWS):
             pending.append(pool.submit(work, batch))
             drain(2 * threads)
         drain(0)

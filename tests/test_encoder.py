@@ -95,8 +95,8 @@ def test_a_frozen_model_from_before_layer_pooling_still_scores(tmp_path):
 def _cached_features(root: Path):
     from tasks.preprocess import FeaturesRef
 
-    [key] = open_store(str(root)).list("_cache/features")
-    return FeaturesRef(key=Path(key).stem, store_key=key, labels=["negative", "neutral", "positive"], counts={},
+    [key] = [k for k in open_store(str(root)).list("_cache/features") if k.endswith("/index.json")]
+    return FeaturesRef(key=Path(key).parent.name, store_key=key, labels=["negative", "neutral", "positive"], counts={},
                        fingerprint="")
 
 
