@@ -103,6 +103,19 @@ CLI_CASES = [
                                     "{base}/out.csv", "--root", "{base}/store"), 2, "cannot be read as CSV"),
     Cli("conflicting-duplicates", D, data_args("conflicts"), 0, "appear with conflicting labels",
         unit="test_data.py::test_conflicting_duplicates_are_warned", accepted=True),
+    Cli("nested-text-column", D, data_args("nested"), 2, "the text column 'text' is of type list<",
+        unit="test_scale.py::test_nested_text_column_is_refused_naming_it_and_its_type"),
+    # --- the query reaches only data.path's tables ---------------------------------------------------------
+    Cli("query-copy-then-select", D, data_args("good", "COPY (SELECT 1) TO '{base}/pwned.csv'; SELECT text, label "
+                                               "FROM t"), 2, "must be exactly one SELECT statement",
+        unit="test_scale.py::test_the_query_reads_data_path_only"),
+    Cli("query-reads-host-file", D, data_args("good", "SELECT column0 AS text, 'positive' AS label FROM "
+                                              "read_csv('/etc/passwd', header=false)"), 2, "Cannot access file",
+        unit="test_scale.py::test_the_query_reads_data_path_only"),
+    Cli("query-attach", D, data_args("good", "ATTACH '{base}/x.duckdb' AS x"), 2,
+        "must be a SELECT statement, not ATTACH", unit="test_scale.py::test_the_query_reads_data_path_only"),
+    Cli("query-install", D, data_args("good", "INSTALL httpfs"), 2, "must be a SELECT statement, not LOAD",
+        unit="test_scale.py::test_the_query_reads_data_path_only"),
     # --- model IDs and paths -----------------------------------------------------------------------------
     Cli("unknown-model", M, ("predict", "no-such-model", "--text", "x", "--root", "{base}/store"), 2,
         "no model 'no-such-model'", unit="test_store.py::test_folder_without_manifest_is_not_a_model"),
@@ -152,6 +165,10 @@ def _make_inputs(base: Path, trained: Path) -> None:
     table("huge-parquet", [*good, ("x" * 10_000_000, "positive")], "parquet")
     table("huge-csv", [*good, ("x" * 10_000_000, "positive")])
     table("conflicts", [*good, (good[0][0], "positive" if good[0][1] == "negative" else "negative")])
+    nested = base / "data" / "nested"
+    nested.mkdir(parents=True)
+    pd.DataFrame({"text": [t.split() for t, _ in good], "label": [lab for _, lab in good]}).to_parquet(
+        nested / "t.parquet", index=False)
     latin = base / "data" / "latin1"
     latin.mkdir(parents=True)
     (latin / "t.csv").write_bytes(b"text,label\n" + "".join(
