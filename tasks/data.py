@@ -344,15 +344,6 @@ def check_rows(df: pd.DataFrame, data: DataParams, what: str) -> tuple[pd.DataFr
     return out, warnings
 
 
-def _as_text(v: object) -> str:
-    if isinstance(v, bytes):
-        try:
-            return v.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError("a text value is not valid UTF-8; fix the encoding in the source") from None
-    return str(v)
-
-
 def split_of(text: str, seed: int, validation: float, test: float) -> str:
     """Stable split by hash of the text: adding rows never moves existing ones."""
     h = int.from_bytes(hashlib.sha256(f"{seed}\x1f{text}".encode()).digest()[:8], "big") / 2**64
