@@ -90,7 +90,7 @@ def _clip(x, lo, hi):
 
 # Examples a training should see in all (epochs x rows), from which the epochs follow: large data needs few
 # passes (SGD sees every n-gram often), small data many (a few hundred rows need dozens of passes to converge).
-BOW_EXAMPLES = 600_000
+BOW_EXAMPLES = 250_000
 ENCODER_EXAMPLES = 600_000
 
 
@@ -100,12 +100,14 @@ def bow_rules(st: DataStats) -> dict[str, int | float]:
     buckets = _clip(_pow2_at_least(2 * st.ngrams), 2**14, 2**21)
     # One linear map of rank min(dim, labels) on top: a few dimensions per class is all it can use.
     dim = _clip(_pow2_at_least(8 * st.labels), 16, 64)
-    # About 200 steps per epoch, and never a batch so large that the validation set is bigger than an epoch.
-    batch = _clip(_pow2_at_most(n / 200), 8, 256)
+    # At least about 100 steps per epoch: small data gets small batches.
+    batch = _clip(_pow2_at_most(n / 100), 8, 256)
     epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
-    # The per-example mean loss with sparse embedding rows: a large rate is the fastText regime (its 0.1 per
-    # example at batch 1); the rate does not grow with the batch (the loss is a mean, the step its gradient).
-    lr = 8.0
+    # The loss is the per-example mean, so the step no longer grows with the batch by itself; the rate follows
+    # the square-root scaling rule (the gradient noise of a mean over B examples falls as 1/sqrt(B)). The
+    # constant is the sparse-embedding regime of fastText-style models (large rates: each n-gram row is
+    # touched by few examples of a batch).
+    lr = round(0.75 * math.sqrt(batch), 4)
     patience = 0 if epochs <= 5 else _clip(epochs // 3, 3, 10)
     return {"preprocess.buckets": buckets, "model.embedding_dim": dim, "train.batch_size": batch,
             "train.epochs": epochs, "train.learning_rate": lr, "train.warmup_fraction": 0.0,
