@@ -88,6 +88,18 @@ def test_unset_keys_survive_json_the_ui_form_and_params_json():
     assert schema.model_dump()["properties"]["params"]["default"]["train"]["epochs"] is None
     st = defaults.stats_of_rows(_rows(800, 500), 2)
     assert defaults.resolve_params(back, st) == defaults.resolve_params(p, st)
+    # AWS Batch: the job's command carries the params as --params-json, unset keys as null.
+    from tasks.batch_steps import training_command
+
+    command = training_command(p, "m-1")
+    sent = json.loads(command[command.index("--params-json") + 1])
+    assert sent["train"]["epochs"] is None and sent["train"]["batch_size"] == 64
+    assert validate_params(sent) == p
+    # Buildkite/CLI --set: a value set there is explicit; the same file without it leaves the key to the data.
+    from params import parse_overrides
+
+    assert parse_overrides(["train.epochs=7"]) == {"train.epochs": 7}
+    assert load_params(None, parse_overrides(["train.epochs=7"])).unresolved().count("train.epochs") == 0
 
 
 def test_a_resolved_table_that_does_not_fit_in_memory_is_refused_by_name():
