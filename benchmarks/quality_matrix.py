@@ -156,10 +156,10 @@ def markdown(results: dict) -> str:
             "| fit s: trainkite / fastText / TF-IDF / encoder | trainkite ≥ best baseline |")
     lines = [head, "|" + "---|" * 8]
     for name, r in results.items():
-        tk, ft, lr, en = r["trainkite"], r.get("fasttext"), r.get("tfidf_logreg"), r.get("encoder")
-        best = max((b[k] for b in (ft, lr) if b for k in ("accuracy",)), default=None)
+        tk, ft, lr, en = r.get("trainkite"), r.get("fasttext"), r.get("tfidf_logreg"), r.get("encoder")
+        best = max((b["accuracy"] for b in (ft, lr) if b), default=None)
         best_f1 = max((b["macro_f1"] for b in (ft, lr) if b), default=None)
-        ok = "–" if best is None else ("yes" if tk["accuracy"] >= best and tk["macro_f1"] >= best_f1 else
+        ok = "–" if best is None or tk is None else ("yes" if tk["accuracy"] >= best and tk["macro_f1"] >= best_f1 else
                                        f"no ({100 * (tk['accuracy'] - best):+.1f} acc, "
                                        f"{100 * (tk['macro_f1'] - best_f1):+.1f} F1)")
         cell = lambda x: "–" if not x else f"{_pct(x['accuracy'])} / {_pct(x['macro_f1'])}"  # noqa: E731
