@@ -100,6 +100,8 @@ def bow_rules(st: DataStats) -> dict[str, int | float]:
     buckets = _clip(_pow2_at_least(8 * st.ngrams), 2**14, 2**21)
     # One linear map of rank min(dim, labels) on top: a few dimensions per class is all it can use.
     dim = _clip(_pow2_at_least(8 * st.labels), 16, 64)
+    # At most 2^24 table entries (64 MiB of float32): each epoch reads, updates and checkpoints the table.
+    buckets = max(2**14, min(buckets, 2**24 // dim))
     # At least about 100 steps per epoch: small data gets small batches.
     batch = _clip(_pow2_at_most(n / 100), 8, 256)
     epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
