@@ -70,7 +70,7 @@ def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
 
 
 def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = None) -> DataStats:
-    """Statistics of a fetched dataset, from its snapshot file (only the split and text columns are read)."""
+    """Statistics of a fetched dataset, from its snapshot file; `labels` (the declared label count) wins."""
     rows = pd.read_parquet(snapshot, columns=["split", "text", "label"])
     st = stats_of_rows(rows, ngram_max)
     return st.model_copy(update={"labels": labels}) if labels else st
