@@ -39,7 +39,7 @@ ENCODER = {
                  "train.learning_rate=3e-5", "train.weight_decay=0.01", "train.device='cuda'", "train.amp=true"],
 }
 BOW = ["model.type='bow'", "preprocess.buckets=1048576", "preprocess.ngram_max=2", "model.embedding_dim=16",
-       "train.epochs=5", "train.batch_size=256", "train.learning_rate=0.05", "train.threads=1"]
+       "train.epochs=5", "train.batch_size=256", "train.learning_rate=12.8", "train.threads=1"]
 
 
 def train_query(rows: int | None) -> str:
@@ -50,7 +50,7 @@ def train_query(rows: int | None) -> str:
 
 def run(folder: Path, overrides: list[str]) -> tuple[dict, object, object, Path]:
     from params import load_params
-    from tasks import data, evaluate as ev, model_types
+    from tasks import data, defaults, evaluate as ev, model_types
     from trainkite.manifest import ModelRef
     from trainkite.store import LocalStore
 
@@ -59,6 +59,7 @@ def run(folder: Path, overrides: list[str]) -> tuple[dict, object, object, Path]
     store = LocalStore(work / "store")
     t0 = time.perf_counter()
     ds = data.fetch_dataset(params, work)
+    params = defaults.resolve_params(params, defaults.dataset_stats(ds.snapshot_path, params.preprocess.ngram_max))[0]
     t1 = time.perf_counter()
     feats = model_types.featurize(ds, params, store, work)
     t2 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from params import load_params
-from tasks import data, evaluate as ev, preprocess as pp, train as tn
+from tasks import data, defaults, evaluate as ev, preprocess as pp, train as tn
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 
@@ -30,7 +30,7 @@ BOW_DEFAULTS = [
     "evaluation.query=\"SELECT text, CAST(label AS VARCHAR) AS label FROM dev\"",
     "data.labels=['0','1']", "data.validation_fraction=0.05", "data.test_fraction=0.05",
     "preprocess.buckets=1048576", "preprocess.ngram_max=2", "model.embedding_dim=16",
-    "train.epochs=5", "train.batch_size=256", "train.learning_rate=0.05", "train.patience=0",
+    "train.epochs=5", "train.batch_size=256", "train.learning_rate=12.8", "train.patience=0",
     "evaluation.primary_metric='accuracy'", "tracking.backend='none'", "train.threads=1",
 ]
 
@@ -42,6 +42,8 @@ def run_bow(folder: Path, overrides: list[str]) -> dict:
         store = LocalStore(work / "store")
         t0 = time.perf_counter()
         ds = data.fetch_dataset(params, work)
+        stats = defaults.dataset_stats(ds.snapshot_path, params.preprocess.ngram_max)
+        params = defaults.resolve_params(params, stats)[0]
         t1 = time.perf_counter()
         feats = pp.preprocess(ds, params.preprocess, store, work)
         t2 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The training pipeline: check code → fetch → preprocess → train → evaluate → publish → track → notify."""
+"""The training pipeline: check code → fetch → resolve defaults → preprocess → train → evaluate → publish → track →
+notify."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def train(
     with stop_if_build_canceled(build):
         steps.check_code(build)
         dataset = steps.fetch_data(params, model_id)
+        params = steps.resolve_defaults(params, dataset)
         features = steps.preprocess(dataset, params, model_id)
         trained = steps.train_model(features, params, model_id)
         report = steps.evaluate(trained, features, params, model_id)

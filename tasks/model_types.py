@@ -16,6 +16,7 @@ from params.model import Params
 from tasks import preprocess as pp, train as tn
 from tasks.bow import predict_proba
 from tasks.data import DatasetRef
+from tasks.defaults import require_resolved
 from tasks.preprocess import FeaturesRef
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
@@ -30,6 +31,7 @@ def features_key(fingerprint: str, params: Params) -> str:
 
 
 def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path) -> FeaturesRef:
+    require_resolved(params)
     if params.model.type == "encoder":
         from tasks import encoder
 

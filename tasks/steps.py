@@ -17,7 +17,7 @@ from prefect.cache_policies import NONE
 
 from buildkite.context import BuildContext
 from params.model import Params
-from tasks import data
+from tasks import data, defaults
 from tasks import evaluate as ev, model_types
 from tasks import notify as nt
 from tasks import provenance
@@ -100,6 +100,20 @@ def check_code(build: BuildContext | None) -> dict:
       cache_key_fn=_fetch_key, **_cached)
 def fetch_data(params: Params, model_id: str) -> data.DatasetRef:
     return data.fetch_dataset(params, _workdir(model_id), _store(params), _ref(params, model_id).prefix)
+
+
+@task(name="resolve_defaults", cache_policy=NONE)
+def resolve_defaults(params: Params, dataset: data.DatasetRef) -> Params:
+    # Cheap (one read of the snapshot's text column) and a pure function of params + rows, so a re-run or a
+    # resumed run resolves the same values without a cache.
+    stats = defaults.dataset_stats(data.local_snapshot(dataset, _store(params)), params.preprocess.ngram_max,
+                                   len(dataset.labels))
+    resolved, table = defaults.resolve_params(params, stats)
+    create_table_artifact(key="resolved-params", description="parameters used: set by the user or from the data",
+                          table=[{"key": k, **v} for k, v in table.items()])
+    create_markdown_artifact(key="data-statistics", description="what the defaults were resolved from",
+                             markdown="\n".join(f"- **{k}**: {v}" for k, v in stats.model_dump().items()))
+    return resolved
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, **_cached)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from params.model import Params
 from tasks.bow import BowClassifier, batch_slices, predict_proba
+from tasks.defaults import require_resolved
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from trainkite.errors import IntegrityError
@@ -173,6 +174,7 @@ def resume_or_start(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
 
 def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                 workdir: Path) -> TrainedModel:
+    require_resolved(params)
     tp = params.train
     device = pick_device(tp.device)
     gen = make_deterministic(tp.seed, tp.threads, device)
@@ -204,12 +206,13 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
                 p.grad = None
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x, o)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            if tp.weight_decay:
-                loss = loss + tp.weight_decay * model.fc.weight.pow(2).sum()
+            # The per-example mean: a step that grew with the batch (the old sum) made a larger batch a larger
+            # step, and a large enough one diverged at a rate that was fine for a small one.
+            ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="mean")
+            loss = ce + tp.weight_decay * model.fc.weight.pow(2).sum() if tp.weight_decay else ce
             loss.backward()
             sgd_step(params_list, lr)
-            loss_sum += float(loss.detach())
+            loss_sum += float(ce.detach()) * len(rows)
             seen += len(rows)
         probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
         val = score(arrays["validation_y"], probs, features.labels)

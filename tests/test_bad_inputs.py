@@ -79,6 +79,24 @@ CLI_CASES = [
     Cli("fractions-leave-no-training", P, ("train", "--set", "data.validation_fraction=0.45", "--set",
                                            "data.test_fraction=0.45"), 2, "at least 20% for training"),
     Cli("model-name-traversal", P, ("train", "--set", 'model.name="../evil"'), 2, "model.name: String should match"),
+    Cli("weight-decay-inf", P, ("train", "--set", "train.weight_decay=inf"), 2, "train.weight_decay: Input should be a "
+        "finite number", unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
+    Cli("learning-rate-100", P, ("train", "--set", "train.learning_rate=100"), 2,
+        "train.learning_rate: Input should be less than or equal to 50",
+        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
+    Cli("learning-rate-nan", P, ("train", "--set", "train.learning_rate=nan"), 2,
+        "train.learning_rate: Input should be a finite number"),
+    Cli("batch-size-too-large", P, ("train", "--set", "train.batch_size=1000000"), 2,
+        "train.batch_size: Input should be less than or equal to 65536"),
+    Cli("seed-1e17", P, ("train", "--set", "train.seed=1e17"), 2,
+        "train.seed: Input should be less than or equal to 4294967295",
+        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
+    Cli("wandb-project-too-long", P, ("train", "--set", f'tracking.project="{"p" * 129}"'), 2,
+        "tracking.project: String should have at most 128 characters"),
+    Cli("text-column-is-label-column", P, ("train", "--set", 'data.text_column="label"'), 2,
+        "data.text_column and data.label_column are both 'label'"),
+    Cli("table-needs-64-gib", P, ("train", "--set", "preprocess.buckets=16777216", "--set", "model.embedding_dim=1024"),
+        2, "64.0 GiB table", unit="test_params.py::test_a_table_that_does_not_fit_is_refused_before_any_work"),
     Cli("params-file-missing", P, ("train", "--params", "{base}/params/nope.toml"), 2, "not found",
         unit="test_params.py::test_bad_toml_and_missing_file"),
     Cli("params-file-is-a-folder", P, ("train", "--params", "{base}/params"), 2, "is a folder, not a TOML file"),
@@ -141,7 +159,7 @@ CLI_CASES = [
 def _make_inputs(base: Path, trained: Path) -> None:
     (base / "params").mkdir(parents=True)
     (base / "params" / "bad.toml").write_text("[train]\nepochs = = 3\n")
-    text = (REPO / "params" / "sentiment.toml").read_text().replace("epochs = 15", "epoch = 15")
+    text = (REPO / "params" / "sentiment.toml").read_text().replace("[train]\n", "[train]\nepoch = 15\n")
     (base / "params" / "unknown-key.toml").write_text(text)
     (base / "params" / "latin1.toml").write_bytes("[train]\n# d\xe9j\xe0 vu\nepochs = 3\n".encode("latin-1"))
 

@@ -45,6 +45,10 @@ def encoder_model(prefect_api, tmp_path_factory):
     root = tmp_path_factory.mktemp("encoder") / "store"
     params = small_params(**{**SLICE, "artifacts.root": str(root)})
     state = train(params=params, model_id="enc-1", return_state=True)
+    # The flow resolves the unset keys from the data; the direct calls below train with what it published.
+    from params import validate_params
+
+    params = validate_params(json.loads((root / "sentiment" / "enc-1" / "params.json").read_text()))
     return params, state.result(), root
 
 

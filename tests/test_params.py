@@ -63,3 +63,40 @@ def test_override_values_are_toml_literals():
 def test_params_hash_is_stable():
     assert load_params().params_hash() == load_params().params_hash()
     assert load_params().params_hash() != load_params(None, ["train.seed=1"]).params_hash()
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["train.weight_decay=inf"], "train.weight_decay: Input should be a finite number"),
+        (["train.weight_decay=2.0"], "train.weight_decay: Input should be less than or equal to 1"),
+        (["train.learning_rate=100"], "train.learning_rate: Input should be less than or equal to 50"),
+        (["train.learning_rate=nan"], "train.learning_rate: Input should be a finite number"),
+        (["train.batch_size=0"], "train.batch_size: Input should be greater than or equal to 1"),
+        (["train.seed=1e17"], "train.seed: Input should be less than or equal to 4294967295"),
+        (["train.seed=4294967296"], "train.seed: Input should be less than or equal to 4294967295"),
+        ([f'tracking.project="{"p" * 129}"'], "tracking.project: String should have at most 128 characters"),
+        (['tracking.project="a/b"'], "tracking.project: String should match pattern"),
+        (['data.label_column="text"'], "data.text_column and data.label_column are both 'text'"),
+    ],
+)
+def test_values_that_break_a_run_are_refused_by_name(overrides, needle):
+    with pytest.raises(ParamsError) as err:
+        load_params(None, overrides)
+    assert needle in str(err.value)
+
+
+def test_the_largest_values_that_fit_are_accepted():
+    p = load_params(None, ["train.seed=4294967295", f'tracking.project="{"p" * 128}"', "train.learning_rate=50",
+                           "train.weight_decay=1"])
+    assert p.train.seed == 2**32 - 1
+
+
+def test_a_table_that_does_not_fit_is_refused_before_any_work():
+    with pytest.raises(ParamsError, match=r"16777216 x 1024 is a 64.0 GiB table.*train.memory_limit_gib = 8"):
+        load_params(None, ["preprocess.buckets=16777216", "model.embedding_dim=1024"])
+    # The limit is a parameter: a machine with the memory can raise it.
+    p = load_params(None, ["preprocess.buckets=16777216", "model.embedding_dim=1024", "train.memory_limit_gib=256"])
+    assert p.preprocess.buckets == 2**24
+    # The encoder has no hash table: the bow keys do not count against it.
+    load_params(None, ["preprocess.buckets=16777216", "model.embedding_dim=1024", "model.type='encoder'"])

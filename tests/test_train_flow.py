@@ -38,7 +38,12 @@ def test_train_flow_publishes_a_verified_model(prefect_api, tk_home, params_fact
               "data/source.json", "plots/confusion_test.png", "plots/confusion_evaluation.png"):
         assert f in manifest["files"], f
     lin = manifest["lineage"]
-    assert lin["params_hash"] == params.params_hash() and len(lin["data"]["fingerprint"]) == 64
+    # The stored params are the ones resolved from the data (tasks/defaults.py), the user's set keys included.
+    from params import validate_params
+
+    resolved = validate_params(json.loads((folder / "params.json").read_text()))
+    assert resolved.unresolved() == [] and resolved.preprocess.buckets == params.preprocess.buckets
+    assert lin["params_hash"] == resolved.params_hash() and len(lin["data"]["fingerprint"]) == 64
     assert lin["wandb"]["run_id"] == "flow-test-1" and lin["seed"] == params.train.seed
     assert lin["device"] == "cpu" and "torch" in lin["packages"] and lin["git"]["commit"]
     assert json.loads((folder / "params.json").read_text())["train"]["epochs"] == 3

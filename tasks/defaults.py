@@ -1,0 +1,168 @@
+"""Defaults that adapt to the data: the unset parameters, resolved once after fetch from the data's statistics.
+
+A key the user set (params file, `--set`, the Prefect UI form, Buildkite, `--params-json`) is never
+touched; a key left unset (None in `Params`) gets a value from a rule over what the data shows: rows,
+label count, vocabulary, text length. The rules are written in terms of those statistics only, so no
+dataset is special; `benchmarks/quality_matrix.py` checks them across every labelled set we have.
+
+The resolved `Params` has no unset key left: it is what preprocess, train, evaluate and publish use, what
+`params.json`, the manifest and W&B store, and what `trainkite verify` rebuilds from (resolving an already
+resolved `Params` returns it unchanged, and the statistics of the same snapshot are the same, so a resumed
+run resolves the same values). Plain code: no Prefect, no CLI.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel
+
+from params.model import AUTO_KEYS, Params, ParamsError, validate_params
+
+# Statistics read at most this many training texts (a deterministic stride sample); beyond that the
+# vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
+STATS_SAMPLE_ROWS = 200_000
+_WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+class DataStats(BaseModel):
+    """What the rules read: cheap to compute from the snapshot, the same for the same rows."""
+
+    train_rows: int
+    validation_rows: int
+    labels: int
+    vocabulary: int  # distinct lowercased words in the training split (estimated past the sample)
+    ngrams: int  # distinct word 1..ngram_max-grams in the training split (estimated past the sample)
+    mean_tokens: float  # words per training text
+    sampled_rows: int
+
+
+def _heaps(count: int, sampled: int, total: int) -> int:
+    """Distinct items in `total` rows from `count` seen in `sampled` of them (Heaps' law, beta ~0.6)."""
+    if sampled >= total or sampled == 0:
+        return count
+    return int(count * (total / sampled) ** 0.6)
+
+
+def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
+    """Statistics of a snapshot's rows (columns split, text, label)."""
+    train = rows.loc[rows["split"] == "train", "text"]
+    n = len(train)
+    step = max(1, -(-n // STATS_SAMPLE_ROWS))
+    sample = train.iloc[::step]
+    words: set[str] = set()
+    grams: set[str] = set()
+    tokens = 0
+    for text in sample:
+        toks = _WORD.findall(str(text).lower())
+        tokens += len(toks)
+        words.update(toks)
+        for k in range(2, ngram_max + 1):
+            grams.update(" ".join(toks[i : i + k]) for i in range(len(toks) - k + 1))
+    m = len(sample)
+    labels = rows.loc[rows["split"] != "evaluation", "label"].nunique()
+    return DataStats(train_rows=n, validation_rows=int((rows["split"] == "validation").sum()), labels=int(labels),
+                     vocabulary=_heaps(len(words), m, n), ngrams=_heaps(len(words) + len(grams), m, n),
+                     mean_tokens=round(tokens / m, 3) if m else 0.0, sampled_rows=m)
+
+
+def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = None) -> DataStats:
+    """Statistics of a fetched dataset, from its snapshot file; `labels` (the declared label count) wins."""
+    rows = pd.read_parquet(snapshot, columns=["split", "text", "label"])
+    st = stats_of_rows(rows, ngram_max)
+    return st.model_copy(update={"labels": labels}) if labels else st
+
+
+def _pow2_at_least(x: float) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1.0, x))))
+
+
+def _pow2_at_most(x: float) -> int:
+    return 1 << max(0, math.floor(math.log2(max(1.0, x))))
+
+
+def _clip(x, lo, hi):
+    return max(lo, min(hi, x))
+
+
+# Examples a training should see in all (epochs x rows), from which the epochs follow: large data needs few
+# passes (SGD sees every n-gram often), small data many (a few hundred rows need dozens of passes to converge).
+BOW_EXAMPLES = 250_000
+ENCODER_EXAMPLES = 600_000
+
+
+def bow_rules(st: DataStats) -> dict[str, int | float]:
+    n = st.train_rows
+    # Embedding rows: eight times the distinct n-grams (about 6 % of them then share a row), a power of two.
+    buckets = _clip(_pow2_at_least(8 * st.ngrams), 2**14, 2**21)
+    # One linear map of rank min(dim, labels) on top: a few dimensions per class is all it can use.
+    dim = _clip(_pow2_at_least(8 * st.labels), 16, 64)
+    # At most 2^24 table entries (64 MiB of float32): each epoch reads, updates and checkpoints the table.
+    buckets = max(2**14, min(buckets, 2**24 // dim))
+    # At least about 100 steps per epoch: small data gets small batches.
+    batch = _clip(_pow2_at_most(n / 100), 8, 256)
+    epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
+    # The loss is the per-example mean, so the step no longer grows with the batch by itself; the rate follows
+    # the square-root scaling rule (the gradient noise of a mean over B examples falls as 1/sqrt(B)). The
+    # constant is the sparse-embedding regime of fastText-style models (large rates: each n-gram row is
+    # touched by few examples of a batch).
+    lr = round(0.75 * math.sqrt(batch), 4)
+    patience = 0 if epochs <= 5 else _clip(epochs // 3, 3, 10)
+    return {"preprocess.buckets": buckets, "model.embedding_dim": dim, "train.batch_size": batch,
+            "train.epochs": epochs, "train.learning_rate": lr, "train.warmup_fraction": 0.0,
+            "train.patience": patience}
+
+
+def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float]:
+    n = st.train_rows
+    if mode == "finetune":
+        # The recipe of the encoder benchmarks: AdamW 3e-5, a short warm-up, few passes over large data.
+        batch = 32
+        epochs = _clip(math.ceil(100_000 / max(1, n)), 2, 10)
+        return {"train.batch_size": batch, "train.epochs": epochs, "train.learning_rate": 3e-5,
+                "train.warmup_fraction": 0.06, "train.patience": 0 if epochs <= 3 else 2}
+    batch = _clip(_pow2_at_most(n / 200), 8, 64)
+    epochs = _clip(math.ceil(ENCODER_EXAMPLES / max(1, n)), 10, 100)
+    return {"train.batch_size": batch, "train.epochs": epochs, "train.learning_rate": 1e-3,
+            "train.warmup_fraction": 0.0, "train.patience": 0 if epochs <= 10 else _clip(epochs // 4, 3, 10)}
+
+
+def rules(params: Params, st: DataStats) -> dict[str, int | float]:
+    """Every rule's value for these statistics (set keys are not consulted)."""
+    if params.model.type == "encoder":
+        # The encoder has no hash table: buckets and embedding_dim only need a value to be fully resolved.
+        return {"preprocess.buckets": 2**14, "model.embedding_dim": 16,
+                **encoder_rules(st, params.model.encoder_mode)}
+    return bow_rules(st)
+
+
+def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:
+    """(resolved params, {key: {"value", "source": "set" | "data"}}): every unset key from the rules, every
+    set key as it was. Validated again, so a resolved table that does not fit the memory limit is refused."""
+    values = rules(params, st)
+    data = params.model_dump(mode="json")
+    table: dict[str, dict] = {}
+    for section, key in AUTO_KEYS:
+        name = f"{section}.{key}"
+        current = data[section][key]
+        if current is None:
+            data[section][key] = values[name]
+            table[name] = {"value": values[name], "source": "data"}
+        else:
+            table[name] = {"value": current, "source": "set"}
+    try:
+        resolved = validate_params(data, source="parameters resolved from the data")
+    except ParamsError as err:
+        raise ParamsError(f"{err}\n(resolved from {st.train_rows} training rows; set the keys to pin them)") from None
+    return resolved, table
+
+
+def require_resolved(params: Params) -> None:
+    """Trainers and featurizers need every key: a `Params` straight from a file must be resolved first."""
+    missing = params.unresolved()
+    if missing:
+        raise ParamsError(f"parameters {', '.join(missing)} are unset: resolve them from the data first "
+                          "(tasks.defaults.resolve_params), or set them")
