@@ -13,7 +13,7 @@ from buildkite.context import BuildContext
 from params.model import Params
 from tasks.data import DatasetRef, local_snapshot
 from tasks.evaluate import EvalReport
-from tasks.train import TrainedModel
+from tasks.train import TrainedModel, check_finite_weights
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
 from trainkite.runfiles import local_copy
@@ -57,7 +57,9 @@ def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained
     def local(path: str, key: str | None) -> Path:
         return local_copy(store, key, Path(path)) if key else Path(path)
 
-    files: dict[str, Path] = {"weights.safetensors": local(trained.weights_path, trained.weights_key),
+    weights = local(trained.weights_path, trained.weights_key)
+    check_finite_weights(weights)  # the last gate: a diverged model never reaches the store
+    files: dict[str, Path] = {"weights.safetensors": weights,
                               "metrics.json": local(report.metrics_path, report.staged.get(report.metrics_path))}
     (stage / "features.json").write_text(json.dumps(feature_config(params, trained.labels), indent=2,
                                                     sort_keys=True))
