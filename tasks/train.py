@@ -28,7 +28,7 @@ from tasks.preprocess import FeaturesRef, load_features
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import local_copy, run_key, stage
-from trainkite.store import ArtifactStore
+from trainkite.store import ArtifactStore, local_write
 
 log = logging.getLogger("trainkite.train")
 # Step-level progress for the CLI's progress bar; kept off the Prefect API and the root logger.
@@ -118,8 +118,9 @@ def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: t
             for name, t in st.items():
                 tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
     local = workdir / "checkpoint.safetensors"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(local))
+    with local_write(f"write the checkpoint of epoch {state['epoch']} ({local})"):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(local))
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
     store.put_bytes(json.dumps(state).encode(), state_key)
@@ -342,7 +343,8 @@ def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_sta
         raise TrainingDiverged(f"training diverged (best epoch {best_epoch}): non-finite values in "
                                f"{', '.join(bad[:5])}; lower train.learning_rate. Nothing was published")
     weights = workdir / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
+    with local_write(f"write {weights}"):
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
     weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
     return TrainedModel(
         weights_path=str(weights), weights_key=weights_key, labels=labels, history=history,

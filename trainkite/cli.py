@@ -49,6 +49,15 @@ def user_errors(as_json: bool):
         # escape: messages quote user input and things like 'trainkite[encoder]' that are not markup.
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        # The last net under every command: a full disk or read-only folder that no layer below named.
+        from trainkite.store import disk_error
+
+        message = str(disk_error(f"{type(e).__name__}", e))
+        if as_json:
+            emit({"error": message, "exit_code": 1}, True)
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 class _ProgressHandler(logging.Handler):
@@ -199,6 +208,10 @@ def predict(
             raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
         if input_csv and not output_csv:
             raise UserInputError("--input needs --output (where the scored CSV goes)")
+        from trainkite import cli_predict
+
+        if output_csv:
+            cli_predict.check_output(output_csv)  # before the model loads and any row is scored
         from trainkite.manifest import fetch_model
 
         # Found and verified before torch loads (seconds): a bad or unknown ID is refused at once.
@@ -207,37 +220,27 @@ def predict(
 
         predictor = Predictor(folder, manifest)
         if text:
-            preds = [{"text": t, **p} for t, p in zip(text, predictor.predict(text), strict=True)]
+            scored = predictor.predict(text)
+            cli_predict.check_finite_predictions(scored, predictor.model_id)
+            preds = [{"text": t, **p} for t, p in zip(text, scored, strict=True)]
             emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
                  lambda: [print(json.dumps(p)) for p in preds])
             return
-        import pandas as pd
-
-        try:
-            df = pd.read_csv(input_csv, keep_default_na=False, dtype=str)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise UserInputError(f"--input {str(input_csv)!r} cannot be read as CSV: {e}") from None
-        if text_column not in df.columns:
-            raise UserInputError(f"--input has no column {text_column!r} (columns: {', '.join(df.columns)}); "
-                                 "use --text-column")
-        preds = predictor.predict(df[text_column].tolist())
-        df["label"] = [p["label"] for p in preds]
-        df["model_id"] = predictor.model_id
-        for lab in predictor.labels:
-            df[f"score_{lab}"] = [p["scores"][lab] for p in preds]
-        df.to_csv(output_csv, index=False)
-        emit({"model_id": predictor.model_id, "rows": len(df), "output": str(output_csv)}, as_json,
-             lambda: err.print(f"wrote {len(df)} predictions to {output_csv}"))
+        done = cli_predict.score_csv(predictor, input_csv, output_csv, text_column,
+                                     None if as_json else cli_predict.progress_printer())
+        emit({"model_id": predictor.model_id, "rows": done["rows"], "output": str(output_csv),
+              "columns": done["columns"]}, as_json,
+             lambda: err.print(f"wrote {done['rows']} predictions to {output_csv}"))
 
 
 @app.command()
 def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """List published models with their metrics."""
     with user_errors(as_json):
-        from trainkite.manifest import list_models
+        from trainkite.manifest import list_models_report
 
         store = _store(root)
-        ms = list_models(store)
+        ms, broken = list_models_report(store)  # a broken folder is reported, not fatal to the listing
         rows = [{"model_id": m["model_id"], "model_name": m["model_name"], "created_at": m["created_at"],
                  "metrics": m.get("metrics", {}), "uri": store.uri(f"{m['model_name']}/{m['model_id']}")}
                 for m in ms]
@@ -252,8 +255,10 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                           *(f"{m[k]:.4f}" if k in m else "-" for k in
                             ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
             Console().print(t)
+            for b in broken:
+                err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False)
 
-        emit({"root": store.root, "models": rows}, as_json, human)
+        emit({"root": store.root, "models": rows, "broken": broken}, as_json, human)
 
 
 @app.command()
