@@ -153,6 +153,20 @@ def _check_tree(build) -> None:
     err.print("[yellow]warning:[/] the git tree has uncommitted changes; the manifest records it as dirty")
 
 
+def _api_gone(e: BaseException) -> bool:
+    """The run failed because its Prefect API stopped answering (not because of the training itself)."""
+    import httpx
+
+    seen = e
+    for _ in range(5):
+        if isinstance(seen, httpx.TransportError):
+            return True
+        if seen.__cause__ is None and seen.__context__ is None:
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _NoUserErrorTraceback(logging.Filter):
     """Prefect logs a failed run's exception with its traceback. For an error the user acts on (bad data, a
     taken model ID: a TrainkiteError) the one-line message is the whole story; the README promises no
@@ -185,9 +199,21 @@ def _run_train(params, model_id: str, build, as_json: bool) -> dict:
         handler = _ProgressHandler(progress)
         progress_logger.addHandler(handler)
         progress_logger.setLevel(logging.INFO)
+        from prefect import tags
+
+        from trainkite.prefect_server import run_tag
+
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            # The tag names this process, so a later `trainkite server stop`/`status` can mark the run Crashed
+            # if this process is killed before it can report an end.
+            with contextlib.redirect_stdout(sys.stderr), tags(run_tag()):
                 return train_flow(params=params, model_id=model_id, build=build)
+        except Exception as e:
+            if _api_gone(e):
+                raise TrainkiteError(f"the Prefect API at {os.environ.get('PREFECT_API_URL')} went away during the "
+                                     f"run ({type(e).__name__}: {str(e)[:200]}); was `trainkite server stop` run? "
+                                     "A published model is kept; re-run with the same --model-id to finish") from None
+            raise
         finally:
             progress_logger.removeHandler(handler)
 
@@ -294,20 +320,28 @@ def server_prepare(as_json: JsonOpt = False) -> None:
 
 
 @server_app.command("stop")
-def server_stop(as_json: JsonOpt = False) -> None:
-    """Stop the local Prefect server."""
-    from trainkite.prefect_server import stop
+def server_stop(
+    force: Annotated[bool, typer.Option("--force", help="Stop even while flow runs are active (they are "
+                                        "marked Crashed first).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the local Prefect server (refused while flow runs are active, unless --force)."""
+    with user_errors(as_json):
+        from trainkite.prefect_server import stop
 
-    stopped = stop()
-    emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
+        stopped = stop(force=force)
+        emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
 
 
 @server_app.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Is the local Prefect server running?"""
-    from trainkite.prefect_server import status
+    from trainkite.prefect_server import reap_orphans, status
 
     s = status() or {"running": False}
+    if s.get("healthy"):
+        with contextlib.suppress(Exception):  # a status that cannot reap still reports
+            s["reaped"] = [r["name"] for r in reap_orphans(s["url"])]
     s.setdefault("running", True)
     emit(s, as_json, lambda: err.print(json.dumps(s)))
 
