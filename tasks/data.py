@@ -155,6 +155,22 @@ def check_rows(df: pd.DataFrame, data: DataParams, what: str) -> tuple[pd.DataFr
     return df.reset_index(drop=True), warnings
 
 
+# A class needs a row in each of train, validation and test to be learnt and measured at all.
+MIN_CLASS_ROWS = 3
+
+
+def thin_class_warnings(df: pd.DataFrame, what: str) -> list[str]:
+    """Warn (not refuse) about a class with fewer rows than splits: its F1, likely 0, still counts in macro-F1."""
+    counts = df["label"].value_counts()
+    out = []
+    for label, n in sorted(counts[counts < MIN_CLASS_ROWS].items()):
+        msg = (f"{what}: class {label!r} has only {int(n)} row(s), too few to be in the train, validation and test "
+               "splits; its F1 (likely 0) is averaged into macro-F1")
+        log.warning(msg)
+        out.append(msg)
+    return out
+
+
 def _as_text(v: object) -> str:
     if isinstance(v, bytes):
         try:
@@ -203,6 +219,7 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
     data = params.data
     raw, athena = run_query(data, data.query)
     rows, warnings = check_rows(raw, data, "data.query")
+    warnings += thin_class_warnings(rows, "data.query")  # the training rows only: they are what gets split
     rows["split"] = [split_of(t, data.split_seed, data.validation_fraction, data.test_fraction) for t in rows["text"]]
     if params.evaluation.query:
         eraw, _ = run_query(data, params.evaluation.query)

@@ -281,9 +281,10 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                           *(f"{m[k]:.4f}" if k in m else "-" for k in
                             ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
             Console().print(t)
-            for b in broken:
-                err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False)
 
+        for b in broken:  # on stderr in both modes: --json has them under "broken" too
+            err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False,
+                      soft_wrap=True)
         emit({"root": store.root, "models": rows, "broken": broken}, as_json, human)
 
 
