@@ -7,6 +7,7 @@ hashes are verified and its weights loaded. Heavy imports (torch) happen in that
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -22,12 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from serving.http_timeouts import BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, timeout_from_env
 from serving.payload import (
     MAX_BODY_BYTES,
     PayloadError,
     check_declared_length,
+    check_finite,
     max_instances_from_env,
     parse_instances,
+    render_csv,
+    response_format,
     too_large,
 )
 from trainkite.errors import TrainkiteError
@@ -145,12 +150,19 @@ def _limit_torch_threads(n: int) -> None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
 
 
-async def _receive_body(receive, cap: int) -> bytes | None:
-    """The request body from ASGI messages; None when the client disconnected first."""
+async def _receive_body(receive, cap: int, timeout: float = DEFAULT_BODY_TIMEOUT_S) -> bytes | None:
+    """The request body from ASGI messages; None when the client disconnected first. A body that is not all
+    in within `timeout` seconds of its headers is refused (408): a slow or stalled client would otherwise hold
+    the connection as long as it likes."""
     chunks: list[bytes] = []
     total = 0
+    deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+        except TimeoutError:
+            raise PayloadError(408, f"request body not received within {timeout:g} s ({BODY_TIMEOUT_ENV}); "
+                                    f"{total} bytes arrived") from None
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
@@ -194,6 +206,7 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
     if model_dir is None and model_id is None:
         model_dir = os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR
     limit = max_instances if max_instances is not None else max_instances_from_env()
+    body_timeout = timeout_from_env(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S)
     if torch_threads:
         _limit_torch_threads(torch_threads)
     slot = ModelSlot(_loader(model_dir, model_id, store_root, expected_model_id), ready_dir, workers)
@@ -212,9 +225,19 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
                          503)
         return _json({"status": "ok", "model_id": slot.model_id}, headers={"X-Model-Id": slot.model_id})
 
-    def score(body: bytes, content_type: str | None) -> bytes:
+    def score(body: bytes, content_type: str | None, answer: tuple[str, bool] = ("json", False)) -> bytes:
         texts = parse_instances(body, content_type, limit)
         preds = slot.predictor.predict(texts)
+        try:
+            check_finite(preds)
+        except ValueError:
+            # NaN is not JSON: a model whose weights hold NaN (published before the divergence guard) must not
+            # answer 200 with an unparseable body.
+            log.error("model %s produced non-finite scores; its weights are broken", slot.model_id)
+            raise PayloadError(500, f"model {slot.model_id} produced non-finite scores (its weights are broken; "
+                                    "retrain and redeploy it)") from None
+        if answer[0] == "csv":
+            return render_csv(preds, slot.predictor.labels, header=answer[1])
         return json.dumps({"model_id": slot.model_id, "predictions": preds}, separators=(",", ":")).encode()
 
     async def invocations(scope, receive, send) -> None:
@@ -231,26 +254,32 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
             await response(scope, receive, send)
             return
         extra.append((b"x-model-id", slot.model_id.encode()))
-        status = 200
+        status, media = 200, b"application/json"
         try:
+            accept = headers.get(b"accept")
+            answer = response_format(None if accept is None else accept.decode("latin-1"))
             length = headers.get(b"content-length")
             check_declared_length(None if length is None else length.decode("latin-1"), max_body_bytes)
-            body = await _receive_body(receive, max_body_bytes)
+            body = await _receive_body(receive, max_body_bytes, body_timeout)
             if body is None:
                 return  # the client went away
             ctype = headers.get(b"content-type")
             content_type = None if ctype is None else ctype.decode("latin-1")
             if len(body) <= INLINE_BODY_BYTES:
-                out = score(body, content_type)
+                out = score(body, content_type, answer)
             else:
-                out = await run_in_threadpool(score, body, content_type)
+                out = await run_in_threadpool(score, body, content_type, answer)
+            if answer[0] == "csv":
+                media = b"text/csv; charset=utf-8; header=" + (b"present" if answer[1] else b"absent")
         except PayloadError as err:
             status, out = err.status, json.dumps({"error": err.message}, separators=(",", ":")).encode()
+            if status == 408:
+                extra.append((b"connection", b"close"))
         except Exception:
             log.exception("POST /invocations failed")
             status, out = 500, b'{"error":"internal error"}'
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", media),
                                 (b"content-length", str(len(out)).encode()), *extra]})
         await send({"type": "http.response.body", "body": out})
 

@@ -48,6 +48,9 @@ def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
     """uvicorn over `serving.app:app_from_env`; each worker process reads the model folder from the env."""
     import uvicorn
 
+    from serving.http_timeouts import check_timeouts
+
+    check_timeouts()  # a bad setting is one clear error here, not one per connection
     if threading.current_thread() is threading.main_thread():
         # uvicorn drains in-flight requests on SIGTERM/SIGINT, restores the previous handlers and re-raises
         # the signal; with Python's defaults the process would then die "killed by SIGTERM" after a clean
@@ -66,7 +69,10 @@ def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
         uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_config=log_config(),
                     access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1", server_header=False,
-                    lifespan="on")
+                    lifespan="on",
+                    # An import string, not the class: each worker imports it after its health-check pipe is up
+                    # (a class would be unpickled, uvicorn imported with it, first: seconds on a loaded host).
+                    http="serving.http_timeouts:PROTOCOL")
     finally:
         if workers > 1:
             shutil.rmtree(os.environ[READY_DIR_ENV], ignore_errors=True)
@@ -74,11 +80,13 @@ def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
 
 def serve() -> None:
     # Validate before uvicorn starts so a bad setting is one clear line, not a traceback per worker.
+    from serving.http_timeouts import check_timeouts
     from serving.payload import max_instances_from_env
     from trainkite.errors import UserInputError
 
     try:
         max_instances_from_env()
+        check_timeouts()
     except UserInputError as err:
         print(f"trainkite-container: {err}", file=sys.stderr)
         raise SystemExit(2) from None

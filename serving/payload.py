@@ -6,7 +6,9 @@ Plain functions over bytes and headers (no Starlette), so every refusal is testa
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 
 from trainkite.errors import UserInputError
@@ -16,7 +18,9 @@ from trainkite.errors import UserInputError
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
 MAX_INSTANCES_ENV = "TRAINKITE_MAX_INSTANCES"
-ACCEPTED = "application/json ({\"instances\": [\"text\", ...]}) or text/csv (one text per line, UTF-8)"
+ACCEPTED = ("application/json ({\"instances\": [\"text\", ...]}) or text/csv (one text per record, UTF-8; "
+            "a first record `text` is a header)")
+ANSWERS = "application/json or text/csv"
 
 
 class PayloadError(Exception):
@@ -79,7 +83,10 @@ def parse_instances(body: bytes, content_type: str | None, max_instances: int) -
         charset = params.get("charset", "utf-8")
         if charset not in ("utf-8", "utf8"):
             raise PayloadError(415, f"text/csv charset {charset!r} is not supported; send UTF-8")
-        texts = _from_csv(body)
+        header = params.get("header")
+        if header not in (None, "present", "absent"):
+            raise PayloadError(400, f"text/csv header={header!r}: use header=present or header=absent")
+        texts = _from_csv(body, header)
     else:
         shown = content_type if content_type else "(none)"
         raise PayloadError(415, f"unsupported Content-Type {shown}; send {ACCEPTED}")
@@ -143,23 +150,131 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _from_csv(body: bytes) -> list[str]:
+def _from_csv(body: bytes, header: str | None = None) -> list[str]:
+    """One text per CSV record, as a CSV writer writes them: a quoted field may hold commas, doubled quotes and
+    newlines (one record, one text); an unquoted line is taken verbatim, unquoted commas included; a blank line
+    is an empty text, so outputs stay aligned with records.
+
+    A header row is not a text: RFC 4180's `header=present` says there is one (and `header=absent` that there
+    is none); without the parameter a first record that is exactly `text` is taken as the header. A header
+    with several columns picks its `text` column from every record.
+    """
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise PayloadError(400, f"text/csv body is not valid UTF-8 (byte {err.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    out = []
-    for n, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
-        # A quoted line is one CSV field (what a CSV writer emits for texts with commas or quotes);
-        # anything else is taken verbatim, so unquoted commas stay part of the text.
-        if line.startswith('"'):
-            fields = next(csv.reader([line]), [""])
-            if len(fields) != 1:
-                raise PayloadError(400, f"text/csv line {n} has {len(fields)} fields; send one text per line")
-            line = fields[0]
-        out.append(line)
+    first_line = text.split("\n", 1)[0].removesuffix("\r")
+    first = next(csv.reader([first_line]), [])
+    if header == "present" or (header != "absent" and len(first) > 1 and "text" in first):
+        return _csv_column(text)
+    records = _csv_records(text)
+    if header != "absent" and records and records[0].strip().lower() == "text":
+        records = records[1:]
+    return records
+
+
+def _csv_records(text: str) -> list[str]:
+    out: list[str] = []
+    i, n, record = 0, len(text), 1
+    while i < n:
+        if text[i] == '"':
+            start = i
+            value, i = _quoted(text, i, record)
+            end = _line_end(text, i)
+            if text[i:end].removesuffix("\r"):
+                fields = next(csv.reader(io.StringIO(text[start:end], newline="")), [])
+                raise PayloadError(400, f"text/csv record {record} has {len(fields)} fields; send one text per "
+                                        "record (quote it, doubling any quote inside)")
+        else:
+            end = _line_end(text, i)
+            value = text[i:end].removesuffix("\r")
+        out.append(value)
+        i, record = end + 1, record + 1
     return out
+
+
+def _line_end(text: str, i: int) -> int:
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end
+
+
+def _quoted(text: str, i: int, record: int) -> tuple[str, int]:
+    """The quoted field starting at text[i] == '"': (its value, the index after its closing quote)."""
+    parts, j = [], i + 1
+    while True:
+        q = text.find('"', j)
+        if q < 0:
+            raise PayloadError(400, f"text/csv record {record}: a quoted text is never closed")
+        parts.append(text[j:q])
+        if q + 1 < len(text) and text[q + 1] == '"':
+            parts.append('"')
+            j = q + 2
+            continue
+        return "".join(parts), q + 1
+
+
+def _csv_column(text: str) -> list[str]:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows:
+        return []
+    names = [c.strip() for c in rows[0]]
+    if "text" in names:
+        col = names.index("text")
+    elif len(names) == 1:
+        col = 0
+    else:
+        raise PayloadError(400, f"text/csv header has columns {names}; one must be named 'text'")
+    out = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            out.append("")
+            continue
+        if len(row) != len(names):
+            raise PayloadError(400, f"text/csv record {n} has {len(row)} fields; the header has {len(names)}")
+        out.append(row[col])
+    return out
+
+
+def response_format(accept: str | None) -> tuple[str, bool]:
+    """("json" | "csv", header row) for an Accept header; 406 when it names neither."""
+    if not accept:
+        return "json", False
+    best: tuple[float, int, str, bool] | None = None
+    for pos, item in enumerate(accept.split(",")):
+        kind, params = media_type(item)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        if q <= 0:
+            continue
+        if kind in ("application/json", "application/*", "*/*", ""):
+            fmt = "json"
+        elif kind in ("text/csv", "text/*"):
+            fmt = "csv"
+        else:
+            continue
+        cand = (q, -pos, fmt, params.get("header") != "absent")
+        if best is None or cand[:2] > best[:2]:
+            best = cand
+    if best is None:
+        raise PayloadError(406, f"cannot answer in {accept!r}; Accept {ANSWERS}")
+    return best[2], best[3]
+
+
+def render_csv(predictions: list[dict], labels: list[str], header: bool = True) -> bytes:
+    """One record per instance, in order: label, model_id, then a score column per class."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(["label", "model_id", *(f"score_{lab}" for lab in labels)])
+    for p in predictions:
+        w.writerow([p["label"], p["model_id"], *(repr(float(p["scores"][lab])) for lab in labels)])
+    return buf.getvalue().encode()
+
+
+def check_finite(predictions: list[dict]) -> None:
+    """NaN/inf are not JSON (nor probabilities): a model that produces them is broken, never answered with."""
+    for p in predictions:
+        if not all(math.isfinite(v) for v in p["scores"].values()):
+            raise ValueError("non-finite score")

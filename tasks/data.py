@@ -330,6 +330,21 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
     return warnings
 
 
+# A class needs a row in each of train, validation and test to be learnt and measured at all.
+MIN_CLASS_ROWS = 3
+
+
+def thin_class_warnings(label_counts: dict[str, int], what: str) -> list[str]:
+    """Warn (not refuse) about a class with fewer rows than splits: its F1, likely 0, still counts in macro-F1."""
+    out = []
+    for label, n in sorted((lab, n) for lab, n in label_counts.items() if n < MIN_CLASS_ROWS):
+        msg = (f"{what}: class {label!r} has only {int(n)} row(s), too few to be in the train, validation and test "
+               "splits; its F1 (likely 0) is averaged into macro-F1")
+        log.warning(msg)
+        out.append(msg)
+    return out
+
+
 def check_rows(df: pd.DataFrame, data: DataParams, what: str) -> tuple[pd.DataFrame, list[str]]:
     """The same checks on a DataFrame (tools and tests): the checked rows as (text, label)."""
     with tempfile.TemporaryDirectory(prefix="trainkite-check-") as tmp:
@@ -434,6 +449,9 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
         athena = run_query_to(data, data.query, raw, "data.query")
         con = _engine(tmp)
         warnings = check_raw(con, raw, data, "data.query", "q0")
+        # The training rows only: they are what gets split.
+        warnings += thin_class_warnings(dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()),
+                                        "data.query")
         seed, test = data.split_seed, data.test_fraction
         upto_validation = data.test_fraction + data.validation_fraction
         # split_of, in SQL: the first 8 bytes of sha256("<seed>\x1f<text>") as a fraction of 2**64.

@@ -25,6 +25,7 @@ from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from tasks.train import (
     TrainedModel,
+    check_divergence,
     epoch_batches,
     finish_training,
     local_weights,
@@ -105,7 +106,7 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
         if tracker.stopped:
             break
         model.train()
-        loss_sum, lr = 0.0, tp.learning_rate
+        loss_sum, lr, epoch_seen = 0.0, tp.learning_rate, 0
         for rows, lr in epoch_batches(tp, n, epoch):
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -119,6 +120,8 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
             optimizer.step()
             loss_sum += float(loss.detach()) * len(rows)
             seen += len(rows)
+            epoch_seen += len(rows)
+            check_divergence(epoch, loss_sum / epoch_seen, n_classes)
         val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
                     features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):

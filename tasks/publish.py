@@ -14,11 +14,11 @@ from params.model import Params
 from tasks.data import DatasetRef, local_snapshot
 from tasks.preprocess import FEATURE_SCHEMA, schemas
 from tasks.evaluate import EvalReport
-from tasks.train import TrainedModel
+from tasks.train import TrainedModel, check_finite_weights
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
 from trainkite.runfiles import local_copy
-from trainkite.store import ArtifactStore
+from trainkite.store import ArtifactStore, local_write
 
 log = logging.getLogger("trainkite.publish")
 
@@ -52,6 +52,16 @@ def wandb_run_id(model_id: str) -> str:
 def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
                   report: EvalReport, store: ArtifactStore, workdir: Path,
                   build: BuildContext | None = None) -> Published:
+    # A full disk or read-only folder while staging is one clear StoreError; the manifest (written last by
+    # mf.publish) is never written, so no half-published model is visible.
+    with local_write(f"stage the files of {model_id} under {workdir / 'publish'}"):
+        return _publish_model(params=params, model_id=model_id, dataset=dataset, trained=trained, report=report,
+                              store=store, workdir=workdir, build=build)
+
+
+def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
+                   report: EvalReport, store: ArtifactStore, workdir: Path,
+                   build: BuildContext | None = None) -> Published:
     ref = mf.ModelRef(params.model.name, model_id)
     stage = workdir / "publish"
     shutil.rmtree(stage, ignore_errors=True)
@@ -59,7 +69,9 @@ def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained
     def local(path: str, key: str | None) -> Path:
         return local_copy(store, key, Path(path)) if key else Path(path)
 
-    files: dict[str, Path] = {"weights.safetensors": local(trained.weights_path, trained.weights_key),
+    weights = local(trained.weights_path, trained.weights_key)
+    check_finite_weights(weights)  # the last gate: a diverged model never reaches the store
+    files: dict[str, Path] = {"weights.safetensors": weights,
                               "metrics.json": local(report.metrics_path, report.staged.get(report.metrics_path))}
     (stage / "features.json").write_text(json.dumps(feature_config(params, trained.labels), indent=2,
                                                     sort_keys=True))

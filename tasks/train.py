@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -25,10 +26,10 @@ from tasks.bow import BowClassifier, batch_slices, predict_proba
 from tasks.defaults import require_resolved
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
-from trainkite.errors import IntegrityError
+from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import local_copy, run_key, stage
-from trainkite.store import ArtifactStore
+from trainkite.store import ArtifactStore, local_write
 
 log = logging.getLogger("trainkite.train")
 # Step-level progress for the CLI's progress bar; kept off the Prefect API and the root logger.
@@ -118,8 +119,9 @@ def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: t
             for name, t in st.items():
                 tensors[f"optim.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
     local = workdir / "checkpoint.safetensors"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(local))
+    with local_write(f"write the checkpoint of epoch {state['epoch']} ({local})"):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(local))
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
     store.put_bytes(json.dumps(state).encode(), state_key)
@@ -196,7 +198,7 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
         if tracker.stopped:
             break
         model.train()
-        loss_sum = 0.0
+        loss_sum, epoch_seen = 0.0, 0
         for rows, lr in epoch_batches(tp, n, epoch):
             idx, offs = batch_slices(tr_off, len(tr_ids), rows)
             x = torch.from_numpy(tr_ids[idx].astype(np.int64)).to(device)
@@ -214,6 +216,8 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
             sgd_step(params_list, lr)
             loss_sum += float(ce.detach()) * len(rows)
             seen += len(rows)
+            epoch_seen += len(rows)
+            check_divergence(epoch, loss_sum / epoch_seen, n_classes)
         probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
         val = score(arrays["validation_y"], probs, features.labels)
         if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
@@ -222,6 +226,52 @@ def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref
 
     return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
                            best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+
+
+# A model whose mean loss per row is this many times a uniform guess's (ln of the class count) is not
+# learning: its logits are wrong by margins no data set produces. Relative, so no data set tunes it.
+DIVERGED_LOSS_FACTOR = 100.0
+
+
+def check_divergence(epoch: int, mean_loss: float, n_classes: int) -> None:
+    """Stop a training whose loss is NaN/inf or exploding; every model type's fit loop calls it each step.
+
+    `mean_loss` is the epoch's loss per row so far (what the history records as train_loss). Raising here,
+    before any checkpoint or weights file of the epoch is written, means a diverged run publishes nothing.
+    """
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {mean_loss}): the weights are no longer "
+                               "finite numbers; lower train.learning_rate or train.weight_decay. Nothing was "
+                               "published")
+    limit = DIVERGED_LOSS_FACTOR * math.log(max(2, n_classes))
+    if mean_loss > limit:
+        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {mean_loss:.4g} per row, over "
+                               f"{limit:.4g} = {DIVERGED_LOSS_FACTOR:g} x a uniform guess's); lower "
+                               "train.learning_rate or train.batch_size. Nothing was published")
+
+
+def non_finite_tensors(tensors: dict) -> list[str]:
+    """Names of the tensors holding NaN or inf (torch or numpy values)."""
+    bad = []
+    for name, t in tensors.items():
+        finite = torch.isfinite(t).all() if isinstance(t, torch.Tensor) else np.isfinite(t).all()
+        if not bool(finite):
+            bad.append(name)
+    return sorted(bad)
+
+
+def check_finite_weights(path: str | Path) -> None:
+    """Refuse a weights file with NaN/inf in it: publish calls it, so no such model reaches the store."""
+    from safetensors.numpy import load_file as load_numpy
+
+    try:
+        tensors = load_numpy(str(path))
+    except SafetensorError as err:
+        raise IntegrityError(f"{Path(path).name} is not a safetensors file ({str(err)[:200]})") from None
+    bad = non_finite_tensors({k: v for k, v in tensors.items() if v.dtype.kind == "f"})
+    if bad:
+        raise TrainingDiverged(f"{Path(path).name} holds non-finite values (NaN/inf) in {', '.join(bad[:5])}: the "
+                               "training diverged; refusing to publish it")
 
 
 def learning_rate(tp, step: int, total_steps: int) -> float:
@@ -291,8 +341,13 @@ def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_sta
                     labels: list[str], history: list[dict], best_epoch: int, device: str, resumed: int | None,
                     elapsed: float, seen: int) -> TrainedModel:
     """Save the best weights, stage them in the store for re-runs, and describe the result (any model type)."""
+    bad = non_finite_tensors(best_state)
+    if bad:
+        raise TrainingDiverged(f"training diverged (best epoch {best_epoch}): non-finite values in "
+                               f"{', '.join(bad[:5])}; lower train.learning_rate. Nothing was published")
     weights = workdir / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
+    with local_write(f"write {weights}"):
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
     weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
     return TrainedModel(
         weights_path=str(weights), weights_key=weights_key, labels=labels, history=history,

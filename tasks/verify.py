@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from params.model import Params, validate_params
@@ -93,8 +94,17 @@ def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path
     return ref, f"{how}: fingerprint {expected[:12]}… matches"
 
 
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    # A truncated or foreign file (its manifest hash forged to match) is refused by name, as predict does.
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise IntegrityError(f"{path.name} is not a readable safetensors file ({str(err)[:200]}); "
+                             "it cannot be compared") from None
+
+
 def compare_weights(a: Path, b: Path, tolerance: float | None) -> tuple[bool, bool, dict[str, dict]]:
-    ta, tb = load_file(str(a)), load_file(str(b))
+    ta, tb = _load_weights(a), _load_weights(b)
     tensors: dict[str, dict] = {}
     identical, close = True, True
     for name in sorted(set(ta) | set(tb)):
@@ -118,6 +128,7 @@ def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -
 
 def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float = 1e-4) -> VerifyReport:
     """Rebuild the model in `folder` (as `fetch_model` returns it: hashes verified) and compare its weights."""
+    _load_weights(folder / "weights.safetensors")  # readable before minutes of rebuilding
     recorded = manifest["lineage"].get("params")
     stored = json.loads((folder / "params.json").read_text())
     if recorded is None:

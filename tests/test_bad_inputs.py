@@ -60,6 +60,9 @@ def data_args(table_dir: str, query: str = "SELECT text, label FROM t", *more: s
 
 
 P, D, M, A = "params", "data", "model IDs", "AWS"
+S, PO = "store and manifests", "paths and output"
+BROKEN_MANIFESTS = ("manifest-a-list", "manifest-no-model-id", "manifest-entry-no-sha256", "manifest-no-files",
+                    "manifest-empty-files", "manifest-traversal")
 CLI_CASES = [
     # --- parameters -------------------------------------------------------------------------------------
     Cli("unknown-key", P, ("train", "--set", "train.epoch=3"), 2, "unknown key; allowed keys here",
@@ -134,6 +137,9 @@ CLI_CASES = [
         "must be a SELECT statement, not ATTACH", unit="test_scale.py::test_the_query_reads_data_path_only"),
     Cli("query-install", D, data_args("good", "INSTALL httpfs"), 2, "must be a SELECT statement, not LOAD",
         unit="test_scale.py::test_the_query_reads_data_path_only"),
+    Cli("class-with-one-row", D, data_args("one-row-class", "SELECT text, label FROM t", "--set",
+                                           'data.labels=["negative", "positive", "neutral"]'), 0,
+        "class 'neutral' has only 1 row(s)", accepted=True, extra={"warning": "class 'neutral' has only 1 row"}),
     # --- model IDs and paths -----------------------------------------------------------------------------
     Cli("unknown-model", M, ("predict", "no-such-model", "--text", "x", "--root", "{base}/store"), 2,
         "no model 'no-such-model'", unit="test_store.py::test_folder_without_manifest_is_not_a_model"),
@@ -145,6 +151,26 @@ CLI_CASES = [
     Cli("verify-traversal", M, ("verify", "..", "--root", "{base}/store"), 2, "invalid model ID"),
     Cli("folder-without-manifest", M, ("predict", "half-1", "--text", "x", "--root", "{base}/store"), 1,
         "has no manifest.json: it is not a model", unit="test_store.py::test_folder_without_manifest_is_not_a_model"),
+    # --- the store: manifests that cannot prove their files, a listing that survives them ----------------------
+    *[Cli(f"predict-{name}", S, ("predict", name, "--text", "x", "--root", "{base}/store"), 1, "cannot be verified",
+          unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused")
+      for name in BROKEN_MANIFESTS],
+    Cli("models-skips-broken-folders", S, ("models", "--json", "--root", "{base}/store"), 0,
+        "skipped sentiment/manifest-a-list", accepted=True, extra={"listed": "m-1"},
+        unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused"),
+    Cli("verify-truncated-weights", S, ("verify", "trunc-1", "--root", "{base}/store"), 1,
+        "weights.safetensors is not a readable safetensors file"),
+    # --- paths that are files, outputs that cannot be written ------------------------------------------------
+    Cli("home-is-a-file", PO, ("models",), 2, "is a file, not a folder",
+        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name"),
+    Cli("artifacts-root-is-a-file", PO, ("models", "--root", "{base}/a-file"), 2, "is a file, not a folder",
+        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name"),
+    Cli("predict-output-folder-missing", PO, ("predict", "m-1", "--input", "{base}/data/good/t.csv", "--output",
+                                             "{base}/no-such-folder/out.csv", "--root", "{base}/store"), 2,
+        "folder", unit="test_reliability_predict.py"),
+    Cli("predict-output-is-a-folder", PO, ("predict", "m-1", "--input", "{base}/data/good/t.csv", "--output",
+                                          "{base}/data", "--root", "{base}/store"), 2, "is a folder",
+        unit="test_reliability_predict.py"),
     # --- AWS (S3 artifact store) -------------------------------------------------------------------------
     Cli("missing-credentials", A, ("models", "--root", "s3://models/team"), 1, "no AWS credentials found",
         env="no-credentials", unit="test_store.py::test_s3_missing_credentials"),
@@ -187,6 +213,7 @@ def _make_inputs(base: Path, trained: Path) -> None:
     nested.mkdir(parents=True)
     pd.DataFrame({"text": [t.split() for t, _ in good], "label": [lab for _, lab in good]}).to_parquet(
         nested / "t.parquet", index=False)
+    table("one-row-class", [*good, ("an entirely neutral remark about the canteen", "neutral")])
     latin = base / "data" / "latin1"
     latin.mkdir(parents=True)
     (latin / "t.csv").write_bytes(b"text,label\n" + "".join(
@@ -197,6 +224,37 @@ def _make_inputs(base: Path, trained: Path) -> None:
     half = store / "sentiment" / "half-1"
     half.mkdir(parents=True)
     (half / "weights.safetensors").write_bytes((trained / "weights.safetensors").read_bytes())
+    (base / "a-file").write_text("not a folder")
+    (base / "homes").mkdir()
+    (base / "homes" / "home-is-a-file").write_text("not a folder")
+
+    def edit_manifest(model_id: str, edit) -> None:
+        folder = copy_model(trained, store, model_id)
+        m = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps(edit(m)))
+
+    def without(key):
+        return lambda m: {k: v for k, v in m.items() if k != key}
+
+    edits = {
+        "manifest-a-list": lambda m: [],
+        "manifest-no-model-id": without("model_id"),
+        "manifest-entry-no-sha256": lambda m: {**m, "files": {**m["files"], "weights.safetensors": {"size": 1}}},
+        "manifest-no-files": without("files"),
+        "manifest-empty-files": lambda m: {**m, "files": {}},
+        "manifest-traversal": lambda m: {**m, "files": {**m["files"], "../../etc/hostname": {"sha256": "0" * 64}}},
+    }
+    for model_id in BROKEN_MANIFESTS:
+        edit_manifest(model_id, edits[model_id])
+    # A truncated weights file whose manifest hash was updated to match: only reading it can tell.
+    import hashlib
+
+    trunc = copy_model(trained, store, "trunc-1")
+    data = (trunc / "weights.safetensors").read_bytes()[:100]
+    (trunc / "weights.safetensors").write_bytes(data)
+    m = json.loads((trunc / "manifest.json").read_text())
+    m["files"]["weights.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (trunc / "manifest.json").write_text(json.dumps(m))
 
 
 def _files(root: Path) -> set[str]:
@@ -252,10 +310,16 @@ def test_cli_refuses(case: Cli, cli_results):
     assert proc.returncode == case.rc, f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
     assert case.needle in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    if case.accepted and "listed" in case.extra:
+        out = json.loads(proc.stdout)
+        assert case.extra["listed"] in [m["model_id"] for m in out["models"]]
+        assert {b["model"].split("/")[1] for b in out["broken"]} == set(BROKEN_MANIFESTS)
+        TALLY.append((case.area, case.id, "warned"))
+        return
     if case.accepted:
         manifest = next(home.rglob("manifest.json"))
         warnings = json.loads((manifest.parent / "data" / "source.json").read_text())["warnings"]
-        assert any("conflicting labels" in w for w in warnings)
+        assert any(case.extra.get("warning", "conflicting labels") in w for w in warnings)
         TALLY.append((case.area, case.id, "warned"))
         return
     # Nothing written: no model, no staged run files, no checkpoints (Prefect's own cache/logs aside).
@@ -279,6 +343,10 @@ HTTP_CASES = [
     ("too-many-instances", json.dumps({"instances": ["x"] * 257}).encode(), "application/json", 413,
      "257 instances in one request; the limit is 256"),
     ("csv-not-utf8", b"caf\xe9\n", "text/csv", 400, "not valid UTF-8"),
+    ("csv-unclosed-quote", b'"a text that never ends\n', "text/csv", 400, "a quoted text is never closed"),
+    ("csv-two-fields-per-record", b'"one","two"\n', "text/csv", 400, "record 1 has 2 fields"),
+    ("csv-header-without-text-column", b"id,review\n1,ok\n", "text/csv; header=present", 400,
+     "one must be named 'text'"),
 ]
 
 
@@ -350,4 +418,4 @@ def test_zz_summary():
     print("\nbad inputs:\n" + "\n".join(lines))
     if len(TALLY) != expected:
         pytest.skip(f"only {len(TALLY)} of {expected} cases ran (a -k selection?): no totals to check")
-    assert total["refused"] >= 30 and total["warned"] == 1
+    assert total["refused"] >= 30 and total["warned"] == 3

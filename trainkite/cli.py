@@ -49,6 +49,15 @@ def user_errors(as_json: bool):
         # escape: messages quote user input and things like 'trainkite[encoder]' that are not markup.
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        # The last net under every command: a full disk or read-only folder that no layer below named.
+        from trainkite.store import disk_error
+
+        message = str(disk_error(f"{type(e).__name__}", e))
+        if as_json:
+            emit({"error": message, "exit_code": 1}, True)
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 class _ProgressHandler(logging.Handler):
@@ -144,6 +153,20 @@ def _check_tree(build) -> None:
     err.print("[yellow]warning:[/] the git tree has uncommitted changes; the manifest records it as dirty")
 
 
+def _api_gone(e: BaseException) -> bool:
+    """The run failed because its Prefect API stopped answering (not because of the training itself)."""
+    import httpx
+
+    seen = e
+    for _ in range(5):
+        if isinstance(seen, httpx.TransportError):
+            return True
+        if seen.__cause__ is None and seen.__context__ is None:
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _NoUserErrorTraceback(logging.Filter):
     """Prefect logs a failed run's exception with its traceback. For an error the user acts on (bad data, a
     taken model ID: a TrainkiteError) the one-line message is the whole story; the README promises no
@@ -176,9 +199,21 @@ def _run_train(params, model_id: str, build, as_json: bool) -> dict:
         handler = _ProgressHandler(progress)
         progress_logger.addHandler(handler)
         progress_logger.setLevel(logging.INFO)
+        from prefect import tags
+
+        from trainkite.prefect_server import run_tag
+
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            # The tag names this process, so a later `trainkite server stop`/`status` can mark the run Crashed
+            # if this process is killed before it can report an end.
+            with contextlib.redirect_stdout(sys.stderr), tags(run_tag()):
                 return train_flow(params=params, model_id=model_id, build=build)
+        except Exception as e:
+            if _api_gone(e):
+                raise TrainkiteError(f"the Prefect API at {os.environ.get('PREFECT_API_URL')} went away during the "
+                                     f"run ({type(e).__name__}: {str(e)[:200]}); was `trainkite server stop` run? "
+                                     "A published model is kept; re-run with the same --model-id to finish") from None
+            raise
         finally:
             progress_logger.removeHandler(handler)
 
@@ -199,6 +234,10 @@ def predict(
             raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
         if input_csv and not output_csv:
             raise UserInputError("--input needs --output (where the scored CSV goes)")
+        from trainkite import cli_predict
+
+        if output_csv:
+            cli_predict.check_output(output_csv)  # before the model loads and any row is scored
         from trainkite.manifest import fetch_model
 
         # Found and verified before torch loads (seconds): a bad or unknown ID is refused at once.
@@ -207,37 +246,27 @@ def predict(
 
         predictor = Predictor(folder, manifest)
         if text:
-            preds = [{"text": t, **p} for t, p in zip(text, predictor.predict(text), strict=True)]
+            scored = predictor.predict(text)
+            cli_predict.check_finite_predictions(scored, predictor.model_id)
+            preds = [{"text": t, **p} for t, p in zip(text, scored, strict=True)]
             emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
                  lambda: [print(json.dumps(p)) for p in preds])
             return
-        import pandas as pd
-
-        try:
-            df = pd.read_csv(input_csv, keep_default_na=False, dtype=str)
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise UserInputError(f"--input {str(input_csv)!r} cannot be read as CSV: {e}") from None
-        if text_column not in df.columns:
-            raise UserInputError(f"--input has no column {text_column!r} (columns: {', '.join(df.columns)}); "
-                                 "use --text-column")
-        preds = predictor.predict(df[text_column].tolist())
-        df["label"] = [p["label"] for p in preds]
-        df["model_id"] = predictor.model_id
-        for lab in predictor.labels:
-            df[f"score_{lab}"] = [p["scores"][lab] for p in preds]
-        df.to_csv(output_csv, index=False)
-        emit({"model_id": predictor.model_id, "rows": len(df), "output": str(output_csv)}, as_json,
-             lambda: err.print(f"wrote {len(df)} predictions to {output_csv}"))
+        done = cli_predict.score_csv(predictor, input_csv, output_csv, text_column,
+                                     None if as_json else cli_predict.progress_printer())
+        emit({"model_id": predictor.model_id, "rows": done["rows"], "output": str(output_csv),
+              "columns": done["columns"]}, as_json,
+             lambda: err.print(f"wrote {done['rows']} predictions to {output_csv}"))
 
 
 @app.command()
 def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """List published models with their metrics."""
     with user_errors(as_json):
-        from trainkite.manifest import list_models
+        from trainkite.manifest import list_models_report
 
         store = _store(root)
-        ms = list_models(store)
+        ms, broken = list_models_report(store)  # a broken folder is reported, not fatal to the listing
         rows = [{"model_id": m["model_id"], "model_name": m["model_name"], "created_at": m["created_at"],
                  "metrics": m.get("metrics", {}), "uri": store.uri(f"{m['model_name']}/{m['model_id']}")}
                 for m in ms]
@@ -253,7 +282,10 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                             ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
             Console().print(t)
 
-        emit({"root": store.root, "models": rows}, as_json, human)
+        for b in broken:  # on stderr in both modes: --json has them under "broken" too
+            err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False,
+                      soft_wrap=True)
+        emit({"root": store.root, "models": rows, "broken": broken}, as_json, human)
 
 
 @app.command()
@@ -289,20 +321,28 @@ def server_prepare(as_json: JsonOpt = False) -> None:
 
 
 @server_app.command("stop")
-def server_stop(as_json: JsonOpt = False) -> None:
-    """Stop the local Prefect server."""
-    from trainkite.prefect_server import stop
+def server_stop(
+    force: Annotated[bool, typer.Option("--force", help="Stop even while flow runs are active (they are "
+                                        "marked Crashed first).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop the local Prefect server (refused while flow runs are active, unless --force)."""
+    with user_errors(as_json):
+        from trainkite.prefect_server import stop
 
-    stopped = stop()
-    emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
+        stopped = stop(force=force)
+        emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
 
 
 @server_app.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Is the local Prefect server running?"""
-    from trainkite.prefect_server import status
+    from trainkite.prefect_server import reap_orphans, status
 
     s = status() or {"running": False}
+    if s.get("healthy"):
+        with contextlib.suppress(Exception):  # a status that cannot reap still reports
+            s["reaped"] = [r["name"] for r in reap_orphans(s["url"])]
     s.setdefault("running", True)
     emit(s, as_json, lambda: err.print(json.dumps(s)))
 

@@ -24,5 +24,10 @@ class ModelIdTaken(UserInputError):
     A user error, not a transient one, so Prefect's task retries don't retry it (issue 8)."""
 
 
+class TrainingDiverged(UserInputError):
+    """The training loss (or the weights) stopped being finite numbers, or grew far past a uniform guess's.
+    The same params and data diverge again, so it is not retried; nothing is published."""
+
+
 class IntegrityError(TrainkiteError):
     """An artifact does not match its manifest (tampered, truncated, or no manifest at all)."""

@@ -9,7 +9,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def home() -> Path:
-    return Path(os.environ.get("TRAINKITE_HOME", "~/.trainkite")).expanduser().resolve()
+    path = Path(os.environ.get("TRAINKITE_HOME", "~/.trainkite")).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        from trainkite.errors import UserInputError
+
+        raise UserInputError(f"TRAINKITE_HOME={str(path)!r} is a file, not a folder; point it at a folder "
+                             "(it holds artifacts, runs, caches and the local Prefect server)")
+    return path
 
 
 def default_artifact_root() -> str:

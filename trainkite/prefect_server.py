@@ -6,6 +6,8 @@ Prefect's ephemeral mode starts a server in every process (15-30 s here); a back
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -21,8 +23,12 @@ from pathlib import Path
 
 import requests
 
-from trainkite.errors import TrainkiteError
+from trainkite.errors import TrainkiteError, UserInputError
 from trainkite.home import home
+
+# How long a starter waits for another to finish starting the server (the lock is held only for the check
+# and the spawn, not the start-up itself: well under a second).
+START_LOCK_TIMEOUT_S = 60.0
 
 
 def _state_file() -> Path:
@@ -70,9 +76,16 @@ def seed_database(prefect_home_dir: Path) -> bool:
     if db.exists() or os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or not template.is_file():
         return False
     prefect_home_dir.mkdir(parents=True, exist_ok=True)
-    partial = prefect_home_dir / "prefect.db.partial"
-    shutil.copyfile(template, partial)
-    os.replace(partial, db)
+    # A name of its own: two seeders sharing one temp name moved each other's file away (FileNotFoundError).
+    fd, partial = tempfile.mkstemp(dir=prefect_home_dir, prefix="prefect.db.", suffix=".partial")
+    os.close(fd)
+    try:
+        shutil.copyfile(template, partial)
+        if db.exists():  # another seeder got there first: theirs stays
+            return False
+        os.replace(partial, db)
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return True
 
 
@@ -102,12 +115,39 @@ def _free_port(preferred: int = 4200) -> int:
     raise TrainkiteError("no free port for the Prefect server")
 
 
+@contextlib.contextmanager
+def _start_lock(timeout: float = START_LOCK_TIMEOUT_S):
+    """One starter at a time per TRAINKITE_HOME: the check "is one running?" and the spawn are one step, so
+    concurrent first commands start one server (four at once used to start up to four on one database)."""
+    ph = prefect_home()
+    ph.mkdir(parents=True, exist_ok=True)
+    with open(ph / "start.lock", "a+") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrainkiteError(f"another trainkite command has been starting the local Prefect server "
+                                         f"for over {timeout:.0f}s (lock {ph / 'start.lock'})") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def status() -> dict | None:
     f = _state_file()
     if not f.is_file():
         return None
-    state = json.loads(f.read_text())
-    if not _alive(state["pid"]):
+    try:
+        state = json.loads(f.read_text())
+        pid = int(state["pid"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged state file: treated as no server (the next start rewrites it)
+    if not _alive(pid):
         return None
     state["healthy"] = _healthy(state["url"])
     return state
@@ -127,6 +167,14 @@ def begin(quiet: bool = False) -> dict:
     current = status()
     if current:  # healthy, or started by another command and still coming up
         return current
+    with _start_lock():
+        current = status()  # whoever held the lock before us may have started it
+        if current:
+            return current
+        return _spawn(quiet)
+
+
+def _spawn(quiet: bool) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     ph = prefect_home()
@@ -140,7 +188,9 @@ def begin(quiet: bool = False) -> dict:
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     state = {"pid": proc.pid, "url": url, "port": port, "log": str(ph / "server.log")}
-    _state_file().write_text(json.dumps(state))
+    partial = _state_file().with_name(f"server.json.{os.getpid()}.partial")
+    partial.write_text(json.dumps(state))
+    os.replace(partial, _state_file())  # a reader never sees half a state file
     if not quiet:
         print(f"Starting a local Prefect server at {url[:-4]} (once; stop it with `trainkite server stop`)",
               file=sys.stderr)
@@ -160,12 +210,92 @@ def _wait(state: dict, timeout: float) -> dict:
     raise TrainkiteError(f"the local Prefect server did not answer within {timeout:.0f}s; see {state.get('log')}")
 
 
-def stop() -> bool:
+ACTIVE_STATES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
+# A tag `trainkite-pid:<pid>:<start ticks>@<host>` on a flow run says which local process runs it (see
+# run_tag), so a run whose process is gone can be told from one still training.
+PID_TAG = "trainkite-pid:"
+
+
+def _proc_started(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def run_tag(pid: int | None = None) -> str:
+    """The tag a local command puts on the flow runs it executes in-process."""
+    pid = pid or os.getpid()
+    return f"{PID_TAG}{pid}:{_proc_started(pid)}@{socket.gethostname()}"
+
+
+def _process_gone(tag: str) -> bool:
+    """True when the tag names a process on this host that no longer runs (pid dead, or reused)."""
+    try:
+        pid_part, host = tag[len(PID_TAG):].rsplit("@", 1)
+        pid_s, started = pid_part.split(":", 1)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False  # another machine's process: not ours to judge
+    return not _alive(pid) or (started != "" and _proc_started(pid) not in ("", started))
+
+
+def _api(url: str, method: str, path: str, body: dict | None = None):
+    r = requests.request(method, f"{url}{path}", json=body, timeout=10)
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+def active_runs(url: str) -> list[dict]:
+    """Flow runs not in a final state, with {"id", "name", "state", "tags"}."""
+    runs = _api(url, "POST", "/flow_runs/filter",
+                {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}, "limit": 200})
+    return [{"id": r["id"], "name": r["name"], "state": (r.get("state") or {}).get("type"),
+             "tags": r.get("tags") or []} for r in runs]
+
+
+def mark_crashed(url: str, run_id: str, message: str) -> None:
+    _api(url, "POST", f"/flow_runs/{run_id}/set_state",
+         {"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True})
+
+
+def reap_orphans(url: str) -> list[dict]:
+    """Move flow runs whose local process is gone (SIGKILLed, OOM-killed) to Crashed; the ones reaped.
+
+    Nothing in a killed process can report its end; its tag names the process, so any later command that
+    looks (`trainkite server stop`, `server status`) can tell and record it.
+    """
+    reaped = []
+    for run in active_runs(url):
+        tag = next((t for t in run["tags"] if t.startswith(PID_TAG)), None)
+        if tag and _process_gone(tag):
+            mark_crashed(url, run["id"], f"its process ({tag[len(PID_TAG):]}) is gone: killed before it "
+                                         "could report an end")
+            reaped.append(run)
+    return reaped
+
+
+def stop(force: bool = False) -> bool:
+    """Stop the local server; refuse (UserInputError) while flow runs are active, unless `force`, which first
+    marks them Crashed so none stays Running for good on a server that is gone."""
     current = status()
     f = _state_file()
     if not current:
         f.unlink(missing_ok=True)
         return False
+    if _healthy(current["url"]):
+        reap_orphans(current["url"])
+        active = active_runs(current["url"])
+        if active and not force:
+            names = ", ".join(f"{r['name']} ({r['state']})" for r in active[:5])
+            raise UserInputError(f"{len(active)} flow run(s) are active on the local Prefect server: {names}"
+                                 f"{' ...' if len(active) > 5 else ''}; stopping it would strand them. Wait for "
+                                 "them, cancel them in the UI, or run `trainkite server stop --force`")
+        for run in active:
+            mark_crashed(current["url"], run["id"], "the local Prefect server was stopped (`trainkite server stop "
+                                                    "--force`) while this run was active")
     try:
         os.killpg(current["pid"], signal.SIGTERM)
     except OSError:

@@ -7,10 +7,13 @@ on S3), which is what lets `manifest.json`, written last, act as the commit mark
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +23,41 @@ from trainkite.home import default_artifact_root
 
 class StoreError(TrainkiteError):
     pass
+
+
+_DISK_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space and re-run (a training resumes from its last checkpoint)",
+    errno.EDQUOT: "the disk quota is used up: free space and re-run",
+    errno.EFBIG: "the file is larger than this system allows (ulimit -f)",
+    errno.EROFS: "the file system is read-only: use a writable artifacts.root / TRAINKITE_HOME",
+    errno.EACCES: "permission denied: use a writable artifacts.root / TRAINKITE_HOME",
+    errno.EPERM: "permission denied: use a writable artifacts.root / TRAINKITE_HOME",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def disk_error(what: str, err: OSError) -> StoreError:
+    """A local read or write that failed (full disk, read-only store, ...), as one line saying what to do."""
+    advice = _DISK_ADVICE.get(err.errno, "")
+    where = f" ({err.filename})" if err.filename else ""
+    return StoreError(f"{what}: {err.strerror or err}{where}{'; ' + advice if advice else ''}")
+
+
+@contextlib.contextmanager
+def local_write(what: str) -> Iterator[None]:
+    """Turn an OSError from writing local files (a store, a run's scratch folder) into a StoreError that says
+    what to do; whatever wrote a temp file removes it itself, so nothing half-written is left."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as err:
+        raise disk_error(what, err) from None
+    except Exception as err:
+        # safetensors reports a failed write (ENOSPC, EFBIG) as its own error type, with the OS message in it.
+        if type(err).__name__ == "SafetensorError":
+            raise StoreError(f"{what}: {err}") from None
+        raise
 
 
 def _check_key(key: str) -> str:
@@ -76,6 +114,9 @@ class LocalStore(ArtifactStore):
     def __init__(self, root: str | Path):
         self.base = Path(root).expanduser().resolve()
         self.root = str(self.base)
+        if self.base.exists() and not self.base.is_dir():
+            raise UserInputError(f"artifact root {self.root!r} is a file, not a folder; set artifacts.root (or "
+                                 "TRAINKITE_ARTIFACTS) to a folder")
 
     def _path(self, key: str) -> Path:
         return self.base / _check_key(key)
@@ -85,16 +126,17 @@ class LocalStore(ArtifactStore):
 
     def put_file(self, local: Path, key: str) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            shutil.copyfile(local, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with local_write(f"write {self.uri(key)}"):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            os.close(fd)
+            try:
+                shutil.copyfile(local, tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def _written_temp(self, data: bytes, dest: Path) -> Path:
         """`data` fsynced into a temp file beside `dest`, ready to be renamed or linked into place."""
@@ -113,12 +155,13 @@ class LocalStore(ArtifactStore):
 
     def put_bytes(self, data: bytes, key: str) -> None:
         dest = self._path(key)
-        tmp = self._written_temp(data, dest)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with local_write(f"write {self.uri(key)}"):
+            tmp = self._written_temp(data, dest)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -127,11 +170,12 @@ class LocalStore(ArtifactStore):
             raise StoreError(f"{self.uri(key)} does not exist") from None
 
     def download(self, key: str, local: Path) -> None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copyfile(self._path(key), local)
-        except FileNotFoundError:
-            raise StoreError(f"{self.uri(key)} does not exist") from None
+        with local_write(f"copy {self.uri(key)} to {local}"):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(self._path(key), local)
+            except FileNotFoundError:
+                raise StoreError(f"{self.uri(key)} does not exist") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -157,13 +201,14 @@ class LocalStore(ArtifactStore):
 
     def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
         dest = self._path(key)
-        tmp = self._written_temp(data, dest)
-        try:
-            os.link(tmp, dest)  # atomic and create-only: the complete file appears, or nothing
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        with local_write(f"write {self.uri(key)}"):
+            tmp = self._written_temp(data, dest)
+            try:
+                os.link(tmp, dest)  # atomic and create-only: the complete file appears, or nothing
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
         return True
 
 

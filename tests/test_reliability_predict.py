@@ -1,0 +1,83 @@
+"""`trainkite predict --input/--output` as a user runs it: input columns kept, atomic output, streamed input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures_models import copy_model, trained_model_dir  # noqa: F401
+from trainkite.cli_predict import CHUNK_ROWS, output_columns
+
+
+@pytest.fixture(scope="module")
+def store(trained_model_dir, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("predict") / "store"
+    copy_model(trained_model_dir, root, "p-1")
+    return root
+
+
+def _predict(store: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainkite", "predict", "p-1", "--root", str(store), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRAINKITE_HOME": str(store.parent / "home")})
+
+
+def test_prediction_columns_never_overwrite_input_columns():
+    cols = output_columns(["id", "text", "label", "predicted_label"], ["a", "b"])
+    assert cols == {"label": "predicted_predicted_label", "model_id": "model_id", "score_a": "score_a",
+                    "score_b": "score_b"}
+
+
+def test_ground_truth_survives_scoring_in_place(store, tmp_path):
+    src = tmp_path / "truth.csv"
+    pd.DataFrame({"text": ["Great team, fair pay", "line one\nline two, with a comma", "Awful hours"],
+                  "label": ["positive", "neutral", "negative"]}).to_csv(src, index=False)
+    before = pd.read_csv(src, keep_default_na=False, dtype=str)
+    out = _predict(store, "--input", str(src), "--output", str(src), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["rows"] == 3 and result["columns"]["label"] == "predicted_label"
+    after = pd.read_csv(src, keep_default_na=False, dtype=str)
+    assert list(after.columns[:2]) == ["text", "label"] and "predicted_label" in after.columns
+    pd.testing.assert_frame_equal(after[["text", "label"]], before)  # truth and quoted newlines intact
+    assert set(after["predicted_label"]) <= {"negative", "neutral", "positive"}
+    assert not list(tmp_path.glob(".*.part")), "no temp file left"
+
+
+def test_an_unwritable_output_is_refused_before_scoring(store, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("text\nhello\n")
+    out = _predict(store, "--input", str(src), "--output", str(tmp_path / "missing" / "out.csv"))
+    assert out.returncode == 2 and "does not exist; create it first" in out.stderr
+    assert "scored" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_failure_mid_stream_leaves_the_old_output_untouched(store, tmp_path):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    good = "".join(f"text number {i}\n" for i in range(CHUNK_ROWS + 10)).encode()
+    src.write_bytes(b"text\n" + good + "caf\xe9 latin-1\n".encode("latin-1"))
+    dst.write_text("the previous output\n")
+    out = _predict(store, "--input", str(src), "--output", str(dst), "--json")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "cannot be read as CSV" in json.loads(out.stdout)["error"]
+    assert dst.read_text() == "the previous output\n"
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_a_large_input_is_streamed_with_progress(store, tmp_path):
+    src, dst = tmp_path / "big.csv", tmp_path / "big-out.csv"
+    n = 2 * CHUNK_ROWS + 123
+    src.write_text("id,text\n" + "".join(f"{i},review {i}: the pay is fair and the team kind\n" for i in range(n)))
+    out = _predict(store, "--input", str(src), "--output", str(dst))
+    assert out.returncode == 0, out.stderr[-2000:]
+    progress = [line for line in out.stderr.splitlines() if line.startswith("scored ")]
+    assert progress == [f"scored {CHUNK_ROWS} rows", f"scored {2 * CHUNK_ROWS} rows", f"scored {n} rows"]
+    df = pd.read_csv(dst)
+    assert len(df) == n and list(df["id"]) == list(range(n)) and (df["model_id"] == "p-1").all()
