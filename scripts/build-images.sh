@@ -76,10 +76,21 @@ if [[ "$engine" == podman ]]; then
     # The environment's value first (it is the one pip uses), then a key only once.
     "${pip_cmd[@]}" config list 2>/dev/null | sed -n "s/^[^.]*\.\([a-z-]*\)='\(.*\)'$/\1 = \2/p" | awk '!seen[$1]++'
   } >"$tmp/pip.conf"
+  # An index a Dockerfile names (--index-url) that does not answer here would cost pip five retries with
+  # backoff for every package it looks up; with retries 0 it moves on to the configured find-links and indexes.
+  for url in $(grep -ho -- '--index-url [^ ]*' infra/docker/Dockerfile.* | awk '{print $2}' | sort -u); do
+    if ! timeout 15 python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" \
+        "$url/" >/dev/null 2>&1; then
+      echo "build-images: $url does not answer here; pip in the build runs with retries = 0" >&2
+      grep -q '^retries = ' "$tmp/pip.conf" || echo "retries = 0" >>"$tmp/pip.conf"
+    fi
+  done
   args+=(--network host -v "$tmp/pip.conf:/etc/pip.conf:ro")
   declare -A mounted=()
   for value in $(sed -n 's/^[a-z-]* = //p' "$tmp/pip.conf"); do
     path="${value#file://}"
+    # A file:// index's pages link to the files beside it (../../files/...): mount the folder above it.
+    [[ "$value" == file://* ]] && path="$(dirname "$path")"
     [[ "$path" == /* && -e "$path" ]] || continue
     [[ -z "${mounted[$path]:-}" ]] || continue
     mounted[$path]=1

@@ -168,7 +168,7 @@ def test_serve_image_is_lean_and_has_no_torch(images):
     assert size <= SERVE_MAX_BYTES, f"{images['serve']} is {size / 1e6:.0f} MB"
     probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
              "('torch', 'transformers', 'prefect', 'wandb', 'awswrangler', 'duckdb', 'onnxruntime', 'tokenizers')}))")
-    proc = _engine_run("run", "--rm", "--entrypoint", "python", images["serve"], "-c", probe)
+    proc = _engine_run("run", "--rm", "--network", "host", "--entrypoint", "python", images["serve"], "-c", probe)
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found == {"torch": False, "transformers": False, "prefect": False, "wandb": False, "awswrangler": False,
                      "duckdb": False, "onnxruntime": True, "tokenizers": True}
@@ -312,8 +312,59 @@ def test_train_image_runs_the_batch_job_definition(images, aws, prefect_api, tmp
 def test_gpu_image_carries_the_cuda_build_the_readme_states():
     image = _build("gpu")["gpu"]
     probe = "import json, torch; print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda}))"
-    got = json.loads(_engine_run("run", "--rm", "--entrypoint", "python", image, "-c", probe,
+    got = json.loads(_engine_run("run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c", probe,
                                  timeout=300).stdout.strip().splitlines()[-1])
     assert got["version"] == "2.13.0" and got["cuda"].startswith("13.")
     readme = (REPO / "infra" / "docker" / "README.md").read_text()
     assert f"CUDA {got['cuda'][:4]}" in readme and "driver >= 580" in readme
+
+
+def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, prefect_api, tmp_path, monkeypatch):
+    """`deployments apply --local-containers`, Prefect's docker worker on the engine's Docker API, one run."""
+    pytest.importorskip("prefect_docker", reason="prefect-docker (the dev extra) is not installed")
+    from prefect.deployments import run_deployment
+
+    from deployments.apply import apply
+    from deployments.specs import LOCAL_CONTAINERS_POOL
+    from tests.conftest import small_params
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TRAINKITE_HOME", str(home))
+    monkeypatch.setenv("TRAINKITE_TRAIN_IMAGE", images["train"])
+    procs: list[subprocess.Popen] = []
+    try:
+        if ENGINE == "podman":
+            sock = tmp_path / "podman.sock"
+            procs.append(subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                assert time.monotonic() < deadline, "podman system service made no socket in 30 s"
+                time.sleep(0.1)
+            docker_host = f"unix://{sock}"
+        else:
+            docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        report = apply(local_containers=True)
+        pools = {p["name"]: p["status"] for p in report["pools"]}
+        assert pools[LOCAL_CONTAINERS_POOL] in ("created", "unchanged"), report["pools"]
+        name = f"train/{LOCAL_CONTAINERS_POOL}"
+        assert any(d["name"] == name and d["status"] in ("created", "updated", "unchanged")
+                   for d in report["deployments"]), report["deployments"]
+        log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed with the worker)
+        procs.append(subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "prefect"), "worker", "start", "--pool", LOCAL_CONTAINERS_POOL,
+             "--type", "docker"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, "DOCKER_HOST": docker_host}))
+        params = small_params().model_dump(mode="json")
+        run = run_deployment(name, parameters={"params": params, "model_id": "ctr-1"}, timeout=900)
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert run.state.is_completed(), f"{run.state}\n{worker_log[-5000:]}"
+        manifest = json.loads((home / "artifacts" / "sentiment" / "ctr-1" / "manifest.json").read_text())
+        assert manifest["lineage"]["git"]["commit"] == images["train"].rsplit(":", 1)[1]
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
