@@ -86,6 +86,9 @@ if [[ "$engine" == podman ]]; then
     fi
   done
   args+=(--network host -v "$tmp/pip.conf:/etc/pip.conf:ro")
+  # podman 4.3's buildah reuses a cached `ENV X=${ARG}` layer built with another value of the ARG: a rebuild
+  # for a new commit whose files are unchanged kept the old commit. Set both on the final image instead.
+  args+=(--env "TRAINKITE_GIT_COMMIT=$commit" --label "org.opencontainers.image.revision=$commit")
   declare -A mounted=()
   for value in $(sed -n 's/^[a-z-]* = //p' "$tmp/pip.conf"); do
     path="${value#file://}"
