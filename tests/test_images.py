@@ -332,6 +332,7 @@ def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, pre
     monkeypatch.setenv("TRAINKITE_HOME", str(home))
     monkeypatch.setenv("TRAINKITE_TRAIN_IMAGE", images["train"])
     procs: list[subprocess.Popen] = []
+    run = None
     try:
         if ENGINE == "podman":
             sock = tmp_path / "podman.sock"
@@ -362,6 +363,10 @@ def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, pre
         manifest = json.loads((home / "artifacts" / "sentiment" / "ctr-1" / "manifest.json").read_text())
         assert manifest["lineage"]["git"]["commit"] == images["train"].rsplit(":", 1)[1]
     finally:
+        if run is not None:  # the worker leaves the flow run's container behind (as `docker run` without --rm)
+            left = _engine_run("ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={run.id}", check=False)
+            for container_id in left.stdout.split():
+                _engine_run("rm", "-f", container_id, check=False)
         for proc in reversed(procs):
             proc.terminate()
             try:
