@@ -33,8 +33,14 @@ class ApplyError(TrainkiteError):
 
 
 def apply(*, dry_run: bool = False, specs: Iterable[DeploymentSpec] = DEPLOYMENTS,
-          pools: Iterable[PoolSpec] = POOLS) -> dict[str, Any]:
-    """Apply (or with dry_run, only compare) pools, deployments and automations; returns a report."""
+          pools: Iterable[PoolSpec] = POOLS, local_containers: bool = False) -> dict[str, Any]:
+    """Apply (or with dry_run, only compare) pools, deployments and automations; returns a report.
+
+    `local_containers` adds the local container pool and its deployments (specs.LOCAL_CONTAINER_POOLS)."""
+    if local_containers:
+        from deployments.specs import LOCAL_CONTAINER_POOLS, local_container_deployments
+
+        specs, pools = [*specs, *local_container_deployments()], [*pools, *LOCAL_CONTAINER_POOLS]
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -72,6 +78,10 @@ def _base_job_template(pool: PoolSpec) -> dict[str, Any]:
         from prefect.workers.process import ProcessWorker
 
         return ProcessWorker.get_default_base_job_template()
+    if pool.template == "docker":
+        from prefect_docker.worker import DockerWorker
+
+        return DockerWorker.get_default_base_job_template()
     if pool.template == "ecs_gpu":
         from deployments.ecs import gpu_base_job_template
 

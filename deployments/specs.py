@@ -163,3 +163,52 @@ def deployment(full_name: str) -> DeploymentSpec:
         if spec.full_name == full_name:
             return spec
     raise KeyError(f"no deployment {full_name!r} in deployments/specs.py")
+
+
+# ------------------------------------------------ local container compute (`deployments apply --local-containers`)
+# The laptop twin of the ECS path: Prefect's docker worker starts each flow run in the train image
+# (scripts/build-images.sh train) on the local engine; with podman, its Docker-compatible API socket:
+#   podman system service --time=0 unix:///run/podman/podman.sock &
+#   DOCKER_HOST=unix:///run/podman/podman.sock prefect worker start --pool trainkite-local-containers
+# The container reaches the local Prefect server on the host network and writes to the host's
+# TRAINKITE_HOME (artifact store, W&B offline runs), mounted at the same path and written as the host's
+# user, so `trainkite models` / `verify` on the host see what it trained. Read when `deployments apply` runs.
+LOCAL_CONTAINERS_POOL = "trainkite-local-containers"
+
+
+def _local_train_image() -> str:
+    from trainkite.lineage import git_output
+
+    return os.environ.get("TRAINKITE_TRAIN_IMAGE") or f"trainkite-train:{git_output('rev-parse', 'HEAD') or 'unknown'}"
+
+
+def _local_container_variables() -> dict[str, Any]:
+    from trainkite.home import home as tk_home
+
+    home = str(tk_home().resolve())
+    return {
+        "image": _local_train_image(),
+        "image_pull_policy": "Never",  # built here; no registry to pull from
+        "network_mode": "host",
+        "volumes": [f"{home}:{home}"],
+        "env": {**_LOCAL_ENV, "TRAINKITE_HOME": home, "HOME": home},
+        "container_create_kwargs": {"user": f"{os.getuid()}:{os.getgid()}"},
+    }
+
+
+LOCAL_CONTAINER_POOLS: tuple[PoolSpec, ...] = (
+    PoolSpec(LOCAL_CONTAINERS_POOL, "docker", "Each flow run in the train image on this machine's container engine "
+             "(docker, or podman's Docker-compatible socket): the local twin of the ECS pool.", template="docker",
+             optional_module="prefect_docker"),
+)
+
+
+def local_container_deployments() -> tuple[DeploymentSpec, ...]:
+    return (
+        DeploymentSpec(
+            "train", LOCAL_CONTAINERS_POOL, "flows/train.py:train", LOCAL_CONTAINERS_POOL,
+            "Train one text classifier in the train image on the local container engine (as the ECS pool does "
+            "on AWS), W&B offline, artifacts in the host's TRAINKITE_HOME.",
+            path=IMAGE_APP_DIR, job_variables=_local_container_variables(), concurrency_limit=2,
+        ),
+    )

@@ -86,7 +86,8 @@ class ModelSlot:
         if self.ready_dir:
             (Path(self.ready_dir) / str(os.getpid())).write_text(_started(os.getpid()))
         self.status = "ready"
-        log.info("model %s loaded from %s; ready", predictor.model_id, predictor.folder)
+        log.info("model %s loaded from %s (%s); ready", predictor.model_id, predictor.folder,
+                 getattr(predictor, "backend", "torch"))
 
 
 def _started(pid: int) -> str:
@@ -121,14 +122,18 @@ def loaded_workers(ready_dir: str) -> int:
 
 def _loader(model_dir, model_id, store_root, expected_model_id):
     def load():
-        from tasks.predict import Predictor
+        # numpy / ONNX Runtime where the model allows (the lean image has no torch), else torch.
+        from serving.predictor import load_predictor
+        from trainkite.manifest import fetch_model, load_dir_manifest
 
         if model_dir is not None:
-            predictor = Predictor.from_dir(Path(model_dir))
+            folder = Path(model_dir)
+            manifest = load_dir_manifest(folder)
         else:
             from trainkite.store import open_store
 
-            predictor = Predictor.from_store(open_store(store_root), model_id)
+            folder, manifest = fetch_model(open_store(store_root), model_id)
+        predictor = load_predictor(folder, manifest)
         if expected_model_id and predictor.model_id != expected_model_id:
             raise TrainkiteError(f"this container was deployed for model {expected_model_id} (TRAINKITE_MODEL_ID) "
                                  f"but the model files are {predictor.model_id}; refusing to serve them")

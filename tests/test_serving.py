@@ -407,17 +407,17 @@ def test_startup_does_not_wait_for_the_model(opt_ml_model, monkeypatch):
 
     from starlette.testclient import TestClient
 
-    import tasks.predict
+    import serving.predictor
     from serving.app import create_app
 
     release = threading.Event()
-    real = tasks.predict.Predictor.from_dir
+    real = serving.predictor.load_predictor
 
-    def slow(folder):
+    def slow(folder, manifest):
         release.wait(30)
-        return real(folder)
+        return real(folder, manifest)
 
-    monkeypatch.setattr(tasks.predict.Predictor, "from_dir", staticmethod(slow))
+    monkeypatch.setattr(serving.predictor, "load_predictor", slow)
     app = create_app(model_dir=opt_ml_model)
     t0 = time.monotonic()
     with TestClient(app) as c:

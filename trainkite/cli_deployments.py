@@ -24,14 +24,18 @@ def _print_report(report: dict) -> None:
                       highlight=False)
 
 
-def apply(as_json: JsonOpt = False) -> None:
+def apply(as_json: JsonOpt = False,
+          local_containers: bool = typer.Option(
+              False, "--local-containers",
+              help="Also the local container pool: flow runs in the train image on docker/podman (needs "
+                   "prefect-docker; see deployments/specs.py)")) -> None:
     """Create or update the work pools, deployments and release automations (idempotent)."""
     with user_errors(as_json):
         from deployments.apply import apply as apply_all
         from trainkite.prefect_server import ensure_api
 
         ensure_api()
-        report = apply_all()
+        report = apply_all(local_containers=local_containers)
         emit(report, as_json, lambda: _print_report(report))
 
 
