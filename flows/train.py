@@ -33,7 +33,7 @@ def train(
         dataset = steps.fetch_data(params, model_id)
         features = steps.preprocess(dataset, params, model_id)
         trained = steps.train_model(features, params, model_id)
-        report = steps.evaluate(trained, features, params, model_id)
+        report = steps.evaluate(trained, features, params, model_id, dataset)
         published = steps.publish(params, model_id, dataset, trained, report, build)
         tracking = steps.track(params, published, report, tags or [])
         steps.notify(build, published, report, tracking)

@@ -81,7 +81,12 @@ def _train_key(context, p) -> str:
 # inputs, another artifact root or TRAINKITE_HOME) would hand on keys that do not exist in this one.
 def _evaluate_key(context, p) -> str:
     params: Params = p["params"]
-    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash())
+    # The comparison is part of the result: a new champion (or the override) means evaluating again.
+    from tasks.champion import allow_worse, champion_id
+
+    champion = champion_id(_store(params), params.model.name) if p.get("dataset") is not None else None
+    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash(),
+                              champion, allow_worse())
 
 
 def _track_key(context, p) -> str:
@@ -118,8 +123,10 @@ def train_model(features: FeaturesRef, params: Params, model_id: str) -> tn.Trai
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str) -> ev.EvalReport:
-    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix)
+def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str,
+             dataset: data.DatasetRef | None = None) -> ev.EvalReport:
+    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix,
+                       dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
