@@ -167,8 +167,10 @@ def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalR
     fields = nt.success_fields(
         model_id=published.model_id, artifact_uri=published.artifact_uri,
         wandb_run_id=tracking["run_id"] if tracking else None,
-        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary))
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
+        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary),
+        comparison=report.metrics.get("comparison"))
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+                                report.metrics.get("comparison"))
     return nt.notify_success(build, fields, md)
 
 
