@@ -29,6 +29,7 @@ def train(
     """
     model_id = resolve_model_id(model_id, build)
     with stop_if_build_canceled(build):
+        steps.start_tracking(params)
         steps.check_code(build)
         dataset = steps.fetch_data(params, model_id)
         features = steps.preprocess(dataset, params, model_id)

@@ -186,3 +186,29 @@ def evidence_line(comparison: dict | None) -> str:
             f"accuracy {comparison['deltas']['accuracy']:+.4f} (McNemar p={m['p_value']:.3g}), "
             f"macro-F1 {comparison['deltas']['macro_f1']:+.4f} "
             f"({bt['confidence']:.0%} CI [{bt['ci_low']:+.4f}, {bt['ci_high']:+.4f}])")
+
+
+def comparison_table(comparison: dict | None) -> list[dict]:
+    """Rows for a table (Prefect artifact): each metric and class F1, champion against challenger."""
+    if not comparison or "metrics" not in comparison:
+        return []
+    champ = comparison["champion"]["model_id"]
+    rows = [{"metric": m, "champion": comparison["metrics"]["champion"][m],
+             "challenger": comparison["metrics"]["challenger"][m], "delta": comparison["deltas"][m]}
+            for m in ("accuracy", "macro_f1")]
+    rows += [{"metric": f"f1 {lab}", "champion": v["champion"], "challenger": v["challenger"], "delta": v["delta"]}
+             for lab, v in comparison.get("per_class_f1", {}).items()]
+    m, bt = comparison["mcnemar"], comparison["bootstrap"]
+    rows.append({"metric": "McNemar exact p (accuracy)", "champion": m["champion_only_right"],
+                 "challenger": m["challenger_only_right"], "delta": m["p_value"]})
+    rows.append({"metric": f"macro_f1 delta {bt['confidence']:.0%} CI", "champion": bt["ci_low"],
+                 "challenger": bt["ci_high"], "delta": bt["delta"]})
+    for row in rows:
+        row["champion_id"] = champ
+    return rows
+
+
+def confusion_table(cm: list[list[int]], labels: list[str]) -> list[dict]:
+    """One row per true label, one column per predicted label."""
+    return [{"true \\ predicted": labels[i], **{labels[j]: int(v) for j, v in enumerate(row)}}
+            for i, row in enumerate(cm)]

@@ -8,6 +8,7 @@ fingerprint + preprocess params only, so it is shared across runs and sweep conf
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -96,6 +97,12 @@ def _track_key(context, p) -> str:
 _cached = {"persist_result": True, "result_serializer": "json"}
 
 
+def start_tracking(params: Params) -> None:
+    """Start W&B (import, service) in the background while the data is fetched. Deliberately not a task: it
+    returns at once, and a task's round trips to the Prefect API would cost more than it saves."""
+    tr.start(params)
+
+
 @task(name="check_code", cache_policy=NONE)
 def check_code(build: BuildContext | None) -> dict:
     return provenance.check_code_commit(build)
@@ -176,12 +183,39 @@ def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalR
 
 @task(name="report", cache_policy=NONE)
 def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None) -> dict:
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
+    comparison = report.metrics.get("comparison")
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+                                comparison)
     create_markdown_artifact(key="model-card", markdown=md, description=f"model {published.model_id}")
     create_table_artifact(key="model-metrics", table=[{"metric": k, "value": v} for k, v in report.summary.items()],
                           description=f"metrics of {published.model_id}")
+    _report_evidence(published, report, comparison)
     return {"model_id": published.model_id, "artifact_uri": published.artifact_uri, "metrics": report.summary,
             "wandb": tracking}
+
+
+def _report_evidence(published: pb.Published, report: ev.EvalReport, comparison: dict | None) -> None:
+    """The comparison and the confusion matrices in the run's Artifacts tab (tables, and the images inline)."""
+    from tasks import compare as cp
+
+    labels = published.manifest["labels"]
+    rows = cp.comparison_table(comparison)
+    if rows:
+        create_table_artifact(key="champion-comparison", table=rows, description=cp.evidence_line(comparison))
+    split = "evaluation" if "evaluation" in report.metrics else "test"
+    if split not in report.metrics:
+        return
+    cm = report.metrics[split]["confusion"]
+    create_table_artifact(key="confusion-matrix", table=cp.confusion_table(cm, labels),
+                          description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)")
+    images = {"challenger": report.plots.get(split), "champion": report.plots.get("champion")}
+    md = [f"### Confusion matrices on the {split} split", "", f"**Verdict:** {cp.evidence_line(comparison)}", ""]
+    for who, path in images.items():
+        if path and Path(path).is_file():
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            md += [f"**{who}**", "", f"![{who} confusion matrix](data:image/png;base64,{data})", ""]
+    create_markdown_artifact(key="confusion-matrices", markdown="\n".join(md),
+                             description=f"confusion matrices of {published.model_id}")
 
 
 @task(name="decide_retrain", cache_policy=NONE)
