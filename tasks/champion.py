@@ -47,6 +47,10 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
     champ = {k: found.get(k) for k in ("model_id", "target", "endpoint", "since", "set_by", "source")}
     if found["model_id"] == model_id:
         return {**base, "verdict": cp.NOT_COMPARED, "champion": champ, "reason": "this model is the champion"}
+    if len(texts) != len(y):
+        # The texts come from the data snapshot, the labels from the features: they must be the same rows.
+        return {**base, "verdict": cp.NOT_COMPARED, "champion": champ,
+                "reason": f"{len(texts)} texts for {len(y)} labelled {split} rows: not the same rows"}
     try:
         from tasks.predict import Predictor
 
