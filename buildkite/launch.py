@@ -78,8 +78,13 @@ def idempotency_key(build: BuildContext) -> str:
     return f"buildkite-{build.organization}-{build.pipeline}-{build.number}"
 
 
+# Build settings the run acts on: the override that lets a significantly worse model through review (the
+# run records it in the model's lineage), and the deploy target whose champion the model is compared with.
+SETTINGS_ENV = ("TRAINKITE_ALLOW_WORSE", "TRAINKITE_DEPLOY_TARGET", "TRAINKITE_CHAMPION_TARGET")
+
+
 def job_env(env: Mapping[str, str], model_id: str) -> dict[str, str]:
-    out = {k: env[k] for k in IDENTITY_ENV if env.get(k)}
+    out = {k: env[k] for k in (*IDENTITY_ENV, *SETTINGS_ENV) if env.get(k)}
     out["TRAINKITE_MODEL_ID"] = model_id
     return out
 

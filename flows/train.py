@@ -30,12 +30,13 @@ def train(
     """
     model_id = resolve_model_id(model_id, build)
     with stop_if_build_canceled(build):
+        steps.start_tracking(params)
         steps.check_code(build)
         dataset = steps.fetch_data(params, model_id)
         params = steps.resolve_defaults(params, dataset)
         features = steps.preprocess(dataset, params, model_id)
         trained = steps.train_model(features, params, model_id)
-        report = steps.evaluate(trained, features, params, model_id)
+        report = steps.evaluate(trained, features, params, model_id, dataset)
         published = steps.publish(params, model_id, dataset, trained, report, build)
         tracking = steps.track(params, published, report, tags or [])
         steps.notify(build, published, report, tracking)

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from params.model import Params
+from tasks.data import DatasetRef
 from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from tasks.model_types import split_scorer
@@ -52,17 +53,19 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
 
 
 def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store: ArtifactStore,
-             workdir: Path, prefix: str) -> EvalReport:
+             workdir: Path, prefix: str, dataset: DatasetRef | None = None) -> EvalReport:
+    """Score every split; with `dataset` (the raw texts) also the champion on the same evaluation rows."""
     arrays = load_features(features, store, workdir)
     probs_of = split_scorer(trained, params, arrays, len(features.labels), store)
     metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
                      "history": trained.history}
     plots: dict[str, str] = {}
+    split_probs: dict[str, np.ndarray] = {}
     for split in ("validation", "test", "evaluation"):
         y = arrays[f"{split}_y"]
         if len(y) == 0:
             continue
-        probs = probs_of(split)
+        probs = split_probs[split] = probs_of(split)
         metrics[split] = score(y, probs, features.labels)
         if split != "validation":
             path = workdir / "plots" / f"confusion_{split}.png"
@@ -74,12 +77,38 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
             summary[f"{split}_accuracy"] = round(metrics[split]["accuracy"], 4)
             summary[f"{split}_macro_f1"] = round(metrics[split]["macro_f1"], 4)
     metrics["summary"] = summary
+    if dataset is not None:
+        metrics["comparison"] = _champion_comparison(dataset, arrays, split_probs, features, params, store,
+                                                     Path(prefix).name)
+        cm = (metrics["comparison"].get("confusion") or {}).get("champion")
+        if cm:
+            path = workdir / "plots" / "confusion_champion.png"
+            champ = metrics["comparison"]["champion"]["model_id"]
+            plot_confusion(cm, features.labels, f"champion {champ} on {metrics['comparison']['split']}", path)
+            plots["champion"] = str(path)
     out = workdir / "metrics.json"
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     staged = {str(out): stage(store, out, run_key(prefix, "metrics.json"))}
     for path in plots.values():
         staged[path] = stage(store, Path(path), run_key(prefix, f"plots/{Path(path).name}"))
     return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots, staged=staged)
+
+
+def _champion_comparison(dataset: DatasetRef, arrays: dict, split_probs: dict, features: FeaturesRef,
+                         params: Params, store: ArtifactStore, model_id: str) -> dict:
+    from tasks.champion import compare_with_champion
+    from tasks.data import local_snapshot, read_snapshot
+
+    # The human-labelled set is what both models are judged on; without one, the test split.
+    split = "evaluation" if "evaluation" in split_probs else "test"
+    if split not in split_probs:
+        return {"verdict": "not compared", "champion": None, "reason": "no evaluation or test rows"}
+    rows = read_snapshot(local_snapshot(dataset, store))
+    texts = rows.loc[rows["split"] == split, "text"].tolist()
+    return compare_with_champion(store=store, model_name=params.model.name, model_id=model_id, split=split,
+                                 y=arrays[f"{split}_y"], challenger_probs=split_probs[split],
+                                 labels=features.labels, texts=texts, primary_metric=params.evaluation.primary_metric,
+                                 seed=params.train.seed)
 
 
 def one_line(summary: dict[str, float]) -> str:

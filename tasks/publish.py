@@ -50,6 +50,14 @@ def wandb_run_id(model_id: str) -> str:
     return model_id.replace(".", "-")
 
 
+def _champion_lineage(comparison: dict | None) -> dict | None:
+    """Which model this one was judged against, the verdict, and whether a worse verdict was overridden."""
+    if not comparison:
+        return None
+    return {"model_id": (comparison.get("champion") or {}).get("model_id"), "verdict": comparison.get("verdict"),
+            "allow_worse": bool(comparison.get("allow_worse"))}
+
+
 def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
                   report: EvalReport, store: ArtifactStore, workdir: Path,
                   build: BuildContext | None = None) -> Published:
@@ -116,6 +124,7 @@ def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, traine
         "seed": params.train.seed,
         "device": trained.device,
         "threads": params.train.threads,
+        "champion": _champion_lineage(report.metrics.get("comparison")),
     }
     manifest = mf.publish(store, ref, files, {
         "lineage": lineage,
@@ -124,6 +133,7 @@ def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, traine
         "model_type": params.model.type,
         "serving": serving,
         "resumed_from_epoch": trained.resumed_from_epoch,
+        "comparison": report.metrics.get("comparison"),
     })
     log.info("published %s to %s", model_id, store.uri(ref.prefix))
     return Published(model_id=model_id, model_name=ref.name, artifact_uri=store.uri(ref.prefix), manifest=manifest)

@@ -8,6 +8,7 @@ fingerprint + preprocess params only, so it is shared across runs and sweep conf
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -81,7 +82,12 @@ def _train_key(context, p) -> str:
 # inputs, another artifact root or TRAINKITE_HOME) would hand on keys that do not exist in this one.
 def _evaluate_key(context, p) -> str:
     params: Params = p["params"]
-    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash())
+    # The comparison is part of the result: a new champion (or the override) means evaluating again.
+    from tasks.champion import allow_worse, champion_id
+
+    champion = champion_id(_store(params), params.model.name) if p.get("dataset") is not None else None
+    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash(),
+                              champion, allow_worse())
 
 
 def _track_key(context, p) -> str:
@@ -89,6 +95,12 @@ def _track_key(context, p) -> str:
 
 
 _cached = {"persist_result": True, "result_serializer": "json"}
+
+
+def start_tracking(params: Params) -> None:
+    """Start W&B (import, service) in the background while the data is fetched. Deliberately not a task: it
+    returns at once, and a task's round trips to the Prefect API would cost more than it saves."""
+    tr.start(params)
 
 
 @task(name="check_code", cache_policy=NONE)
@@ -132,8 +144,10 @@ def train_model(features: FeaturesRef, params: Params, model_id: str) -> tn.Trai
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str) -> ev.EvalReport:
-    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix)
+def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str,
+             dataset: data.DatasetRef | None = None) -> ev.EvalReport:
+    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix,
+                       dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
@@ -174,19 +188,48 @@ def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalR
     fields = nt.success_fields(
         model_id=published.model_id, artifact_uri=published.artifact_uri,
         wandb_run_id=tracking["run_id"] if tracking else None,
-        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary))
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
+        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary),
+        comparison=report.metrics.get("comparison"))
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+                                report.metrics.get("comparison"))
     return nt.notify_success(build, fields, md)
 
 
 @task(name="report", cache_policy=NONE)
 def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None) -> dict:
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking))
+    comparison = report.metrics.get("comparison")
+    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+                                comparison)
     create_markdown_artifact(key="model-card", markdown=md, description=f"model {published.model_id}")
     create_table_artifact(key="model-metrics", table=[{"metric": k, "value": v} for k, v in report.summary.items()],
                           description=f"metrics of {published.model_id}")
+    _report_evidence(published, report, comparison)
     return {"model_id": published.model_id, "artifact_uri": published.artifact_uri, "metrics": report.summary,
             "wandb": tracking}
+
+
+def _report_evidence(published: pb.Published, report: ev.EvalReport, comparison: dict | None) -> None:
+    """The comparison and the confusion matrices in the run's Artifacts tab (tables, and the images inline)."""
+    from tasks import compare as cp
+
+    labels = published.manifest["labels"]
+    rows = cp.comparison_table(comparison)
+    if rows:
+        create_table_artifact(key="champion-comparison", table=rows, description=cp.evidence_line(comparison))
+    split = "evaluation" if "evaluation" in report.metrics else "test"
+    if split not in report.metrics:
+        return
+    cm = report.metrics[split]["confusion"]
+    create_table_artifact(key="confusion-matrix", table=cp.confusion_table(cm, labels),
+                          description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)")
+    images = {"challenger": report.plots.get(split), "champion": report.plots.get("champion")}
+    md = [f"### Confusion matrices on the {split} split", "", f"**Verdict:** {cp.evidence_line(comparison)}", ""]
+    for who, path in images.items():
+        if path and Path(path).is_file():
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            md += [f"**{who}**", "", f"![{who} confusion matrix](data:image/png;base64,{data})", ""]
+    create_markdown_artifact(key="confusion-matrices", markdown="\n".join(md),
+                             description=f"confusion matrices of {published.model_id}")
 
 
 @task(name="decide_retrain", cache_policy=NONE)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 PIPELINE = REPO / "buildkite" / "pipeline.yml"
 SCHEMA = Path(__file__).parent / "data" / "buildkite-schema.json"
 UNBLOCK_FIELDS = ["model-id", "model-data-path", "wandb-run-id", "model-env", "docker-image", "metrics",
-                  "training-status"]
+                  "comparison-verdict", "champion-model-id", "training-status"]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,30 @@ def test_commands_and_step_scripts(steps):
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     deploy = (REPO / "buildkite/steps/deploy.sh").read_text()
     assert 'trainkite deploy "$model_id"' in deploy and "--approved-by" in deploy
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Buildkite's upload-time `${VAR:-default}` (shared/reference/buildkite.md 2.4), enough for these values."""
+    import re
+
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+
+
+def test_deploys_only_from_main_unless_configured(steps):
+    keys = _by_key(steps)
+    for key in ("deploy", "deploy_model"):
+        branches = keys[key]["branches"]
+        assert _interpolate(branches, {}) == "main"
+        assert _interpolate(branches, {"TRAINKITE_DEPLOY_BRANCHES": "main release/*"}) == "main release/*"
+    assert "branches" not in keys["review"] and "branches" not in keys["launch_training"]
+
+
+def test_one_deploy_at_a_time_per_endpoint(steps):
+    step = _by_key(steps)["deploy_model"]
+    assert step["concurrency"] == 1
+    group = step["concurrency_group"]
+    assert _interpolate(group, {}) == "trainkite/deploy/sagemaker/trainkite-sentiment"
+    other = _interpolate(group, {"TRAINKITE_DEPLOY_ENDPOINT": "trainkite-topic"})
+    assert other == "trainkite/deploy/sagemaker/trainkite-topic"
+    # Block steps take no part in concurrency groups (reference pitfall 15).
+    assert all("concurrency_group" not in s for s in steps if "block" in s)

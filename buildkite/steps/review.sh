@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Review what the training flow reported when it released `training_finished`: fail the build
-# loudly when training failed; otherwise annotate it with the metrics, the W&B run and the
-# artifacts, for the people who press "Deploy?".
+# loudly when training failed; otherwise annotate it with the metrics, the W&B runs, the artifacts and
+# the comparison with the champion, for the people who press "Deploy?".
 set -euo pipefail
 
 get() {
@@ -28,22 +28,6 @@ if [[ "$status" != "passed" ]]; then
   exit 1
 fi
 
-if [[ "$wandb_run" == "none" ]]; then
-  wandb="tracking was off"
-elif [[ -n "${WANDB_ENTITY:-}" ]]; then
-  wandb="[${wandb_run}](${WANDB_BASE_URL_APP:-https://wandb.ai}/${WANDB_ENTITY}/${WANDB_PROJECT:-trainkite}/runs/${wandb_run})"
-else
-  wandb="offline run ID \`${wandb_run}\` (\`wandb sync\` it to see it online)"
-fi
-
-rows=""
-read -r -a pairs <<<"$metrics"
-for pair in "${pairs[@]}"; do
-  rows+="| ${pair%%=*} | ${pair#*=} |"$'\n'
-done
-
-{
-  printf '### Review: model `%s`\n\n' "$model_id"
-  printf '| metric | value |\n|---|---|\n%s\n' "$rows"
-  printf -- '- W&B: %s\n- artifacts: `%s`\n\nPress **Deploy?** to put it live.\n' "$wandb" "$artifacts"
-} | buildkite-agent annotate --style success --context trainkite-review
+# Champion against challenger: both confusion matrices uploaded as build artifacts and embedded in the
+# annotation; a significantly worse model fails here unless the build sets TRAINKITE_ALLOW_WORSE=1.
+exec trainkite review

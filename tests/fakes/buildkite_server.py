@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import re
 import threading
@@ -68,6 +69,8 @@ _ROUTES = [
     ("POST", _BUILD + r"/annotations", "_create_annotation", "write_builds"),
     ("GET", "/_fake" + _BUILD[3:] + r"/meta-data", "_get_meta_data", None),
     ("POST", "/_fake" + _BUILD[3:] + r"/meta-data", "_set_meta_data", None),
+    ("GET", _BUILD + r"/artifacts", "_list_artifacts", "read_artifacts"),
+    ("POST", "/_fake" + _BUILD[3:] + r"/artifacts", "_upload_artifact", None),
 ]
 
 
@@ -294,6 +297,12 @@ class FakeBuildkite:
         with self._lock:
             found = self._find_build(org, pipeline, number)["_annotations"]
             return [{**_public(a), "body": a["_body"]} for a in found]
+
+    def artifacts(self, org: str, pipeline: str, number: int) -> list[dict[str, Any]]:
+        """Uploaded artifacts in upload order, each with its `content` (bytes) besides the API fields."""
+        with self._lock:
+            found = self._find_build(org, pipeline, number)["_artifacts"]
+            return [{**_public(a), "content": a["_content"]} for a in found]
 
     def inject(
         self,
@@ -581,6 +590,41 @@ class FakeBuildkite:
         existing.update(style=style, priority=priority, body_html=existing["_body"], updated_at=now)
         return 201, _public(existing)
 
+    def _list_artifacts(self, auth, query, body, org, pipeline, number):
+        return 200, _public(self._find_build(org, pipeline, number)["_artifacts"])
+
+    def _upload_artifact(self, auth, query, body, org, pipeline, number):
+        # What `buildkite-agent artifact upload` leaves behind (the real agent talks to the Agent API and
+        # cloud storage; only the result, the REST artifact list, is Buildkite's documented contract).
+        build = self._find_build(org, pipeline, number)
+        body = body if isinstance(body, dict) else {}
+        path = body.get("path")
+        if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/"):
+            raise _HTTPError(422, "path must be a relative path inside the job's working directory")
+        try:
+            content = base64.b64decode(body.get("content_base64") or "", validate=True)
+        except ValueError:
+            raise _HTTPError(422, "content_base64 is not base64") from None
+        artifact_id = str(uuid.uuid4())
+        api = f"{self.url}/organizations/{org}/pipelines/{pipeline}/builds/{number}"
+        job = next((j for j in build["jobs"] if j["type"] == "script"), None)
+        artifact = {
+            "id": artifact_id,
+            "job_id": job["id"] if job else None,
+            "url": f"{api}/jobs/{job['id'] if job else '-'}/artifacts/{artifact_id}",
+            "download_url": f"{api}/jobs/{job['id'] if job else '-'}/artifacts/{artifact_id}/download",
+            "state": "finished",
+            "path": path,
+            "dirname": path.rsplit("/", 1)[0] if "/" in path else ".",
+            "filename": path.rsplit("/", 1)[-1],
+            "mime_type": "image/png" if path.endswith(".png") else "application/octet-stream",
+            "file_size": len(content),
+            "sha1sum": hashlib.sha1(content).hexdigest(),
+            "_content": content,
+        }
+        build["_artifacts"].append(artifact)
+        return 201, _public(artifact)
+
     def _get_meta_data(self, auth, query, body, org, pipeline, number):
         return 200, dict(self._find_build(org, pipeline, number)["meta_data"])
 
@@ -689,6 +733,7 @@ class FakeBuildkite:
                 "web_url": web,
             },
             "_annotations": [],
+            "_artifacts": [],
         }
         self._refresh_blocked(build)
         entry["builds"][number] = build
