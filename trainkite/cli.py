@@ -31,12 +31,76 @@ RootOpt = Annotated[str | None, typer.Option("--root", help="Artifact store root
                                              "default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME/artifacts.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("trainkite")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            from trainkite import __version__ as v
+        print(f"trainkite {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False,
+) -> None:
+    """Reproducible text-classifier training on Prefect."""
+
+
+def load_cli_params(path: Path | None, overrides: list[str] | None):
+    """`load_params`, but a key that came from `--set` is reported as coming from --set, not the file."""
+    from pydantic import ValidationError
+
+    from params import apply_overrides, load_params, parse_overrides
+    from params.model import DEFAULT_PARAMS_FILE, Params, ParamsError, _format_validation_error, read_params_file
+
+    if not overrides:
+        return load_params(path, [])
+    source_file = Path(path) if path else DEFAULT_PARAMS_FILE
+    ov = parse_overrides(overrides)
+    data = apply_overrides(read_params_file(source_file), ov)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        from_set = sorted({".".join(str(p) for p in x["loc"][:2]) for x in e.errors()} & set(ov))
+        source = (f"--set {', '.join(from_set)} (over {source_file})" if from_set else str(source_file))
+        raise ParamsError(_format_validation_error(e, source)) from None
+
+
+def require_model_type(params) -> None:
+    """A model type whose extra is not installed is refused here, before a server starts or a file is
+    written (the flow would only find out in its preprocess step, after fetching and staging data)."""
+    if params.model.type == "encoder":
+        from tasks.encoder import require
+
+        require()
+
+
 def emit(obj: dict, as_json: bool, human: callable | None = None) -> None:
     if as_json:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
         sys.stdout.flush()
     elif human:
         human()
+
+
+def print_table(table, whole: tuple[str, ...] = ("model ID",)) -> None:
+    """Print a rich table on stdout without cutting a cell: rich would shrink it to the terminal (80 columns
+    when piped) and cut IDs a user pastes back. The table gets its natural width when the terminal is
+    narrower (the terminal wraps the line; the text stays whole), and the named columns never wrap."""
+    for col in table.columns:
+        if col.header in whole:
+            col.no_wrap = True
+            col.min_width = max([len(str(col.header)), *(len(str(c)) for c in col.cells)])
+    console = Console()
+    natural = console.measure(table, options=console.options.update(max_width=1000)).maximum
+    if natural > console.width:
+        console = Console(width=natural)
+    console.print(table)
 
 
 @contextlib.contextmanager
@@ -89,7 +153,7 @@ def train(
 ) -> None:
     """Train a model on the data the params file points at (local DuckDB by default)."""
     with user_errors(as_json):
-        from params import apply_overrides, load_params, parse_overrides, validate_params
+        from params import apply_overrides, parse_overrides, validate_params
 
         if params_json is not None:
             try:
@@ -98,7 +162,8 @@ def train(
                 raise UserInputError(f"--params-json is not valid JSON: {e}") from None
             params = validate_params(apply_overrides(raw, parse_overrides(overrides or [])), source="--params-json")
         else:
-            params = load_params(params_file, overrides or [])
+            params = load_cli_params(params_file, overrides)
+        require_model_type(params)
         configure_quiet_offline_env()
         from trainkite.ids import resolve_model_id
         from trainkite.prefect_server import begin_api, ensure_api
@@ -251,7 +316,7 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                 t.add_row(r["model_id"], r["model_name"], r["created_at"],
                           *(f"{m[k]:.4f}" if k in m else "-" for k in
                             ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
-            Console().print(t)
+            print_table(t)
 
         emit({"root": store.root, "models": rows}, as_json, human)
 
@@ -285,7 +350,8 @@ def server_prepare(as_json: JsonOpt = False) -> None:
         from trainkite.prefect_server import prepare_database
 
         path = prepare_database()
-        emit({"template": str(path)}, as_json, lambda: err.print(f"Prefect database template: {path}"))
+        # The path is the command's result: on stdout, so `server prepare >/dev/null` is silent.
+        emit({"template": str(path)}, as_json, lambda: print(path))
 
 
 @server_app.command("stop")

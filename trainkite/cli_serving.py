@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, user_errors
+from trainkite.cli import JsonOpt, RootOpt, emit, err, print_table, user_errors
 from trainkite.errors import TrainkiteError
 from trainkite.home import configure_quiet_offline_env
 
@@ -43,9 +43,28 @@ def serve(
     _run(folder, model_id, host, port, workers)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on before saying "serving at" (uvicorn would find out only
+    after the banner, and end in its own error). Bound the way uvicorn binds, then released at once."""
+    import socket
+
+    from trainkite.errors import UserInputError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise UserInputError(f"cannot serve on {host}:{port}: {e.strerror or e} (something else is listening "
+                                 "there? choose another --port)") from None
+
+
 def _run(folder: Path, model_id: str, host: str, port: int, workers: int) -> None:
     from serving.entrypoint import run_server
 
+    with user_errors(False):
+        check_port_free(host, port)
     err.print(f"serving {model_id} at http://{host}:{port} (GET /ping, POST /invocations); Ctrl+C stops it",
               highlight=False)
     run_server(folder, host=host, port=port, workers=workers, expected_model_id=model_id)
@@ -89,9 +108,9 @@ def deploy(
 ) -> None:
     """Deploy a verified model to SageMaker or locally, and record it in the deployment log."""
     with user_errors(as_json):
-        from params import load_params
+        from trainkite.cli import load_cli_params
 
-        params = load_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
+        params = load_cli_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
         _preflight(params, model_id, target, port, allow_older)
         configure_quiet_offline_env()
         from trainkite.prefect_server import begin_api, ensure_api
@@ -160,7 +179,10 @@ def deployments_list(
             for r in rows:
                 t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r["time"],
                           r.get("approved_by") or "-", r.get("previous_model_id") or "-")
-            Console().print(t if rows else "no deployments recorded in " + store.root)
+            if rows:
+                print_table(t)
+            else:
+                Console().print("no deployments recorded in " + store.root)
 
         emit({"root": store.root, "live": live, "deployments": records}, as_json, human)
 

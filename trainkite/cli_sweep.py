@@ -34,10 +34,11 @@ def sweep(
 ) -> None:
     """Hyper-parameter sweep: every configuration is its own train run; the best is the sweep's candidate."""
     with user_errors(as_json):
-        from params import load_params
         from tasks import sweep as sw
+        from trainkite.cli import load_cli_params, require_model_type
 
-        params = load_params(params_file, overrides or [])
+        params = load_cli_params(params_file, overrides)
+        require_model_type(params)
         parsed = sw.parse_grid(grid or [])
         # Plan here first: a sweep with no valid configuration is refused before any server starts.
         plan = sw.plan_sweep(params, parsed, random, seed, max_parallel, sweep_id)

