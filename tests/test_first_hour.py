@@ -110,3 +110,27 @@ def test_serve_on_a_busy_port_refuses_without_claiming_to_serve(model_factory, c
     assert proc.returncode == 2, proc.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in proc.stderr
     assert "serving" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, prefect_api):
+    import signal
+    import time
+
+    from tests.process_helpers import finish, wait_for
+
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "train", "--set", "train.epochs=40",
+                             "--set", "tracking.backend=none"], cwd=REPO, text=True,
+                            env={**os.environ, "TRAINKITE_HOME": str(home)}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Interrupted mid-training: once the first epoch checkpoint is being written.
+    wait_for("a checkpoint", lambda: list((home / "artifacts").glob("*/*/checkpoints/*")), 240, proc=proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rc, out, err = finish(proc, 120)
+    assert rc == 130, err
+    mid = next(p.name for p in (home / "artifacts" / "sentiment").iterdir())
+    assert f"interrupted: model {mid} is not finished" in err
+    resume = err.strip().splitlines()[-1].strip()
+    assert resume == f"trainkite train --set train.epochs=40 --set tracking.backend=none --model-id {mid}", err
+    assert out == ""

@@ -177,7 +177,17 @@ def train(
         build = BuildContext.from_env()
         _check_tree(build)
         mid = resolve_model_id(model_id, build)
-        result = _run_train(params, mid, build, as_json)
+        try:
+            result = _run_train(params, mid, build, as_json)
+        except KeyboardInterrupt:
+            # The model ID is what a resume needs; the finished steps and the last checkpoint are kept.
+            resume = _resume_command(params_file, overrides, params_json, mid)
+            if as_json:
+                emit({"error": "interrupted", "model_id": mid, "resume": resume, "exit_code": 130}, True)
+            err.print(f"[yellow]interrupted:[/] model {mid} is not finished; resume it (finished steps are "
+                      f"reused, training restarts from its last checkpoint) with:\n  {resume}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         sample = None
         if not as_json:
             from tasks.predict import Predictor
@@ -196,6 +206,20 @@ def train(
             print(result["model_id"])
 
         emit(result, as_json, human)
+
+
+def _resume_command(params_file: Path | None, overrides: list[str] | None, params_json: str | None,
+                    model_id: str) -> str:
+    import shlex
+
+    args = ["trainkite", "train"]
+    if params_json is not None:
+        args += ["--params-json", params_json]
+    elif params_file is not None:
+        args += ["--params", str(params_file)]
+    for o in overrides or []:
+        args += ["--set", o]
+    return shlex.join([*args, "--model-id", model_id])
 
 
 def _check_tree(build) -> None:
