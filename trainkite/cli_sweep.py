@@ -26,7 +26,7 @@ def sweep(
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, max=64,
                                               help="Configurations training at the same time.")] = 2,
     deployment: Annotated[str | None, typer.Option("--deployment", help="Run each configuration on this train "
-                                                   "deployment (e.g. train/trainkite-gpu-ecs).")] = None,
+                                                   "deployment (e.g. train/train-ecs-gpu).")] = None,
     sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Reuse a sweep ID and its model IDs "
                                                  "(finished steps are reused).")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the leaderboard as CSV here.")] = None,
