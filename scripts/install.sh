@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-say() { echo "install.sh: $*" >&2; }
+say() { echo "install.sh [${SECONDS}s]: $*" >&2; }
 if [ ! -x .venv/bin/python ]; then
   # A full disk otherwise shows up halfway through as "[Errno 28] No space left on device".
   need_mb=3072

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -134,3 +135,32 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
     resume = err.strip().splitlines()[-1].strip()
     assert resume == f"trainkite train --set train.epochs=40 --set tracking.backend=none --model-id {mid}", err
     assert out == ""
+
+
+def test_deploy_local_really_serves_in_the_background_until_stopped(model_factory, cli_env, prefect_api):  # noqa: F811
+    import requests
+
+    from tests.conftest import _free_port
+
+    model_factory("live-1")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc = tk("deploy", "live-1", "--target", "local", "--port", str(port), env=cli_env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == url
+        # The command has returned; the server keeps serving what the log says is live.
+        r = requests.post(f"{url}/invocations", json={"instances": ["great team"]}, timeout=10)
+        assert r.status_code == 200 and r.json()["predictions"][0]["model_id"] == "live-1"
+        listed = json.loads(tk("deployments", "list", "--json", env=cli_env, timeout=60).stdout)
+        [live] = [r for r in listed["live"] if r["endpoint"] == url]
+        assert (live["model_id"], live["check"]) == ("live-1", "serving")
+    finally:
+        stopped = tk("deployments", "stop", "--json", env=cli_env, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert [s["model_id"] for s in json.loads(stopped.stdout)["stopped"]] == ["live-1"]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/ping", timeout=5)
+    listed = json.loads(tk("deployments", "list", "--json", env=cli_env, timeout=60).stdout)
+    # The log still says what was deployed; the check says it is not serving any more.
+    assert [r["check"] for r in listed["live"] if r["endpoint"] == url] == ["not serving"]

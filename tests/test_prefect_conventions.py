@@ -146,3 +146,37 @@ def test_prefect_yaml_names_exactly_the_deployments_apply_made(applied_by_cli):
     declared = yaml.safe_load(Path(REPO / "prefect.yaml").read_text())["deployments"]
     made = sorted(e["name"] for e in report["deployments"] if e["status"] not in ("skipped", "deleted"))
     assert sorted(f"{_flow_of(d['entrypoint'])}/{d['name']}" for d in declared) == made
+
+
+def test_a_flow_run_started_by_a_worker_writes_wandb_files_to_the_wandb_dir(applied_by_cli, tmp_path):
+    from prefect.deployments import run_deployment
+
+    from deployments.specs import TRAIN_DEPLOYMENT
+    from tests.buildkite_e2e_helpers import Worker, read_flow_run
+    from tests.conftest import small_params
+    from tests.process_helpers import wait_for
+
+    home = tmp_path / "home"
+    repo_wandb = REPO / "wandb"
+    before = set(repo_wandb.rglob("*")) if repo_wandb.exists() else set()
+    # A worker host as a user starts one: no W&B settings of its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "BUILDKITE"))}
+    env.update({"PREFECT_WORKER_QUERY_SECONDS": "2", "TRAINKITE_HOME": str(home)})
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "trainkite-process",
+                                 "--name", f"wandb-dir-test-{os.getpid()}"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    worker = Worker(proc, log)
+    try:
+        wait_for("the worker to start", lambda: "started!" in worker.tail(), 120, proc=proc)
+        params = small_params(**{"tracking.backend": "wandb", "artifacts.root": str(home / "artifacts")})
+        run = run_deployment(TRAIN_DEPLOYMENT, parameters={"params": params.model_dump(mode="json")}, timeout=0,
+                             tags=["wandb-dir-test"])
+        done = wait_for("the run to finish", lambda: (r := read_flow_run(run.id)).state.is_final() and r, 240)
+        assert done.state.is_completed(), (done.state, worker.tail())
+    finally:
+        worker.stop()
+    after = set(repo_wandb.rglob("*")) if repo_wandb.exists() else set()
+    assert after == before, f"new files in the repo's wandb/: {sorted(after - before)[:5]}"
+    assert list((home / "wandb").rglob("offline-run-*")), "the run's W&B files are in $TRAINKITE_HOME/wandb"

@@ -404,6 +404,7 @@ _EXTENSIONS = (
     "trainkite.cli_deployments",
     "trainkite.cli_repro",
     "trainkite.cli_sweep",
+    "trainkite.cli_local",
 )
 
 

@@ -102,7 +102,7 @@ def deploy(
     = False,
     approved_by: Annotated[str | None, typer.Option("--approved-by", help="Who approved it (logged).")] = None,
     port: PortOpt = 8080,
-    serve_now: Annotated[bool, typer.Option("--serve", help="local: start serving after recording.")] = False,
+    serve_now: Annotated[bool, typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) instead of in the background.")] = False,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -119,22 +119,36 @@ def deploy(
         from flows.deploy import deploy as deploy_flow
 
         ensure_api()
+        background = target == "local" and not serve_now
+        if background:
+            from trainkite import cli_local
 
-        with contextlib.redirect_stdout(sys.stderr):
-            result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,
-                                 allow_older=allow_older, local_port=port)
+            # Serving first, recorded second: the log never says "deployed" for a server that did not start.
+            served = cli_local.start(model_id, port, params.artifacts.root)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,
+                                     allow_older=allow_older, local_port=port)
+            if not result.get("deployed"):
+                raise TrainkiteError(f"model {model_id} was not deployed ({result.get('status')})")
+        except BaseException:
+            if background:
+                cli_local.stop_port(port)
+            raise
         if target == "local":
             result["serve_command"] = _serve_command(model_id, port, params.artifacts.root)
-        if not result.get("deployed"):
-            raise TrainkiteError(f"model {model_id} was not deployed ({result.get('status')})")
+        if background:
+            result["server"] = served
 
         def human():
             err.print(f"[bold green]deployed[/] {model_id} to {target} {result['endpoint']}", highlight=False)
             if result.get("endpoint_config"):
                 err.print(f"endpoint config {result['endpoint_config']} ({result.get('action')}); "
                           f"model data {result.get('model_data_url')}", highlight=False)
-            if target == "local" and not serve_now:
-                print(result["serve_command"])
+            if background:
+                err.print(f"serving in the background (pid {served['pid']}, log {served['log']}); stop it with "
+                          "`trainkite deployments stop`", highlight=False)
+                print(result["endpoint"])
 
         emit(result, as_json, human)
     if target == "local" and serve_now:
@@ -168,19 +182,22 @@ def deployments_list(
 
         store = open_store(root)
         records = deploy_log.read_log(store)
-        live = deploy_log.live_everywhere(records)
+        from trainkite.cli_local import check
+
+        # Whether each live entry is really live, asked of the server now (local; SageMaker is not asked).
+        live = [{**r, "check": check(r)} for r in deploy_log.live_everywhere(records)]
 
         def human():
             from rich.console import Console
             from rich.table import Table
 
             rows = records if all_records else live
-            t = Table("target", "endpoint", "model ID", "status", "time", "approved by", "previous")
+            t = Table("target", "endpoint", "model ID", "status", "now", "time", "approved by", "previous")
             for r in rows:
-                t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r["time"],
+                t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r.get("check", "-"), r["time"],
                           r.get("approved_by") or "-", r.get("previous_model_id") or "-")
             if rows:
-                print_table(t)
+                print_table(t, whole=("model ID", "previous", "endpoint"))
             else:
                 Console().print("no deployments recorded in " + store.root)
 
