@@ -175,6 +175,14 @@ def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None
             "wandb": tracking}
 
 
+@task(name="clean_up", cache_policy=NONE)
+def clean_up(params: Params, model_id: str) -> dict:
+    """The model is published: its scratch in the store and its local run folder are no longer needed."""
+    from trainkite.runfiles import remove_run_files
+
+    return remove_run_files(_store(params), _ref(params, model_id).prefix, _workdir(model_id))
+
+
 @task(name="decide_retrain", cache_policy=NONE)
 def decide_retrain(params: Params, force: bool) -> RetrainDecision:
     d = retrain_decide(params, _store(params), force)

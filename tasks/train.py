@@ -26,7 +26,7 @@ from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef
-from trainkite.runfiles import local_copy, run_key, stage
+from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.train")
@@ -101,7 +101,7 @@ def build_model(params: Params, n_classes: int, generator: torch.Generator) -> B
 
 
 def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
-    return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
+    return checkpoint_key(ref.prefix, "last.safetensors"), checkpoint_key(ref.prefix, "last.json")
 
 
 def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: torch.nn.Module,

@@ -125,12 +125,12 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
                             env={**os.environ, "TRAINKITE_HOME": str(home)}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Interrupted mid-training: once the first epoch checkpoint is being written.
-    wait_for("a checkpoint", lambda: list((home / "artifacts").glob("*/*/checkpoints/*")), 240, proc=proc)
+    wait_for("a checkpoint", lambda: list((home / "artifacts").glob("_scratch/*/*/checkpoints/*")), 240, proc=proc)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     rc, out, err = finish(proc, 120)
     assert rc == 130, err
-    mid = next(p.name for p in (home / "artifacts" / "sentiment").iterdir())
+    mid = next(p.name for p in (home / "artifacts" / "_scratch" / "sentiment").iterdir())
     assert f"interrupted: model {mid} is not finished" in err
     resume = err.strip().splitlines()[-1].strip()
     assert resume == f"trainkite train --set train.epochs=40 --set tracking.backend=none --model-id {mid}", err
@@ -164,3 +164,48 @@ def test_deploy_local_really_serves_in_the_background_until_stopped(model_factor
     listed = json.loads(tk("deployments", "list", "--json", env=cli_env, timeout=60).stdout)
     # The log still says what was deployed; the check says it is not serving any more.
     assert [r["check"] for r in listed["live"] if r["endpoint"] == url] == ["not serving"]
+
+
+SMALL = ["--set", "train.epochs=2", "--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16",
+         "--set", "tracking.backend=none"]
+
+
+def test_a_published_folder_holds_exactly_the_manifest_files_and_scratch_is_removed(tmp_path, prefect_api):
+    home = tmp_path / "home"
+    proc = tk("train", *SMALL, "--json", env={"TRAINKITE_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mid = json.loads(proc.stdout)["model_id"]
+    folder = home / "artifacts" / "sentiment" / mid
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert files_under(folder) == sorted([*manifest["files"], "manifest.json"])
+    assert files_under(home / "artifacts" / "_scratch") == []
+    assert not (home / "runs" / mid).exists()
+
+
+def test_gc_removes_what_no_model_needs_and_keeps_what_a_resume_needs(model_factory, cli_env, tk_home):  # noqa: F811
+    folder = model_factory("old-layout-1")
+    store = tk_home / "artifacts"
+    # Left by older versions (scratch inside the published folder) and by an interrupted clean-up.
+    for rel in ("checkpoints/last.json", "run/snapshot.parquet"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text("x")
+    leftover = store / "_scratch" / "sentiment" / "old-layout-1" / "checkpoints" / "last.json"
+    unfinished = store / "_scratch" / "sentiment" / "crashed-2" / "checkpoints" / "last.json"
+    for f in (leftover, unfinished, tk_home / "runs" / "old-layout-1" / "x", tk_home / "runs" / "crashed-2" / "x"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+    manifest_files = sorted([*json.loads((folder / "manifest.json").read_text())["files"], "manifest.json"])
+
+    dry = tk("gc", "--dry-run", "--json", env=cli_env, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert len(json.loads(dry.stdout)["prefixes"]) == 3 and leftover.is_file()
+    done = tk("gc", "--json", env=cli_env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert files_under(folder) == manifest_files
+    assert not leftover.exists() and not (tk_home / "runs" / "old-layout-1").exists()
+    # A run that never published may still be resumed: kept unless asked.
+    assert unfinished.is_file() and (tk_home / "runs" / "crashed-2").is_dir()
+    assert tk("predict", "old-layout-1", "--text", "fine", env=cli_env, timeout=120).returncode == 0
+    assert tk("gc", "--unfinished", env=cli_env, timeout=60).returncode == 0
+    assert not unfinished.exists() and not (tk_home / "runs" / "crashed-2").exists()
+    assert files_under(folder) == manifest_files

@@ -121,7 +121,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, h
     proc = subprocess.Popen([sys.executable, "-m", "trainkite", "train", *slow, "--model-id", "crash-1", "--json"],
                             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    state = tmp_path / "h" / "artifacts" / "sentiment" / "crash-1" / "checkpoints" / "last.json"
+    state = tmp_path / "h" / "artifacts" / "_scratch" / "sentiment" / "crash-1" / "checkpoints" / "last.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if state.is_file() and json.loads(state.read_text())["epoch"] >= 2:

@@ -405,6 +405,7 @@ _EXTENSIONS = (
     "trainkite.cli_repro",
     "trainkite.cli_sweep",
     "trainkite.cli_local",
+    "trainkite.cli_gc",
 )
 
 

@@ -102,7 +102,8 @@ def deploy(
     = False,
     approved_by: Annotated[str | None, typer.Option("--approved-by", help="Who approved it (logged).")] = None,
     port: PortOpt = 8080,
-    serve_now: Annotated[bool, typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) instead of in the background.")] = False,
+    serve_now: Annotated[bool, typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) "
+                                            "instead of in the background.")] = False,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
