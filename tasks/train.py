@@ -275,7 +275,8 @@ class EpochTracker:
         log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, train_loss,
                  val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
         if self.stopped:
-            log.info("early stopping: no %s improvement for %d epochs", self.metric, tp.patience)
+            log.info("early stopping at epoch %d (best %d): no %s improvement for %d epochs", epoch,
+                     self.best_epoch, self.metric, tp.patience)
         return epoch % tp.checkpoint_every == 0 or self.stopped or epoch == tp.epochs
 
     def checkpoint_state(self, epoch: int, identity: dict) -> dict:

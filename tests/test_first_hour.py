@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -209,3 +210,23 @@ def test_gc_removes_what_no_model_needs_and_keeps_what_a_resume_needs(model_fact
     assert tk("gc", "--unfinished", env=cli_env, timeout=60).returncode == 0
     assert not unfinished.exists() and not (tk_home / "runs" / "crashed-2").exists()
     assert files_under(folder) == manifest_files
+
+
+def test_train_shows_steps_epochs_and_early_stopping_not_prefect_log_lines(tmp_path, prefect_api):
+    home = tmp_path / "home"
+    # A rate too small to change a prediction: no improvement after epoch 1, so patience 1 stops at epoch 2.
+    args = ["train", *SMALL, "--set", "train.epochs=5", "--set", "train.patience=1", "--set",
+            "train.learning_rate=1e-9"]
+    proc = tk(*args, env={"TRAINKITE_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mid = proc.stdout.strip()
+    err = proc.stderr
+    assert f"training {mid}" in err and "Prefect UI   http" in err
+    assert "epoch 1/5" in err and "val_macro_f1" in err
+    assert "early stopping at epoch 2 (best 1)" in err, err
+    for step in ("fetch_data", "preprocess", "train", "evaluate", "publish", "report"):
+        assert re.search(rf"^  {step}\s+done", err, re.M), (step, err)
+    # Prefect's own lines stay in the UI: none of "Task run 'train-1a2' - Finished in state ..." here.
+    assert "Task run '" not in err and "Flow run '" not in err, err
+    verbose = tk(*args, "--verbose", env={"TRAINKITE_HOME": str(tmp_path / "home2")})
+    assert verbose.returncode == 0 and "Task run '" in verbose.stderr

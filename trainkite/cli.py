@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -116,12 +118,14 @@ def user_errors(as_json: bool):
 
 
 class _ProgressHandler(logging.Handler):
-    """Drives a rich progress bar from the training loop's progress records."""
+    """Drives the run's one live display: a bar per training run from the fit loop's progress records; the
+    epoch lines, early stopping and each finished step printed above it (via `_TerminalView`)."""
 
     def __init__(self, progress):
         super().__init__()
         self.progress = progress
         self.task = None
+        self.started = time.monotonic()
 
     def emit(self, record: logging.LogRecord) -> None:
         info = getattr(record, "trainkite_progress", None)
@@ -130,9 +134,55 @@ class _ProgressHandler(logging.Handler):
         total = info["epochs"] * info["steps"]
         done = (info["epoch"] - 1) * info["steps"] + info["step"]
         if self.task is None:
-            self.task = self.progress.add_task("training", total=total)
+            self.task = self.progress.add_task("train", total=total)
         self.progress.update(self.task, completed=done, total=total,
-                             description=f"epoch {info['epoch']}/{info['epochs']}")
+                             description=f"train  epoch {info['epoch']}/{info['epochs']}")
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def step_finished(self, step: str, state: str) -> None:
+        if step == "train" and self.task is not None:
+            self.progress.remove_task(self.task)  # no bar left at "epoch 11/15" after early stopping
+            self.task = None
+        mark = "done" if state.startswith("Completed") else state
+        self.line(f"  {step:<12} {mark}   ({time.monotonic() - self.started:.1f} s)")
+
+
+_TASK_FINISHED = re.compile(r"^Finished in state (\w+)")
+
+
+class _TerminalView(logging.Filter):
+    """On Prefect's console handlers while a run shows its live display: INFO lines of Prefect and of the
+    steps are not printed as log lines (they all still reach the Prefect UI through the API handler);
+    epoch lines, early stopping and finished steps are shown as lines of the display. Warnings and errors
+    pass as they are. `--verbose` does not install it."""
+
+    def __init__(self, view: _ProgressHandler):
+        super().__init__()
+        self.view = view
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        msg = record.getMessage()
+        if record.name.startswith("trainkite.train") and (msg.startswith("epoch ") or "early stopping" in msg
+                                                           or msg.startswith("resuming ")):
+            self.view.line(f"  {msg}")
+        elif record.name == "prefect.task_runs" and (m := _TASK_FINISHED.match(msg)):
+            name = getattr(record, "task_name", None) or (getattr(record, "task_run_name", "") or "").rsplit("-", 1)[0]
+            self.view.step_finished(name or "step", m.group(1))
+        elif record.name == "prefect.flow_runs" and msg.startswith("View at "):
+            self.view.line(f"  Prefect UI   {msg.removeprefix('View at ')}")
+        return False
+
+
+def _console_handlers() -> list[logging.Handler]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    return list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}.values())
 
 
 def _store(root: str | None):
@@ -149,6 +199,8 @@ def train(
     model_id: Annotated[str | None, typer.Option("--model-id", help="Resume/name this model ID.")] = None,
     params_json: Annotated[str | None, typer.Option("--params-json", help="Resolved params as JSON (what a "
                                                     "Batch job receives); replaces --params.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print Prefect's and the steps' log lines "
+                                          "here too, not only in the Prefect UI.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the data the params file points at (local DuckDB by default)."""
@@ -178,7 +230,7 @@ def train(
         _check_tree(build)
         mid = resolve_model_id(model_id, build)
         try:
-            result = _run_train(params, mid, build, as_json)
+            result = _run_train(params, mid, build, as_json, verbose)
         except KeyboardInterrupt:
             # The model ID is what a resume needs; the finished steps and the last checkpoint are kept.
             resume = _resume_command(params_file, overrides, params_json, mid)
@@ -252,7 +304,7 @@ def hide_user_error_tracebacks() -> None:
             logger.addFilter(_NoUserErrorTraceback())
 
 
-def _run_train(params, model_id: str, build, as_json: bool) -> dict:
+def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = False) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.train import train as train_flow
@@ -265,11 +317,19 @@ def _run_train(params, model_id: str, build, as_json: bool) -> dict:
         handler = _ProgressHandler(progress)
         progress_logger.addHandler(handler)
         progress_logger.setLevel(logging.INFO)
+        view = None if verbose or as_json else _TerminalView(handler)
+        consoles = _console_handlers() if view else []
+        for h in consoles:
+            h.addFilter(view)
+        if view:
+            handler.line(f"training {model_id}  (every log line is in the Prefect UI; --verbose prints them here)")
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 return train_flow(params=params, model_id=model_id, build=build)
         finally:
             progress_logger.removeHandler(handler)
+            for h in consoles:
+                h.removeFilter(view)
 
 
 @app.command()
