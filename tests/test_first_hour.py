@@ -230,3 +230,17 @@ def test_train_shows_steps_epochs_and_early_stopping_not_prefect_log_lines(tmp_p
     assert "Task run '" not in err and "Flow run '" not in err, err
     verbose = tk(*args, "--verbose", env={"TRAINKITE_HOME": str(tmp_path / "home2")})
     assert verbose.returncode == 0 and "Task run '" in verbose.stderr
+
+
+def test_sweep_shows_one_line_per_configuration_and_its_state(tmp_path, prefect_api):
+    home = tmp_path / "home"
+    proc = tk("sweep", *SMALL, "--grid", "train.learning_rate=0.3,0.6", "--max-parallel", "2",
+              env={"TRAINKITE_HOME": str(home)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    for rate in ("0.3", "0.6"):
+        mine = [ln for ln in lines if f"train.learning_rate={rate}" in ln and ln.startswith("  c")]
+        states = [ln.rsplit(None, 1)[-1] for ln in mine]
+        assert states == ["queued", "running", "completed"], (rate, mine)
+    # Not every run's log lines interleaved: those stay in the Prefect UI.
+    assert "Task run '" not in proc.stderr and "| INFO" not in proc.stderr, proc.stderr[-3000:]

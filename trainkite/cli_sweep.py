@@ -30,6 +30,8 @@ def sweep(
     sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Reuse a sweep ID and its model IDs "
                                                  "(finished steps are reused).")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the leaderboard as CSV here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every run's log lines here too, not "
+                                          "one line per configuration.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Hyper-parameter sweep: every configuration is its own train run; the best is the sweep's candidate."""
@@ -53,7 +55,10 @@ def sweep(
         ensure_api()
         from trainkite.store import open_store
 
-        with contextlib.redirect_stdout(sys.stderr):
+        from trainkite.cli_sweep_view import SweepView
+
+        view = contextlib.nullcontext() if verbose or as_json else SweepView(plan)
+        with contextlib.redirect_stdout(sys.stderr), view:
             state = sweep_flow(params=params, grid=parsed, random=random, seed=seed, max_parallel=max_parallel,
                                deployment=deployment, sweep_id=plan.sweep_id, return_state=True)
         record = sw.read_record(open_store(params.artifacts.root), plan.sweep_id)
