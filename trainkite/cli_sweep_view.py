@@ -18,6 +18,7 @@ from rich.table import Table
 from trainkite.cli import _console_handlers, err
 
 _FINISHED = re.compile(r"^Finished in state (\w+)")
+_BEGINNING = re.compile(r"^Beginning (?:sub)?flow run '([^']+)'")
 
 
 class SweepView(logging.Filter):
@@ -75,14 +76,16 @@ class SweepView(logging.Filter):
                 self._print(key, row)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        # A subflow's start is logged by its parent's logger; the message names the new run.
+        if (begun := _BEGINNING.match(msg)) and begun.group(1) in self.rows:
+            self._set(begun.group(1), "running")
+            return False
         key = getattr(record, "flow_run_name", None)
         if key not in self.rows:
             return record.levelno >= logging.WARNING
-        msg = record.getMessage()
         if record.name == "prefect.flow_runs":
-            if msg.startswith("Beginning flow run"):
-                self._set(key, "running")
-            elif m := _FINISHED.match(msg):
+            if m := _FINISHED.match(msg):
                 self._set(key, m.group(1).lower())
         elif record.name.startswith("trainkite.train") and msg.startswith("epoch "):
             self._set(key, detail=" ".join(msg.split()[:2]) + "  " + " ".join(msg.split()[4:8]))
