@@ -82,17 +82,23 @@ def test_train_deployment_shape_and_typed_parameter_form(applied):
     assert "gpu_count" in ecs_pool.base_job_template["variables"]["properties"]
 
     schema = d.parameter_openapi_schema
-    assert list(schema["properties"]) == ["params", "model_id", "build", "tags"]
+    # `build` (set by the launcher) and the deploy section (the deploy flow's) are not on the form.
+    assert list(schema["properties"]) == ["params", "model_id", "tags"]
     assert schema["properties"]["params"]["description"].startswith("Training parameters")
     assert schema["properties"]["params"]["default"]["train"]["epochs"] == 15  # params/sentiment.toml
     defs = schema["definitions"]
-    assert set(defs["Params"]["properties"]) == set(Params.model_fields)
-    # Every field of every section reaches the form with its description, type and default.
+    assert set(defs["Params"]["properties"]) == set(Params.model_fields) - {"deploy"}
+    # Every field of every section reaches the form with its description (angle brackets escaped for the
+    # UI's Markdown), type and default.
+    from deployments.specs import _escape_markdown
+
     for section, info in Params.model_fields.items():
+        if section == "deploy":
+            continue
         model = info.annotation
         props = defs[model.__name__]["properties"]
         for name, field in model.model_fields.items():
-            assert props[name]["description"] == field.description, f"{section}.{name}"
+            assert props[name]["description"] == _escape_markdown(field.description), f"{section}.{name}"
             assert props[name].get("default") == field.default, f"{section}.{name}"
     epochs = defs["TrainParams"]["properties"]["epochs"]
     assert (epochs["type"], epochs["minimum"], epochs["maximum"]) == ("integer", 1, 1000)
