@@ -44,7 +44,7 @@ if [ -n "$uv" ]; then
   [ -n "${PIP_FIND_LINKS:-}" ] && for l in $PIP_FIND_LINKS; do links+=(--find-links "$l"); done
   say "installing with $uv ($("$uv" --version)): torch==2.13.0 and trainkite${extras} pinned by requirements.lock"
   # One resolution and one parallel download for everything; requirements.lock pins the resolved set.
-  "$uv" pip install --python .venv/bin/python "${links[@]}" -c requirements.lock "torch==2.13.0" -e ".${extras}"
+  "$uv" pip install --python .venv/bin/python ${links[@]+"${links[@]}"} -c requirements.lock "torch==2.13.0" -e ".${extras}"
 else
   say "installing with pip (slower; uv is faster): torch==2.13.0, then trainkite${extras} pinned by requirements.lock"
   .venv/bin/python -m pip install -q --upgrade pip
