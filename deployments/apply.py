@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from deployments.specs import DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, SCHEDULE_SLUG, DeploymentSpec, PoolSpec
+from deployments.specs import (DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, RETIRED_DEPLOYMENTS, SCHEDULE_SLUG,
+                              DeploymentSpec, PoolSpec, form_schema)
 from trainkite.errors import TrainkiteError
 from trainkite.home import REPO_ROOT
 
@@ -59,13 +60,18 @@ def apply(*, dry_run: bool = False, specs: Iterable[DeploymentSpec] = DEPLOYMENT
             report["deployments"].append(entry)
             if spec.full_name == RELEASE_DEPLOYMENT:
                 release_id = entry.get("id")
+        for name in RETIRED_DEPLOYMENTS:
+            entry = _retire_deployment(client, name, dry_run)
+            if entry:
+                report["deployments"].append(entry)
         from deployments.automations import desired_automations
 
         if release_id is None:
             log.warning("no %s deployment: the release-build automation is skipped", RELEASE_DEPLOYMENT)
         for automation in desired_automations(UUID(release_id) if release_id else None):
             report["automations"].append(_apply_automation(client, automation, dry_run))
-    report["changed"] = any(e["status"] in ("created", "updated", "would create", "would update")
+    report["changed"] = any(e["status"] in ("created", "updated", "deleted", "would create", "would update",
+                                            "would delete")
                             for section in ("pools", "deployments", "automations") for e in report[section])
     return report
 
@@ -150,7 +156,7 @@ def desired_fields(spec: DeploymentSpec, flow) -> dict[str, Any]:
         "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": spec.path}}],
         "work_pool_name": spec.pool,
         "job_variables": spec.job_variables,
-        "parameter_openapi_schema": flow.parameters.model_dump_for_openapi(),
+        "parameter_openapi_schema": form_schema(flow.parameters.model_dump_for_openapi(), spec.form_hidden),
         "tags": sorted(spec.tags),
         "concurrency_limit": spec.concurrency_limit,
         "enforce_parameter_schema": True,
@@ -171,6 +177,23 @@ def current_fields(deployment) -> dict[str, Any]:
         "concurrency_limit": limit.limit if limit is not None else None,
         "enforce_parameter_schema": deployment.enforce_parameter_schema,
     }
+
+
+def _retire_deployment(client, full_name: str, dry_run: bool) -> dict[str, Any] | None:
+    """A deployment under a name this project no longer applies is deleted (its flow runs stay)."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        found = client.read_deployment_by_name(full_name)
+    except ObjectNotFound:
+        return None
+    entry = {"name": full_name, "pool": found.work_pool_name, "entrypoint": found.entrypoint,
+             "detail": "retired name"}
+    if dry_run:
+        return {**entry, "status": "would delete"}
+    client.delete_deployment(found.id)
+    log.info("deleted deployment %s (a retired name)", full_name)
+    return {**entry, "status": "deleted"}
 
 
 def _apply_deployment(client, spec: DeploymentSpec, pools: set[str], dry_run: bool) -> dict[str, Any]:

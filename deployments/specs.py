@@ -9,6 +9,7 @@ The UI's typed parameter form comes from each flow's signature (pydantic models 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,22 @@ ECS_POOL = "trainkite-gpu-ecs"
 # Where the GPU image keeps the code (infra/docker/Dockerfile.gpu: WORKDIR /opt/app).
 IMAGE_APP_DIR = "/opt/app"
 
-TRAIN_DEPLOYMENT = f"train/{PROCESS_POOL}"
+# Deployments are named for what they run (the UI lists them, and an automation's action reads "Run
+# deployment: <name>"), never for their pool: the pool is a column of its own.
+TRAIN_DEPLOYMENT = "train/train-local-cpu"
+TRAIN_GPU_DEPLOYMENT = "train/train-ecs-gpu"
 BATCH_FLOW = "train-batch"
-RELEASE_DEPLOYMENT = f"release-build/{PROCESS_POOL}"
+BATCH_DEPLOYMENT = f"{BATCH_FLOW}/train-aws-batch-gpu"
+RELEASE_DEPLOYMENT = "release-build/release-failed-build"
+DEPLOY_DEPLOYMENT = "deploy/deploy-model"
+RETRAIN_DEPLOYMENT = "retrain/weekly-retrain"
+SWEEP_DEPLOYMENT = "sweep/hyperparameter-sweep"
+# Names this project used to apply (each named after its pool): `deployments apply` deletes them, so the
+# UI does not list every deployment twice after an upgrade.
+RETIRED_DEPLOYMENTS = tuple(f"{flow}/{pool}" for flow, pool in (
+    ("train", "trainkite-process"), ("train", "trainkite-gpu-ecs"), ("release-build", "trainkite-process"),
+    ("train-batch", "trainkite-process"), ("deploy", "trainkite-process"), ("retrain", "trainkite-process"),
+    ("sweep", "trainkite-process")))
 # Flow runs started from Buildkite carry this tag; the release automations match on it.
 BUILDKITE_TAG = "buildkite"
 
@@ -78,6 +92,9 @@ class DeploymentSpec:
     # A cron schedule apply owns (slug SCHEDULE_SLUG); schedules added in the UI are left alone.
     cron: str | None = None
     timezone: str = "UTC"
+    # Parameters the UI's run form does not show ("build", or "params.deploy" for a section of a model
+    # parameter): internal, or not what a run from the form sets. A run that passes them is still accepted.
+    form_hidden: tuple[str, ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -104,58 +121,108 @@ POOLS: tuple[PoolSpec, ...] = (
 )
 
 _LOCAL_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "offline"}
+# `build` is filled by the launcher from Buildkite's env; deploy.* settings belong to the deploy flow.
+TRAIN_FORM_HIDDEN = ("build", "params.deploy")
 # Online W&B on AWS: WANDB_API_KEY arrives as an ECS secret (pool variable `secrets`), never here.
 _GPU_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "online"}
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
-        "train", PROCESS_POOL, "flows/train.py:train", PROCESS_POOL,
+        "train", "train-local-cpu", "flows/train.py:train", PROCESS_POOL,
         "Train, evaluate and publish one text classifier in a local subprocess (CPU, W&B offline). "
         "Started by `trainkite launch` in Buildkite builds, or from this form.",
         job_variables={"env": _LOCAL_ENV},
+        form_hidden=TRAIN_FORM_HIDDEN,
         # Two trainings share one box comfortably (torch threads are pinned by params.train.threads);
         # more would queue rather than thrash.
         concurrency_limit=2,
     ),
     DeploymentSpec(
-        "train", ECS_POOL, "flows/train.py:train", ECS_POOL,
+        "train", "train-ecs-gpu", "flows/train.py:train", ECS_POOL,
         "Train one text classifier on an ECS GPU task (EC2 capacity provider), W&B online.",
         path=IMAGE_APP_DIR,
         job_variables={"env": _GPU_ENV},
+        form_hidden=TRAIN_FORM_HIDDEN,
         # Each run holds a GPU instance: bound the bill, queue the rest.
         concurrency_limit=4,
     ),
     DeploymentSpec(
-        "release-build", PROCESS_POOL, "flows/release.py:release_build", PROCESS_POOL,
+        "release-build", "release-failed-build", "flows/release.py:release_build", PROCESS_POOL,
         "Tell a Buildkite build that its training run failed, crashed or was cancelled: annotate it and "
         "release its `training_finished` step. Started by the `trainkite-release-build` automation.",
         job_variables={"env": {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "disabled"}},
         tags=("trainkite-release",),
     ),
     DeploymentSpec(
-        BATCH_FLOW, PROCESS_POOL, "flows/batch.py:train_on_batch", PROCESS_POOL,
+        BATCH_FLOW, "train-aws-batch-gpu", "flows/batch.py:train_on_batch", PROCESS_POOL,
         "Train on an AWS Batch GPU queue (Spot first, retried on reclaim and resumed from the checkpoint); "
         "this run only submits the job and waits, so a CPU worker is enough.",
         job_variables={"env": _GPU_ENV},
     ),
     # Room for the flows still being written; each is skipped until its file exists.
     DeploymentSpec(
-        "deploy", PROCESS_POOL, "flows/deploy.py:deploy", PROCESS_POOL,
+        "deploy", "deploy-model", "flows/deploy.py:deploy", PROCESS_POOL,
         "Verify a published model and deploy it (local serving or SageMaker).",
         job_variables={"env": _LOCAL_ENV}, optional=True,
     ),
     DeploymentSpec(
-        "retrain", PROCESS_POOL, "flows/retrain.py:retrain", PROCESS_POOL,
+        "retrain", "weekly-retrain", "flows/retrain.py:retrain", PROCESS_POOL,
         "Scheduled retrain: skips when the data fingerprint is unchanged unless forced.",
         job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
         cron=RETRAIN_CRON, timezone=RETRAIN_TIMEZONE,
     ),
     DeploymentSpec(
-        "sweep", PROCESS_POOL, "flows/sweep.py:sweep", PROCESS_POOL,
+        "sweep", "hyperparameter-sweep", "flows/sweep.py:sweep", PROCESS_POOL,
         "Hyper-parameter sweep: many train runs, one champion.",
         job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
     ),
 )
+
+
+def form_schema(schema: dict[str, Any], hidden: tuple[str, ...]) -> dict[str, Any]:
+    """A flow's parameter schema without the `hidden` fields (see DeploymentSpec.form_hidden)."""
+    out = _escape_descriptions(json.loads(json.dumps(schema)))
+    for path in hidden:
+        name, _, section = path.partition(".")
+        if not section:
+            out["properties"].pop(name, None)
+            if name in out.get("required", []):
+                out["required"].remove(name)
+            continue
+        ref = _ref_of(out["properties"][name])
+        definition = out["definitions"][ref]
+        definition["properties"].pop(section, None)
+        if section in definition.get("required", []):
+            definition["required"].remove(section)
+        # Runs that carry the hidden section (the launcher sends whole params) still pass the server's
+        # check; the flow's own model validates it.
+        definition["additionalProperties"] = True
+    return out
+
+
+def _escape_descriptions(node: Any) -> Any:
+    """The UI renders descriptions as Markdown with HTML: "trainkite-<model name>" showed as "trainkite-".
+    Angle brackets outside `code spans` become entities, which render as the brackets themselves."""
+    if isinstance(node, dict):
+        return {k: (_escape_markdown(v) if k == "description" and isinstance(v, str) else _escape_descriptions(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_descriptions(v) for v in node]
+    return node
+
+
+def _escape_markdown(text: str) -> str:
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # even parts lie outside code spans
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
+
+
+def _ref_of(prop: dict[str, Any]) -> str:
+    for candidate in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
+        if "$ref" in candidate:
+            return candidate["$ref"].rsplit("/", 1)[-1]
+    raise KeyError(f"parameter has no model definition: {prop}")
 
 
 def deployment(full_name: str) -> DeploymentSpec:

@@ -6,5 +6,10 @@ Prefect UI); INFO is where per-epoch progress lives, so runs show it unless the 
 
 import logging
 
+from trainkite.home import configure_wandb_dirs
+
 if logging.getLogger("trainkite").level == logging.NOTSET:
     logging.getLogger("trainkite").setLevel(logging.INFO)
+
+# A flow run a worker starts gets no CLI setup: its W&B files go to the W&B dir, not the code folder.
+configure_wandb_dirs()

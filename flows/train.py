@@ -40,4 +40,6 @@ def train(
         published = steps.publish(params, model_id, dataset, trained, report, build)
         tracking = steps.track(params, published, report, tags or [])
         steps.notify(build, published, report, tracking)
-    return steps.report(published, report, tracking)
+    summary = steps.report(published, report, tracking)
+    steps.clean_up(params, model_id)  # scratch stays after a failure: a re-run resumes from it
+    return summary

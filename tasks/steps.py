@@ -230,6 +230,12 @@ def _report_evidence(published: pb.Published, report: ev.EvalReport, comparison:
             md += [f"**{who}**", "", f"![{who} confusion matrix](data:image/png;base64,{data})", ""]
     create_markdown_artifact(key="confusion-matrices", markdown="\n".join(md),
                              description=f"confusion matrices of {published.model_id}")
+@task(name="clean_up", cache_policy=NONE)
+def clean_up(params: Params, model_id: str) -> dict:
+    """The model is published: its scratch in the store and its local run folder are no longer needed."""
+    from trainkite.runfiles import remove_run_files
+
+    return remove_run_files(_store(params), _ref(params, model_id).prefix, _workdir(model_id))
 
 
 @task(name="decide_retrain", cache_policy=NONE)

@@ -28,7 +28,7 @@ from tasks.metrics import score
 from tasks.preprocess import FeaturesRef, load_features
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
-from trainkite.runfiles import local_copy, run_key, stage
+from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage
 from trainkite.store import ArtifactStore, local_write
 
 log = logging.getLogger("trainkite.train")
@@ -103,7 +103,7 @@ def build_model(params: Params, n_classes: int, generator: torch.Generator) -> B
 
 
 def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
-    return f"{ref.prefix}/checkpoints/last.safetensors", f"{ref.prefix}/checkpoints/last.json"
+    return checkpoint_key(ref.prefix, "last.safetensors"), checkpoint_key(ref.prefix, "last.json")
 
 
 def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: torch.nn.Module,
@@ -328,7 +328,8 @@ class EpochTracker:
         log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, train_loss,
                  val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
         if self.stopped:
-            log.info("early stopping: no %s improvement for %d epochs", self.metric, tp.patience)
+            log.info("early stopping at epoch %d (best %d): no %s improvement for %d epochs", epoch,
+                     self.best_epoch, self.metric, tp.patience)
         return epoch % tp.checkpoint_every == 0 or self.stopped or epoch == tp.epochs
 
     def checkpoint_state(self, epoch: int, identity: dict) -> dict:

@@ -269,7 +269,7 @@ def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker)
 
     from buildkite.context import BuildContext
     from deployments.automations import unstarted_run_automation
-    from deployments.specs import BUILDKITE_TAG, ECS_POOL
+    from deployments.specs import BUILDKITE_TAG, TRAIN_GPU_DEPLOYMENT
     from params import load_params
 
     run = new_run(SMALL)
@@ -279,7 +279,7 @@ def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker)
     with get_client(sync_client=True) as client:
         automation_id = client.create_automation(unstarted_run_automation(15, tag=tag, name=f"test-{tag}"))
     try:
-        flow_run = run_deployment(f"train/{ECS_POOL}", timeout=0, tags=[BUILDKITE_TAG, tag],
+        flow_run = run_deployment(TRAIN_GPU_DEPLOYMENT, timeout=0, tags=[BUILDKITE_TAG, tag],
                                   parameters={"params": load_params(None, SMALL).model_dump(mode="json"),
                                               "model_id": build.model_id, "build": build.model_dump(mode="json")})
         meta = run.wait_unblocked("training_finished", 120)

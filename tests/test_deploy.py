@@ -295,27 +295,33 @@ def test_guards_refuse_cleanly(model_factory, tk_home):  # noqa: F811
 
 
 def test_local_deploy_older_than_live_is_refused_unless_allowed(prefect_api, model_factory):  # noqa: F811
+    from tests.conftest import _free_port
+
     model_factory("older-1", created_at="2026-11-01T10:00:00+00:00")
     model_factory("newer-2", created_at="2026-11-02T10:00:00+00:00")
-    out = _cli("deploy", "newer-2", "--target", "local", "--approved-by", "bob", "--port", "8123", "--json")
-    assert out.exit_code == 0, out.output
-    result = json.loads(out.stdout)
-    assert result["endpoint"] == "http://127.0.0.1:8123" and result["approved_by"] == "bob"
-    assert result["serve_command"] == "trainkite serve newer-2 --port 8123"
+    port, other = str(_free_port()), str(_free_port())
+    try:
+        out = _cli("deploy", "newer-2", "--target", "local", "--approved-by", "bob", "--port", port, "--json")
+        assert out.exit_code == 0, out.output
+        result = json.loads(out.stdout)
+        assert result["endpoint"] == f"http://127.0.0.1:{port}" and result["approved_by"] == "bob"
+        assert result["serve_command"] == f"trainkite serve newer-2 --port {port}"
 
-    out = _cli("deploy", "older-1", "--target", "local", "--port", "8123")
-    assert out.exit_code == 2 and "older than newer-2" in out.output and "--allow-older" in out.output
-    assert "Traceback" not in out.output
-    # another local endpoint has nothing live: no conflict there
-    assert _cli("deploy", "older-1", "--target", "local", "--port", "9000", "--json").exit_code == 0
+        out = _cli("deploy", "older-1", "--target", "local", "--port", port)
+        assert out.exit_code == 2 and "older than newer-2" in out.output and "--allow-older" in out.output
+        assert "Traceback" not in out.output
+        # another local endpoint has nothing live: no conflict there
+        assert _cli("deploy", "older-1", "--target", "local", "--port", other, "--json").exit_code == 0
 
-    out = _cli("deploy", "older-1", "--target", "local", "--port", "8123", "--allow-older", "--json")
-    assert out.exit_code == 0, out.output
-    live = {r["endpoint"]: r for r in json.loads(_cli("deployments", "list", "--json").stdout)["live"]}
-    assert live["http://127.0.0.1:8123"]["model_id"] == "older-1"
-    assert live["http://127.0.0.1:8123"]["previous_model_id"] == "newer-2"
-    human = _cli("deployments", "list")
-    assert human.exit_code == 0 and "older-1" in human.output
+        out = _cli("deploy", "older-1", "--target", "local", "--port", port, "--allow-older", "--json")
+        assert out.exit_code == 0, out.output
+        live = {r["endpoint"]: r for r in json.loads(_cli("deployments", "list", "--json").stdout)["live"]}
+        assert live[f"http://127.0.0.1:{port}"]["model_id"] == "older-1"
+        assert live[f"http://127.0.0.1:{port}"]["previous_model_id"] == "newer-2"
+        human = _cli("deployments", "list")
+        assert human.exit_code == 0 and "older-1" in human.output
+    finally:
+        _cli("deployments", "stop")
 
 
 def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory):  # noqa: F811

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from deployments.automations import FAILURE_EVENTS, RELEASE_AUTOMATION, STALE_AUTOMATION, UNSTARTED_AUTOMATION
-from deployments.specs import DEPLOYMENTS, ECS_POOL, PROCESS_POOL, RELEASE_DEPLOYMENT, TRAIN_DEPLOYMENT
+from deployments.specs import (DEPLOYMENTS, ECS_POOL, PROCESS_POOL, RELEASE_DEPLOYMENT, RETRAIN_DEPLOYMENT,
+                              TRAIN_DEPLOYMENT, TRAIN_GPU_DEPLOYMENT)
 from params.model import Params
 from tests.buildkite_e2e_helpers import REPO, read_flow_run
 from tests.process_helpers import wait_for
@@ -71,7 +72,7 @@ def test_drift_is_reported_then_repaired(applied):
 def test_train_deployment_shape_and_typed_parameter_form(applied):
     with _client() as client:
         d = client.read_deployment_by_name(TRAIN_DEPLOYMENT)
-        ecs = client.read_deployment_by_name(f"train/{ECS_POOL}")
+        ecs = client.read_deployment_by_name(TRAIN_GPU_DEPLOYMENT)
         ecs_pool = client.read_work_pool(ECS_POOL)
     assert (d.work_pool_name, d.entrypoint, d.path) == (PROCESS_POOL, "flows/train.py:train", str(REPO))
     assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
@@ -81,19 +82,25 @@ def test_train_deployment_shape_and_typed_parameter_form(applied):
     assert "gpu_count" in ecs_pool.base_job_template["variables"]["properties"]
 
     schema = d.parameter_openapi_schema
-    assert list(schema["properties"]) == ["params", "model_id", "build", "tags"]
+    # `build` (set by the launcher) and the deploy section (the deploy flow's) are not on the form.
+    assert list(schema["properties"]) == ["params", "model_id", "tags"]
     assert schema["properties"]["params"]["description"].startswith("Training parameters")
     # params/sentiment.toml leaves the epochs unset: the form shows it empty, the run resolves it from the data.
     assert schema["properties"]["params"]["default"]["train"]["epochs"] is None
     assert schema["properties"]["params"]["default"]["train"]["seed"] == 1234
     defs = schema["definitions"]
-    assert set(defs["Params"]["properties"]) == set(Params.model_fields)
-    # Every field of every section reaches the form with its description, type and default.
+    assert set(defs["Params"]["properties"]) == set(Params.model_fields) - {"deploy"}
+    # Every field of every section reaches the form with its description (angle brackets escaped for the
+    # UI's Markdown), type and default.
+    from deployments.specs import _escape_markdown
+
     for section, info in Params.model_fields.items():
+        if section == "deploy":
+            continue
         model = info.annotation
         props = defs[model.__name__]["properties"]
         for name, field in model.model_fields.items():
-            assert props[name]["description"] == field.description, f"{section}.{name}"
+            assert props[name]["description"] == _escape_markdown(field.description), f"{section}.{name}"
             assert props[name].get("default") == field.default, f"{section}.{name}"
     [epochs, unset] = defs["TrainParams"]["properties"]["epochs"]["anyOf"]
     assert (epochs["type"], epochs["minimum"], epochs["maximum"], unset["type"]) == ("integer", 1, 1000, "null")
@@ -149,7 +156,7 @@ def test_retrain_runs_on_a_weekly_cron_schedule(applied):
     from deployments.specs import RETRAIN_CRON, SCHEDULE_SLUG
 
     with _client() as client:
-        d = client.read_deployment_by_name("retrain/trainkite-process")
+        d = client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
         ours = [s for s in client.read_deployment_schedules(d.id) if s.slug == SCHEDULE_SLUG]
     assert len(ours) == 1 and ours[0].active
     assert ours[0].schedule.cron == RETRAIN_CRON == "0 3 * * 1"

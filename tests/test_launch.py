@@ -83,7 +83,7 @@ def test_launch_runs_the_builds_image_and_resolved_commit(prefect_api, fake_buil
     from prefect import get_client
 
     from deployments.apply import apply
-    from deployments.specs import ECS_POOL
+    from deployments.specs import TRAIN_GPU_DEPLOYMENT
 
     apply()
     # Build numbers only grow; start past any earlier session's on a reused server (its idempotency keys).
@@ -96,7 +96,7 @@ def test_launch_runs_the_builds_image_and_resolved_commit(prefect_api, fake_buil
            "PREFECT_API_URL": prefect_api, "TRAINKITE_TRAIN_IMAGE": "123.dkr.ecr.us-east-1.amazonaws.com/train:abc"}
     monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
     monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
-    out = ln.launch_from_env(None, ["train.epochs=1"], f"train/{ECS_POOL}", env)
+    out = ln.launch_from_env(None, ["train.epochs=1"], TRAIN_GPU_DEPLOYMENT, env)
     head = ln.checkout_commit(checkout)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(out["flow_run_id"])
@@ -111,7 +111,7 @@ def test_a_batch_launch_passes_the_builds_image_to_the_flow(prefect_api, fake_bu
     from prefect import get_client
 
     from deployments.apply import apply
-    from deployments.specs import BATCH_FLOW, PROCESS_POOL
+    from deployments.specs import BATCH_DEPLOYMENT
 
     apply()
     with fake_buildkite._lock:
@@ -124,7 +124,7 @@ def test_a_batch_launch_passes_the_builds_image_to_the_flow(prefect_api, fake_bu
            "TRAINKITE_TRAIN_IMAGE": image}
     monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
     monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
-    out = ln.launch_from_env(None, ["train.epochs=1"], f"{BATCH_FLOW}/{PROCESS_POOL}", env)
+    out = ln.launch_from_env(None, ["train.epochs=1"], BATCH_DEPLOYMENT, env)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(out["flow_run_id"])
         client.delete_flow_run(run.id)

@@ -111,7 +111,7 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
             [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", "train.epochs=12", "--set",
              "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        state = home / "artifacts" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
+        state = home / "artifacts" / "_scratch" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
         wait_for("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180,
                  interval=0.05, proc=proc)
         epoch_at_stop = json.loads(state.read_text())["epoch"]

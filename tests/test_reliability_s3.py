@@ -63,7 +63,7 @@ def test_500_and_503_slowdown_on_upload_are_retried_and_the_model_lands_whole(pr
     s3.fail(500, "InternalError", method="PUT", path=model + r"weights\.safetensors$")
     s3.fail(503, "SlowDown", method="PUT", path=model + r"metrics\.json$", times=2)
     s3.fail(503, "ServiceUnavailable", method="PUT", path=model + r"manifest\.json$")
-    s3.fail(503, "SlowDown", method="PUT", path=model + r"checkpoints/")  # and one while training
+    s3.fail(503, "SlowDown", method="PUT", path=rf"/models/team/_scratch/sentiment/{mid}/checkpoints/")  # training
 
     result = train(params=params_factory(**{"artifacts.root": ROOT}), model_id=mid)
     assert result["artifact_uri"] == f"{ROOT}/sentiment/{mid}"

@@ -121,7 +121,8 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, h
     proc = subprocess.Popen([sys.executable, "-m", "trainkite", "train", *slow, "--model-id", "crash-1", "--json"],
                             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    state = tmp_path / "h" / "artifacts" / "sentiment" / "crash-1" / "checkpoints" / "last.json"
+    state = tmp_path / "h" / "artifacts" / "_scratch" / "sentiment" / "crash-1" / "checkpoints" / "last.json"
+    model_dir = tmp_path / "h" / "artifacts" / "sentiment" / "crash-1"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if state.is_file() and json.loads(state.read_text())["epoch"] >= 2:
@@ -132,13 +133,14 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, h
     proc.wait()
     killed_at = json.loads(state.read_text())["epoch"]
     assert killed_at < 12
-    assert not (state.parent.parent / "manifest.json").exists()
+    assert not (model_dir / "manifest.json").exists()
 
     resumed = json.loads(tk("train", *slow, "--model-id", "crash-1", "--json", env=env).stdout)
     states = _task_states(_latest_flow_run("crash-1").id)
     assert states["fetch_data"] == "Cached" and states["preprocess"] == "Cached"
     assert states["train"] == "Completed"
-    m = json.loads((state.parent.parent / "manifest.json").read_text())
+    m = json.loads((model_dir / "manifest.json").read_text())
+    assert not state.exists(), "the scratch the resume used is removed once the model is published"
     assert m["resumed_from_epoch"] >= killed_at
 
     clean = json.loads(tk("train", *slow, "--model-id", "clean-1", "--json", env=env).stdout)

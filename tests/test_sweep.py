@@ -79,8 +79,8 @@ def test_deployment_request_tags_and_names_each_run(params_factory):
     from tasks.sweep_steps import deployment_request
 
     plan = sw.plan_sweep(params_factory(), {"train.learning_rate": [0.1, 0.2]}, sweep_id="sweep-gpu", env={})
-    req = deployment_request(plan.config(2), plan.sweep_id, "train/trainkite-gpu-ecs")
-    assert req["name"] == "train/trainkite-gpu-ecs" and req["tags"] == ["sweep-gpu"]
+    req = deployment_request(plan.config(2), plan.sweep_id, "train/train-ecs-gpu")
+    assert req["name"] == "train/train-ecs-gpu" and req["tags"] == ["sweep-gpu"]
     assert req["parameters"]["model_id"] == req["flow_run_name"] == "sweep-gpu-c2"
     assert req["parameters"]["params"]["train"]["learning_rate"] == 0.2 and req["parameters"]["tags"] == ["sweep-gpu"]
     assert req["idempotency_key"] == "sweep-gpu-c2" and req["timeout"] is None

@@ -26,7 +26,9 @@ def test_verify_a_model_published_to_s3(prefect_api, aws, tk_home, params_factor
     store = open_store("s3://lake/models")
     keys = store.list("sentiment/s3-model-1")
     assert "sentiment/s3-model-1/manifest.json" in keys
-    assert any("/checkpoints/" in k for k in keys)
+    # The published folder is the manifest's files; the run's scratch (checkpoints, staged files) is gone.
+    assert not any("/checkpoints/" in k or "/run/" in k for k in keys)
+    assert store.list("_scratch/sentiment/s3-model-1") == []
     report = verify_model(store, "s3-model-1")
     assert report.ok and report.identical and report.mode == "bit-identical"
 

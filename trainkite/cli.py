@@ -9,7 +9,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -31,12 +33,76 @@ RootOpt = Annotated[str | None, typer.Option("--root", help="Artifact store root
                                              "default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME/artifacts.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("trainkite")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            from trainkite import __version__ as v
+        print(f"trainkite {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False,
+) -> None:
+    """Reproducible text-classifier training on Prefect."""
+
+
+def load_cli_params(path: Path | None, overrides: list[str] | None):
+    """`load_params`, but a key that came from `--set` is reported as coming from --set, not the file."""
+    from pydantic import ValidationError
+
+    from params import apply_overrides, load_params, parse_overrides
+    from params.model import DEFAULT_PARAMS_FILE, Params, ParamsError, _format_validation_error, read_params_file
+
+    if not overrides:
+        return load_params(path, [])
+    source_file = Path(path) if path else DEFAULT_PARAMS_FILE
+    ov = parse_overrides(overrides)
+    data = apply_overrides(read_params_file(source_file), ov)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        from_set = sorted({".".join(str(p) for p in x["loc"][:2]) for x in e.errors()} & set(ov))
+        source = (f"--set {', '.join(from_set)} (over {source_file})" if from_set else str(source_file))
+        raise ParamsError(_format_validation_error(e, source)) from None
+
+
+def require_model_type(params) -> None:
+    """A model type whose extra is not installed is refused here, before a server starts or a file is
+    written (the flow would only find out in its preprocess step, after fetching and staging data)."""
+    if params.model.type == "encoder":
+        from tasks.encoder import require
+
+        require()
+
+
 def emit(obj: dict, as_json: bool, human: callable | None = None) -> None:
     if as_json:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
         sys.stdout.flush()
     elif human:
         human()
+
+
+def print_table(table, whole: tuple[str, ...] = ("model ID",)) -> None:
+    """Print a rich table on stdout without cutting a cell: rich would shrink it to the terminal (80 columns
+    when piped) and cut IDs a user pastes back. The table gets its natural width when the terminal is
+    narrower (the terminal wraps the line; the text stays whole), and the named columns never wrap."""
+    for col in table.columns:
+        if col.header in whole:
+            col.no_wrap = True
+            col.min_width = max([len(str(col.header)), *(len(str(c)) for c in col.cells)])
+    console = Console()
+    natural = console.measure(table, options=console.options.update(max_width=1000)).maximum
+    if natural > console.width:
+        console = Console(width=natural)
+    console.print(table)
 
 
 @contextlib.contextmanager
@@ -61,12 +127,14 @@ def user_errors(as_json: bool):
 
 
 class _ProgressHandler(logging.Handler):
-    """Drives a rich progress bar from the training loop's progress records."""
+    """Drives the run's one live display: a bar per training run from the fit loop's progress records; the
+    epoch lines, early stopping and each finished step printed above it (via `_TerminalView`)."""
 
     def __init__(self, progress):
         super().__init__()
         self.progress = progress
         self.task = None
+        self.started = time.monotonic()
 
     def emit(self, record: logging.LogRecord) -> None:
         info = getattr(record, "trainkite_progress", None)
@@ -75,9 +143,55 @@ class _ProgressHandler(logging.Handler):
         total = info["epochs"] * info["steps"]
         done = (info["epoch"] - 1) * info["steps"] + info["step"]
         if self.task is None:
-            self.task = self.progress.add_task("training", total=total)
+            self.task = self.progress.add_task("train", total=total)
         self.progress.update(self.task, completed=done, total=total,
-                             description=f"epoch {info['epoch']}/{info['epochs']}")
+                             description=f"train  epoch {info['epoch']}/{info['epochs']}")
+
+    def line(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def step_finished(self, step: str, state: str) -> None:
+        if step == "train" and self.task is not None:
+            self.progress.remove_task(self.task)  # no bar left at "epoch 11/15" after early stopping
+            self.task = None
+        mark = "done" if state.startswith("Completed") else state
+        self.line(f"  {step:<12} {mark}   ({time.monotonic() - self.started:.1f} s)")
+
+
+_TASK_FINISHED = re.compile(r"^Finished in state (\w+)")
+
+
+class _TerminalView(logging.Filter):
+    """On Prefect's console handlers while a run shows its live display: INFO lines of Prefect and of the
+    steps are not printed as log lines (they all still reach the Prefect UI through the API handler);
+    epoch lines, early stopping and finished steps are shown as lines of the display. Warnings and errors
+    pass as they are. `--verbose` does not install it."""
+
+    def __init__(self, view: _ProgressHandler):
+        super().__init__()
+        self.view = view
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        msg = record.getMessage()
+        if record.name.startswith("trainkite.train") and (msg.startswith("epoch ") or "early stopping" in msg
+                                                           or msg.startswith("resuming ")):
+            self.view.line(f"  {msg}")
+        elif record.name == "prefect.task_runs" and (m := _TASK_FINISHED.match(msg)):
+            name = getattr(record, "task_name", None) or (getattr(record, "task_run_name", "") or "").rsplit("-", 1)[0]
+            self.view.step_finished(name or "step", m.group(1))
+        elif record.name == "prefect.flow_runs" and msg.startswith("View at "):
+            self.view.line(f"  Prefect UI   {msg.removeprefix('View at ')}")
+        return False
+
+
+def _console_handlers() -> list[logging.Handler]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    return list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}.values())
 
 
 def _store(root: str | None):
@@ -94,11 +208,13 @@ def train(
     model_id: Annotated[str | None, typer.Option("--model-id", help="Resume/name this model ID.")] = None,
     params_json: Annotated[str | None, typer.Option("--params-json", help="Resolved params as JSON (what a "
                                                     "Batch job receives); replaces --params.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print Prefect's and the steps' log lines "
+                                          "here too, not only in the Prefect UI.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the data the params file points at (local DuckDB by default)."""
     with user_errors(as_json):
-        from params import apply_overrides, load_params, parse_overrides, validate_params
+        from params import apply_overrides, parse_overrides, validate_params
 
         if params_json is not None:
             try:
@@ -107,7 +223,8 @@ def train(
                 raise UserInputError(f"--params-json is not valid JSON: {e}") from None
             params = validate_params(apply_overrides(raw, parse_overrides(overrides or [])), source="--params-json")
         else:
-            params = load_params(params_file, overrides or [])
+            params = load_cli_params(params_file, overrides)
+        require_model_type(params)
         configure_quiet_offline_env()
         from trainkite.ids import resolve_model_id
         from trainkite.prefect_server import begin_api, ensure_api
@@ -121,7 +238,17 @@ def train(
         build = BuildContext.from_env()
         _check_tree(build)
         mid = resolve_model_id(model_id, build)
-        result = _run_train(params, mid, build, as_json)
+        try:
+            result = _run_train(params, mid, build, as_json, verbose)
+        except KeyboardInterrupt:
+            # The model ID is what a resume needs; the finished steps and the last checkpoint are kept.
+            resume = _resume_command(params_file, overrides, params_json, mid)
+            if as_json:
+                emit({"error": "interrupted", "model_id": mid, "resume": resume, "exit_code": 130}, True)
+            err.print(f"[yellow]interrupted:[/] model {mid} is not finished; resume it (finished steps are "
+                      f"reused, training restarts from its last checkpoint) with:\n  {resume}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         sample = None
         if not as_json:
             from tasks.predict import Predictor
@@ -140,6 +267,20 @@ def train(
             print(result["model_id"])
 
         emit(result, as_json, human)
+
+
+def _resume_command(params_file: Path | None, overrides: list[str] | None, params_json: str | None,
+                    model_id: str) -> str:
+    import shlex
+
+    args = ["trainkite", "train"]
+    if params_json is not None:
+        args += ["--params-json", params_json]
+    elif params_file is not None:
+        args += ["--params", str(params_file)]
+    for o in overrides or []:
+        args += ["--set", o]
+    return shlex.join([*args, "--model-id", model_id])
 
 
 def _check_tree(build) -> None:
@@ -186,7 +327,7 @@ def hide_user_error_tracebacks() -> None:
             logger.addFilter(_NoUserErrorTraceback())
 
 
-def _run_train(params, model_id: str, build, as_json: bool) -> dict:
+def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = False) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.train import train as train_flow
@@ -203,6 +344,12 @@ def _run_train(params, model_id: str, build, as_json: bool) -> dict:
 
         from trainkite.prefect_server import run_tag
 
+        view = None if verbose or as_json else _TerminalView(handler)
+        consoles = _console_handlers() if view else []
+        for h in consoles:
+            h.addFilter(view)
+        if view:
+            handler.line(f"training {model_id}  (every log line is in the Prefect UI; --verbose prints them here)")
         try:
             # The tag names this process, so a later `trainkite server stop`/`status` can mark the run Crashed
             # if this process is killed before it can report an end.
@@ -216,6 +363,8 @@ def _run_train(params, model_id: str, build, as_json: bool) -> dict:
             raise
         finally:
             progress_logger.removeHandler(handler)
+            for h in consoles:
+                h.removeFilter(view)
 
 
 @app.command()
@@ -280,7 +429,7 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                 t.add_row(r["model_id"], r["model_name"], r["created_at"],
                           *(f"{m[k]:.4f}" if k in m else "-" for k in
                             ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
-            Console().print(t)
+            print_table(t)
 
         for b in broken:  # on stderr in both modes: --json has them under "broken" too
             err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False,
@@ -317,7 +466,8 @@ def server_prepare(as_json: JsonOpt = False) -> None:
         from trainkite.prefect_server import prepare_database
 
         path = prepare_database()
-        emit({"template": str(path)}, as_json, lambda: err.print(f"Prefect database template: {path}"))
+        # The path is the command's result: on stdout, so `server prepare >/dev/null` is silent.
+        emit({"template": str(path)}, as_json, lambda: print(path))
 
 
 @server_app.command("stop")
@@ -355,6 +505,8 @@ _EXTENSIONS = (
     "trainkite.cli_repro",
     "trainkite.cli_sweep",
     "trainkite.cli_evidence",
+    "trainkite.cli_local",
+    "trainkite.cli_gc",
 )
 
 

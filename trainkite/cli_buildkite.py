@@ -19,7 +19,7 @@ def launch(
         "--set", help="section.key=value, repeatable; applied after the lines of env TRAINKITE_SET.")] = None,
     deployment: Annotated[str, typer.Option(
         "--deployment", envvar="TRAINKITE_DEPLOYMENT",
-        help="Prefect deployment to run (flow/deployment), e.g. train/trainkite-gpu-ecs.")] = TRAIN_DEPLOYMENT,
+        help="Prefect deployment to run (flow/deployment), e.g. train/train-ecs-gpu.")] = TRAIN_DEPLOYMENT,
     as_json: JsonOpt = False,
 ) -> None:
     """Start training for this Buildkite build as a Prefect deployment run and print the flow run ID.

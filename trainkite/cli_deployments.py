@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from trainkite.cli import JsonOpt, emit, err, user_errors
+from trainkite.home import configure_quiet_offline_env
 
 GROUP = "deployments"
 
@@ -31,6 +32,8 @@ def apply(as_json: JsonOpt = False,
                    "prefect-docker; see deployments/specs.py)")) -> None:
     """Create or update the work pools, deployments and release automations (idempotent)."""
     with user_errors(as_json):
+        # Before Prefect loads: apply logs outside any flow run, which Prefect would warn about per line.
+        configure_quiet_offline_env()
         from deployments.apply import apply as apply_all
         from trainkite.prefect_server import ensure_api
 
@@ -42,6 +45,7 @@ def apply(as_json: JsonOpt = False,
 def show(as_json: JsonOpt = False) -> None:
     """Compare the server with deployments/specs.py without changing anything (exit 3: apply would change it)."""
     with user_errors(as_json):
+        configure_quiet_offline_env()
         from deployments.apply import apply as apply_all
         from trainkite.prefect_server import ensure_api
 

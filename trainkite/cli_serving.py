@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, user_errors
+from trainkite.cli import JsonOpt, RootOpt, emit, err, print_table, user_errors
 from trainkite.errors import TrainkiteError
 from trainkite.home import configure_quiet_offline_env
 
@@ -43,9 +43,28 @@ def serve(
     _run(folder, model_id, host, port, workers)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on before saying "serving at" (uvicorn would find out only
+    after the banner, and end in its own error). Bound the way uvicorn binds, then released at once."""
+    import socket
+
+    from trainkite.errors import UserInputError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise UserInputError(f"cannot serve on {host}:{port}: {e.strerror or e} (something else is listening "
+                                 "there? choose another --port)") from None
+
+
 def _run(folder: Path, model_id: str, host: str, port: int, workers: int) -> None:
     from serving.entrypoint import run_server
 
+    with user_errors(False):
+        check_port_free(host, port)
     err.print(f"serving {model_id} at http://{host}:{port} (GET /ping, POST /invocations); Ctrl+C stops it",
               highlight=False)
     run_server(folder, host=host, port=port, workers=workers, expected_model_id=model_id)
@@ -83,15 +102,16 @@ def deploy(
     = False,
     approved_by: Annotated[str | None, typer.Option("--approved-by", help="Who approved it (logged).")] = None,
     port: PortOpt = 8080,
-    serve_now: Annotated[bool, typer.Option("--serve", help="local: start serving after recording.")] = False,
+    serve_now: Annotated[bool, typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) "
+                                            "instead of in the background.")] = False,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy a verified model to SageMaker or locally, and record it in the deployment log."""
     with user_errors(as_json):
-        from params import load_params
+        from trainkite.cli import load_cli_params
 
-        params = load_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
+        params = load_cli_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
         _preflight(params, model_id, target, port, allow_older)
         configure_quiet_offline_env()
         from trainkite.prefect_server import begin_api, ensure_api
@@ -100,22 +120,36 @@ def deploy(
         from flows.deploy import deploy as deploy_flow
 
         ensure_api()
+        background = target == "local" and not serve_now
+        if background:
+            from trainkite import cli_local
 
-        with contextlib.redirect_stdout(sys.stderr):
-            result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,
-                                 allow_older=allow_older, local_port=port)
+            # Serving first, recorded second: the log never says "deployed" for a server that did not start.
+            served = cli_local.start(model_id, port, params.artifacts.root)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,
+                                     allow_older=allow_older, local_port=port)
+            if not result.get("deployed"):
+                raise TrainkiteError(f"model {model_id} was not deployed ({result.get('status')})")
+        except BaseException:
+            if background:
+                cli_local.stop_port(port)
+            raise
         if target == "local":
             result["serve_command"] = _serve_command(model_id, port, params.artifacts.root)
-        if not result.get("deployed"):
-            raise TrainkiteError(f"model {model_id} was not deployed ({result.get('status')})")
+        if background:
+            result["server"] = served
 
         def human():
             err.print(f"[bold green]deployed[/] {model_id} to {target} {result['endpoint']}", highlight=False)
             if result.get("endpoint_config"):
                 err.print(f"endpoint config {result['endpoint_config']} ({result.get('action')}); "
                           f"model data {result.get('model_data_url')}", highlight=False)
-            if target == "local" and not serve_now:
-                print(result["serve_command"])
+            if background:
+                err.print(f"serving in the background (pid {served['pid']}, log {served['log']}); stop it with "
+                          "`trainkite deployments stop`", highlight=False)
+                print(result["endpoint"])
 
         emit(result, as_json, human)
     if target == "local" and serve_now:
@@ -149,18 +183,24 @@ def deployments_list(
 
         store = open_store(root)
         records = deploy_log.read_log(store)
-        live = deploy_log.live_everywhere(records)
+        from trainkite.cli_local import check
+
+        # Whether each live entry is really live, asked of the server now (local; SageMaker is not asked).
+        live = [{**r, "check": check(r)} for r in deploy_log.live_everywhere(records)]
 
         def human():
             from rich.console import Console
             from rich.table import Table
 
             rows = records if all_records else live
-            t = Table("target", "endpoint", "model ID", "status", "time", "approved by", "previous")
+            t = Table("target", "endpoint", "model ID", "status", "now", "time", "approved by", "previous")
             for r in rows:
-                t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r["time"],
+                t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r.get("check", "-"), r["time"],
                           r.get("approved_by") or "-", r.get("previous_model_id") or "-")
-            Console().print(t if rows else "no deployments recorded in " + store.root)
+            if rows:
+                print_table(t, whole=("model ID", "previous", "endpoint"))
+            else:
+                Console().print("no deployments recorded in " + store.root)
 
         emit({"root": store.root, "live": live, "deployments": records}, as_json, human)
 

@@ -26,18 +26,21 @@ def sweep(
     max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, max=64,
                                               help="Configurations training at the same time.")] = 2,
     deployment: Annotated[str | None, typer.Option("--deployment", help="Run each configuration on this train "
-                                                   "deployment (e.g. train/trainkite-gpu-ecs).")] = None,
+                                                   "deployment (e.g. train/train-ecs-gpu).")] = None,
     sweep_id: Annotated[str | None, typer.Option("--sweep-id", help="Reuse a sweep ID and its model IDs "
                                                  "(finished steps are reused).")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Also write the leaderboard as CSV here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every run's log lines here too, not "
+                                          "one line per configuration.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Hyper-parameter sweep: every configuration is its own train run; the best is the sweep's candidate."""
     with user_errors(as_json):
-        from params import load_params
         from tasks import sweep as sw
+        from trainkite.cli import load_cli_params, require_model_type
 
-        params = load_params(params_file, overrides or [])
+        params = load_cli_params(params_file, overrides)
+        require_model_type(params)
         parsed = sw.parse_grid(grid or [])
         # Plan here first: a sweep with no valid configuration is refused before any server starts.
         plan = sw.plan_sweep(params, parsed, random, seed, max_parallel, sweep_id)
@@ -52,7 +55,10 @@ def sweep(
         ensure_api()
         from trainkite.store import open_store
 
-        with contextlib.redirect_stdout(sys.stderr):
+        from trainkite.cli_sweep_view import SweepView
+
+        view = contextlib.nullcontext() if verbose or as_json else SweepView(plan)
+        with contextlib.redirect_stdout(sys.stderr), view:
             state = sweep_flow(params=params, grid=parsed, random=random, seed=seed, max_parallel=max_parallel,
                                deployment=deployment, sweep_id=plan.sweep_id, return_state=True)
         record = sw.read_record(open_store(params.artifacts.root), plan.sweep_id)

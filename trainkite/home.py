@@ -32,7 +32,6 @@ def cache_dir() -> Path:
 
 def configure_quiet_offline_env() -> None:
     """Defaults that keep a laptop run offline and quiet; anything the user set wins."""
-    h = home()
     defaults = {
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -45,11 +44,17 @@ def configure_quiet_offline_env() -> None:
         "WANDB_ERROR_REPORTING": "false",
         "WANDB_DISABLE_GIT": "true",
         "WANDB_DISABLE_CODE": "true",
-        "WANDB_DIR": str(h / "wandb"),
-        "WANDB_CACHE_DIR": str(h / "wandb" / "cache"),
-        "WANDB_DATA_DIR": str(h / "wandb" / "data"),
-        "WANDB_CONFIG_DIR": str(h / "wandb" / "config"),
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    configure_wandb_dirs()
+
+
+def configure_wandb_dirs() -> None:
+    """W&B writes under $TRAINKITE_HOME/wandb unless the user said otherwise. Without this W&B picks the
+    working directory: a flow run started by a worker (cwd = the code folder) wrote into the repo."""
+    w = home() / "wandb"
+    for k, v in {"WANDB_DIR": w, "WANDB_CACHE_DIR": w / "cache", "WANDB_DATA_DIR": w / "data",
+                 "WANDB_CONFIG_DIR": w / "config"}.items():
+        os.environ.setdefault(k, str(v))
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)

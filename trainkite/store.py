@@ -219,7 +219,8 @@ SCRATCH_TAG = "trainkite-artifact=checkpoint"
 
 def _is_scratch(key: str) -> bool:
     parts = key.split("/")
-    return "checkpoints" in parts[:-1] or "run" in parts[2:3] or key.startswith("_cache/")
+    return ("checkpoints" in parts[:-1] or "run" in parts[2:3] or key.startswith("_cache/")
+            or key.startswith("_scratch/"))
 
 
 class S3Store(ArtifactStore):
