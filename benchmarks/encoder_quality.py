@@ -50,7 +50,8 @@ def train_query(rows: int | None) -> str:
 
 def run(folder: Path, overrides: list[str]) -> tuple[dict, object, object, Path]:
     from params import load_params
-    from tasks import data, defaults, evaluate as ev, model_types
+    from tasks import data, defaults, evaluate as ev
+    from models import registry as model_types
     from trainkite.manifest import ModelRef
     from trainkite.store import LocalStore
 
@@ -76,13 +77,13 @@ def run(folder: Path, overrides: list[str]) -> tuple[dict, object, object, Path]
 def scorer_for(params, trained):
     """texts -> class probabilities, exactly as `Predictor` would serve the published model."""
     if params.model.type == "encoder":
-        from tasks.encoder import EncoderScorer, feature_config
+        from models.encoder import EncoderScorer, feature_config
 
         cfg = {"encoder": feature_config(params.model.encoder_max_length, params.model.encoder_mode)}
         return EncoderScorer(Path(trained.weights_path), cfg, 2, "bench")
-    from tasks.bow import predict_proba
-    from tasks.preprocess import encode
-    from tasks.train import load_weights
+    from models.bow import predict_proba
+    from models.features import encode
+    from models.fit import load_weights
 
     model = load_weights(trained.weights_path, params.preprocess.buckets, params.model.embedding_dim, 2)
     return lambda texts: predict_proba(model, *encode(texts, params.preprocess))

@@ -122,7 +122,7 @@ sys.path.insert(0, {str(REPO)!r})
 import os
 os.environ["OMP_NUM_THREADS"] = "1"
 from pathlib import Path
-from serving.predictor import load_predictor
+from models.lean_predictor import load_predictor
 from trainkite.manifest import load_dir_manifest
 folder = Path({str(folder)!r})
 p = load_predictor(folder, load_dir_manifest(folder), backend={backend!r})

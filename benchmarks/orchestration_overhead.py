@@ -30,7 +30,8 @@ import sys, time, shutil
 from pathlib import Path
 t0 = time.perf_counter()
 from params import load_params
-from tasks import data, preprocess as pp, provenance, train as tn, evaluate as ev, publish as pb
+from tasks import data, provenance, evaluate as ev, publish as pb
+from models import features as pp, fit as tn
 from trainkite.store import open_store
 from trainkite.manifest import ModelRef
 params = load_params(None, sys.argv[2:])
@@ -52,7 +53,7 @@ from params import load_params
 from trainkite.home import configure_quiet_offline_env
 configure_quiet_offline_env()
 params = load_params(None, sys.argv[2:])
-from trainkite.prefect_server import begin_api, ensure_api
+from cli.prefect_server import begin_api, ensure_api
 begin_api()  # as `trainkite train` does: the server comes up while Prefect and torch import
 from flows.train import train
 t1 = time.perf_counter()
@@ -84,7 +85,7 @@ def main() -> None:
     res: dict[str, list] = {"plain": [], "flow_warm": [], "flow_first": [], "flow_first_new_home": []}
 
     def stop(e: dict) -> None:
-        subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=e, capture_output=True, check=False)
+        subprocess.run([sys.executable, "-m", "cli", "server", "stop"], env=e, capture_output=True, check=False)
 
     homes = [home]
     try:

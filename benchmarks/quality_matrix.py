@@ -40,8 +40,9 @@ import pandas as pd
 
 from params import PARAMS_DIR, apply_overrides, parse_overrides, validate_params
 from params.model import read_params_file
-from tasks import data, defaults, model_types
-from tasks.metrics import score
+from tasks import data, defaults
+from models import registry as model_types
+from models.metrics import score
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 
@@ -101,7 +102,7 @@ def run_trainkite(train: pd.DataFrame, test: pd.DataFrame, params_file: str, ove
     t2 = time.perf_counter()
     trained = model_types.train(feats, params, store, ModelRef("bench", "bench"), work)
     t3 = time.perf_counter()
-    from tasks.preprocess import load_features
+    from models.features import load_features
 
     arrays = load_features(feats, store, work)
     probs = model_types.split_scorer(trained, params, arrays, len(feats.labels), store)("evaluation")

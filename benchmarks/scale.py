@@ -132,7 +132,8 @@ STAGES = r'''
 import json, resource, sys, time
 from pathlib import Path
 from params import load_params
-from tasks import data, evaluate as ev, model_types
+from tasks import data, evaluate as ev
+from models import registry as model_types
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 folder, work, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -189,7 +190,7 @@ def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path)
         env = {**os.environ, "TRAINKITE_HOME": str(home)}
         overrides = [f"data.path={json.dumps(str(folder))}", *TRAIN]
         sets = [a for o in overrides for a in ("--set", o)]
-        wall, peak, proc = timed([sys.executable, "-m", "trainkite", "train", *sets, "--json"], env)
+        wall, peak, proc = timed([sys.executable, "-m", "cli", "train", *sets, "--json"], env)
         if proc.returncode != 0:
             raise SystemExit(f"trainkite train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout)
@@ -225,7 +226,7 @@ def main() -> None:
     # stopped at the end.
     home = Path(tempfile.mkdtemp(prefix="bench-scale-home-", dir=args.tmp))
     env = {**os.environ, "TRAINKITE_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "trainkite", "server", "start"], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "cli", "server", "start"], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=600)
     try:
         for rows in sizes:
@@ -233,7 +234,7 @@ def main() -> None:
             out.append(r)
             print(json.dumps(r), flush=True)
     finally:
-        subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], cwd=REPO, env=env,
+        subprocess.run([sys.executable, "-m", "cli", "server", "stop"], cwd=REPO, env=env,
                        capture_output=True, timeout=120)
         shutil.rmtree(home, ignore_errors=True)
     print(f"\n{'rows':>10} {'whole s':>8} {'RSS MB':>7} {'fetch':>6} {'prep':>6} {'train':>6} {'eval':>6} "

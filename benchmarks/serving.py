@@ -57,7 +57,7 @@ def model_folder(args) -> tuple[Path, str]:
     model_id = args.model_id
     if not model_id:
         env = {**os.environ, "TRAINKITE_HOME": args.home}
-        out = subprocess.run([sys.executable, "-m", "trainkite", "train", "--set", "tracking.backend=\"none\"",
+        out = subprocess.run([sys.executable, "-m", "cli", "train", "--set", "tracking.backend=\"none\"",
                               "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=True)
         model_id = json.loads(out.stdout)["model_id"]
         os.environ["TRAINKITE_HOME"] = args.home
@@ -68,7 +68,7 @@ def model_folder(args) -> tuple[Path, str]:
 def in_process(folder: Path, payload: bytes, seconds: float) -> dict:
     import torch
 
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
 
     torch.set_num_threads(1)  # what the server runs with (TRAINKITE_TORCH_THREADS=1)
     pred = Predictor.from_dir(folder)

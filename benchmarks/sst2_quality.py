@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from params import load_params
-from tasks import data, defaults, evaluate as ev, preprocess as pp, train as tn
+from tasks import data, defaults, evaluate as ev
+from models import features as pp, fit as tn
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 

@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from trainkite.home import configure_quiet_offline_env
-    from trainkite.prefect_server import ensure_api
+    from cli.prefect_server import ensure_api
 
     configure_quiet_offline_env()
     ensure_api()

@@ -30,7 +30,7 @@ from params import load_params
 from trainkite.home import configure_quiet_offline_env
 configure_quiet_offline_env()
 params = load_params(None, sys.argv[2:])
-from trainkite.prefect_server import begin_api, ensure_api
+from cli.prefect_server import begin_api, ensure_api
 begin_api()
 from flows.train import train
 ensure_api()
@@ -73,7 +73,7 @@ def main() -> None:
             for backend in ("none", "wandb"):
                 res[backend].append(_run(args.code, f"{backend}-{i}", backend, env))
     finally:
-        subprocess.run([sys.executable, "-m", "trainkite", "server", "stop"], env=env, capture_output=True,
+        subprocess.run([sys.executable, "-m", "cli", "server", "stop"], env=env, capture_output=True,
                        check=False, timeout=120)
         shutil.rmtree(home, ignore_errors=True)
 

@@ -11,7 +11,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
-from tasks import deploy_steps as steps
+from flows import deploy_steps as steps
 from tasks.deploy import approval_markdown, target_endpoint
 
 

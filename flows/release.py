@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks import release_steps as steps
+from flows import release_steps as steps
 
 
 @flow(name="release-build")

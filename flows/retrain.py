@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger
 
 from flows.train import train
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
-from tasks import steps
+from flows import steps
 
 
 @flow(name="retrain")

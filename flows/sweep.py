@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
-from tasks import sweep_steps as steps
+from flows import sweep_steps as steps
 
 
 @flow(name="sweep")

@@ -8,7 +8,7 @@ from prefect import flow
 from buildkite.context import BuildContext
 from flows.hooks import release_build_on_failure, stop_if_build_canceled
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
-from tasks import steps
+from flows import steps
 from trainkite.ids import resolve_model_id
 
 

@@ -123,7 +123,7 @@ def loaded_workers(ready_dir: str) -> int:
 def _loader(model_dir, model_id, store_root, expected_model_id):
     def load():
         # numpy / ONNX Runtime where the model allows (the lean image has no torch), else torch.
-        from serving.predictor import load_predictor
+        from models.lean_predictor import load_predictor
         from trainkite.manifest import fetch_model, load_dir_manifest
 
         if model_dir is not None:

@@ -52,7 +52,7 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
         return {**base, "verdict": cp.NOT_COMPARED, "champion": champ,
                 "reason": f"{len(texts)} texts for {len(y)} labelled {split} rows: not the same rows"}
     try:
-        from tasks.predict import Predictor
+        from models.predictor import Predictor
 
         predictor = Predictor.from_store(store, found["model_id"])
         probs = predictor.predict_proba(texts)

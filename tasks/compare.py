@@ -42,7 +42,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def _macro_f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
     """Macro-F1 per row of (resamples, classes) counts, over the classes present in that sample's truth
-    (tasks.metrics.score's definition: 2tp / (2tp + fp + fn) is its F1, 0 when tp = 0)."""
+    (models.metrics.score's definition: 2tp / (2tp + fp + fn) is its F1, 0 when tp = 0)."""
     denom = 2 * tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=float), where=denom > 0)
     present = (tp + fn) > 0

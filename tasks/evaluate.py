@@ -10,10 +10,10 @@ from pydantic import BaseModel
 
 from params.model import Params
 from tasks.data import DatasetRef
-from tasks.metrics import score
-from tasks.preprocess import FeaturesRef, load_features
-from tasks.model_types import split_scorer
-from tasks.train import TrainedModel
+from models.metrics import score
+from models.features import FeaturesRef, load_features
+from models.registry import split_scorer
+from models.fit import TrainedModel
 from trainkite.runfiles import run_key, stage
 from trainkite.store import ArtifactStore
 

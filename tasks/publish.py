@@ -12,10 +12,10 @@ from pydantic import BaseModel
 from buildkite.context import BuildContext
 from params.model import Params
 from tasks.data import DatasetRef, local_snapshot
-from tasks.preprocess import FEATURE_SCHEMA, schemas
+from models.features import FEATURE_SCHEMA, schemas
 from tasks.evaluate import EvalReport
-from tasks.onnx_export import serving_files
-from tasks.train import TrainedModel, check_finite_weights
+from models.onnx_export import serving_files
+from models.fit import TrainedModel, check_finite_weights
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
 from trainkite.runfiles import local_copy
@@ -33,7 +33,7 @@ class Published(BaseModel):
 
 def feature_config(params: Params, labels: list[str]) -> dict:
     if params.model.type == "encoder":
-        from tasks.encoder import feature_config as encoder_config
+        from models.encoder import feature_config as encoder_config
 
         return {"model_type": "encoder", "labels": labels,
                 "encoder": encoder_config(params.model.encoder_max_length, params.model.encoder_mode)}

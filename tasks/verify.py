@@ -13,7 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from params.model import Params, validate_params
-from tasks import data, model_types, preprocess as pp, train as tn
+from tasks import data
+from models import registry as model_types, features as pp, fit as tn
 from trainkite.errors import IntegrityError
 from trainkite.lineage import git_info, package_versions
 from trainkite.manifest import ModelRef, fetch_model, recorded_schemas

@@ -46,7 +46,7 @@ def pytest_configure(config):
     if os.environ.get("TRAINKITE_TEST_PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = os.environ["TRAINKITE_TEST_PREFECT_API_URL"]
         return
-    from trainkite.prefect_server import seed_database
+    from cli.prefect_server import seed_database
 
     seed_database(base / "prefect")  # skips the migrations when scripts/install.sh prepared the template
     port = _free_port()

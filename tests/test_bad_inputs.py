@@ -290,7 +290,7 @@ def cli_results(prefect_api, moto_server, trained_model_dir, tmp_path_factory): 
         home = base / "homes" / case.id
         args = [a.replace("{base}", str(base)) for a in case.args]
         before = _files(base / "store") | {f"home/{f}" for f in _files(home)}
-        proc = subprocess.run([sys.executable, "-m", "trainkite", *args], cwd=REPO, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
                               env={**clean, "TRAINKITE_HOME": str(home), **envs[case.env]}, timeout=240)
         after = _files(base / "store") | {f"home/{f}" for f in _files(home)}
         return case.id, (proc, after - before, home)

@@ -44,7 +44,7 @@ def _launch(run: PipelineRun) -> str:
 
 
 def _deploy_command_exists() -> bool:
-    from trainkite.cli import app
+    from cli.main import app
 
     return any(c.name == "deploy" for c in app.registered_commands)
 

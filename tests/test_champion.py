@@ -31,7 +31,7 @@ def _train(root: Path, model_id: str, **overrides) -> dict:
 
 def _cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TRAINKITE_HOME": str(env_home)}
-    return subprocess.run([sys.executable, "-m", "trainkite", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -13,7 +13,7 @@ SMALL = ["--set", "train.epochs=2", "--set", "preprocess.buckets=4096", "--set",
 
 
 def tk(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "trainkite", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **(env or {})}, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks import compare as cp
-from tasks.metrics import score
+from models.metrics import score
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -89,7 +89,7 @@ def test_unset_keys_survive_json_the_ui_form_and_params_json():
     st = defaults.stats_of_rows(_rows(800, 500), 2)
     assert defaults.resolve_params(back, st) == defaults.resolve_params(p, st)
     # AWS Batch: the job's command carries the params as --params-json, unset keys as null.
-    from tasks.batch_steps import training_command
+    from flows.batch_steps import training_command
 
     command = training_command(p, "m-1")
     sent = json.loads(command[command.index("--params-json") + 1])

@@ -53,7 +53,7 @@ def _queue_smoke_reply(moto_url: str, model_id: str) -> None:
 
 
 def _cli(*args):
-    from trainkite.cli import app
+    from cli.main import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -394,8 +394,8 @@ def test_cli_refusals_happen_before_prefect_is_imported(model_factory, tk_home):
     from tests.conftest import REPO
 
     model_factory("pre-1")
-    code = ("import sys; import trainkite.cli; from params import load_params; "
-            "from trainkite.cli_serving import _preflight; "
+    code = ("import sys; import cli.main; from params import load_params; "
+            "from cli.serving_commands import _preflight; "
             "_preflight(load_params(None, []), 'pre-1', 'local', 8080, False); "
             "assert 'prefect' not in sys.modules, 'prefect imported before ensure_api'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

@@ -137,7 +137,7 @@ def test_a_run_of_the_process_deployment_is_picked_up_by_a_worker_and_finishes(p
 
 
 def test_cli_show_reports_nothing_to_do(applied):
-    out = subprocess.run([sys.executable, "-m", "trainkite", "deployments", "show", "--json"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "cli", "deployments", "show", "--json"], cwd=REPO,
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)

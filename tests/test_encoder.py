@@ -77,7 +77,7 @@ def test_a_frozen_model_from_before_layer_pooling_still_scores(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from tasks.encoder import LOGIT_SCALE, EncoderScorer, load_backbone, mean_pool, reference, tokenize
+    from models.encoder import LOGIT_SCALE, EncoderScorer, load_backbone, mean_pool, reference, tokenize
 
     g = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(3, 384, generator=g) * 0.1, torch.tensor([0.1, 0.0, -0.1])
@@ -97,7 +97,7 @@ def test_a_frozen_model_from_before_layer_pooling_still_scores(tmp_path):
 
 
 def _cached_features(root: Path):
-    from tasks.preprocess import FeaturesRef
+    from models.features import FeaturesRef
 
     [key] = [k for k in open_store(str(root)).list("_cache/features") if k.endswith("/index.json")]
     return FeaturesRef(key=Path(key).parent.name, store_key=key, labels=["negative", "neutral", "positive"], counts={},
@@ -107,7 +107,7 @@ def _cached_features(root: Path):
 def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
     from safetensors.torch import load_file
 
-    from tasks import model_types
+    from models import registry as model_types
     from trainkite.manifest import ModelRef
 
     params, _, root = encoder_model
@@ -121,7 +121,7 @@ def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
 def test_a_crashed_training_resumes_to_the_same_weights(encoder_model, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from tasks import encoder_train
+    from models import encoder_train
     from trainkite.manifest import ModelRef
 
     params, _, root = encoder_model
@@ -149,7 +149,7 @@ def test_predictor_and_serving_app_load_the_encoder_model(encoder_model):
     from starlette.testclient import TestClient
 
     from serving.app import create_app
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
 
     _, _, root = encoder_model
     preds = Predictor.from_store(open_store(str(root)), "enc-1").predict(TEXTS)
@@ -171,7 +171,7 @@ def test_predictor_and_serving_app_load_the_encoder_model(encoder_model):
 
 
 def test_a_frozen_head_refuses_other_encoder_weights(encoder_model):
-    from tasks.encoder import EncoderScorer
+    from models.encoder import EncoderScorer
     from trainkite.errors import IntegrityError
 
     _, _, root = encoder_model
@@ -183,7 +183,7 @@ def test_a_frozen_head_refuses_other_encoder_weights(encoder_model):
 
 
 def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, params_factory, tmp_path):
-    from tasks import encoder, model_types
+    from models import encoder, registry as model_types
     from tasks.data import fetch_dataset
     from trainkite.store import LocalStore
 
@@ -197,9 +197,9 @@ def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch, params_
 
 def test_the_onnx_export_is_published_checked_and_served_without_torch(encoder_model):
     """model.onnx and tokenizer.json are model files like the others; the lean predictor agrees with torch."""
-    from serving.predictor import LeanPredictor
-    from tasks.onnx_export import PROBE_TEXTS, TOLERANCE
-    from tasks.predict import Predictor
+    from models.lean_predictor import LeanPredictor
+    from models.onnx_export import PROBE_TEXTS, TOLERANCE
+    from models.predictor import Predictor
     from trainkite.manifest import fetch_model
 
     _, _, root = encoder_model

@@ -19,7 +19,7 @@ LONG_ID = "local-20261201T073012Z-0123456789abcdef-long"
 
 
 def tk(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "trainkite", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -36,7 +36,7 @@ def test_version_prints_the_installed_version():
 
 
 def test_server_prepare_says_its_result_on_stdout_only(tmp_path, monkeypatch):
-    from trainkite.prefect_server import database_template
+    from cli.prefect_server import database_template
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -121,7 +121,7 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
     from tests.process_helpers import finish, wait_for
 
     home = tmp_path / "home"
-    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "train", "--set", "train.epochs=40",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--set", "train.epochs=40",
                              "--set", "tracking.backend=none"], cwd=REPO, text=True,
                             env={**os.environ, "TRAINKITE_HOME": str(home)}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

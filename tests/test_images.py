@@ -178,7 +178,7 @@ def test_serve_image_is_lean_and_has_no_torch(images):
 
 
 def test_sagemaker_serving_contract(serve, trained_model_dir):  # noqa: F811
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
     from trainkite.manifest import load_dir_manifest
 
     container, port = serve(trained_model_dir, workers=2)
@@ -226,7 +226,7 @@ def encoder_model_dir(prefect_api, tmp_path_factory) -> Path:
 
 
 def test_the_encoder_serves_from_onnx_in_the_lean_image(serve, encoder_model_dir):
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
     from trainkite.manifest import load_dir_manifest
 
     container, port = serve(encoder_model_dir, workers=1)

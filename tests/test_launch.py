@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildkite import launch as ln
+from cli import launch as ln
 from buildkite.context import BuildContext
 from tests.fakes.buildkite_fixtures import ORG, PIPELINE, TOKEN
 from tests.process_helpers import git_checkout
@@ -30,7 +30,7 @@ def _launch(args: list[str], fake, number: int, checkout: Path) -> subprocess.Co
                 "BUILDKITE_API_URL": fake.url, "BUILDKITE_API_TOKEN": TOKEN,
                 # Unreachable on purpose: a refusal must come before any Prefect call.
                 "PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    return subprocess.run([sys.executable, "-m", "trainkite", "launch", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", "launch", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

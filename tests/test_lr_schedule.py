@@ -6,7 +6,7 @@ import pytest
 
 from params import load_params
 from params.model import ParamsError
-from tasks.train import epoch_batches, learning_rate
+from models.fit import epoch_batches, learning_rate
 
 
 def _tp(**train):

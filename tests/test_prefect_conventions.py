@@ -33,7 +33,7 @@ def _read(client, full_name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def applied_by_cli(prefect_api):
-    proc = subprocess.run([sys.executable, "-m", "trainkite", "deployments", "apply", "--json"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "cli", "deployments", "apply", "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), proc.stderr
@@ -108,7 +108,7 @@ def test_prefect_deploy_all_creates_the_deployments_apply_creates(applied_by_cli
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tests.faults.prefect_server import PrivatePrefectServer
-    from trainkite.prefect_server import seed_database
+    from cli.prefect_server import seed_database
 
     seed_database(tmp_path / "prefect")
     server = PrivatePrefectServer(tmp_path / "prefect").start(timeout=240)

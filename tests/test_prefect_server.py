@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 
-from trainkite import prefect_server as ps
+from cli import prefect_server as ps
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from buildkite import launch as ln
+from cli import launch as ln
 from buildkite.context import BuildContext
 from tasks.provenance import check_code_commit
 from tests.process_helpers import GIT, git_checkout

@@ -31,7 +31,7 @@ SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", 
 def _train(home: Path, root: Path, model_id: str, seed: int) -> subprocess.Popen:
     env = {**os.environ, "TRAINKITE_HOME": str(home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", f"train.seed={seed}",
+        [sys.executable, "-m", "cli", "train", *SMALL, "--set", f"train.seed={seed}",
          "--set", f"artifacts.root={json.dumps(str(root))}", "--model-id", model_id, "--json"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tasks import model_types
+from models import registry as model_types
 from tasks.data import fetch_dataset
-from tasks.train import DIVERGED_LOSS_FACTOR, check_divergence, check_finite_weights
+from models.fit import DIVERGED_LOSS_FACTOR, check_divergence, check_finite_weights
 from trainkite.errors import TrainingDiverged, UserInputError
 from trainkite.manifest import ModelRef
 from trainkite.store import open_store
@@ -87,7 +87,7 @@ def test_a_diverging_train_flow_fails_publishes_nothing_and_is_not_retried(prefe
 
 def test_predict_never_prints_nan():
     """An already-published model with NaN weights (from before the guard) is refused by predict, not printed."""
-    from trainkite.cli_predict import check_finite_predictions
+    from cli.predict import check_finite_predictions
 
     check_finite_predictions([{"label": "a", "scores": {"a": 0.4, "b": 0.6}}], "m-1")
     with pytest.raises(Exception, match="non-finite scores"):

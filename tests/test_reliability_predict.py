@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.fixtures_models import copy_model, trained_model_dir  # noqa: F401
-from trainkite.cli_predict import CHUNK_ROWS, output_columns
+from cli.predict import CHUNK_ROWS, output_columns
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def store(trained_model_dir, tmp_path_factory):  # noqa: F811
 
 
 def _predict(store: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainkite", "predict", "p-1", "--root", str(store), *args],
+    return subprocess.run([sys.executable, "-m", "cli", "predict", "p-1", "--root", str(store), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TRAINKITE_HOME": str(store.parent / "home")})
 

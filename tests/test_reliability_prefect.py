@@ -63,7 +63,7 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
                 "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_BUILD_CHECKOUT_PATH": str(clean_checkout),
                 "BUILDKITE_API_URL": fake_buildkite.url, "BUILDKITE_API_TOKEN": TOKEN,
                 "TRAINKITE_HOME": str(home)})
-    launch = [sys.executable, "-m", "trainkite", "launch", *SMALL, "--set", "train.epochs=2", "--json"]
+    launch = [sys.executable, "-m", "cli", "launch", *SMALL, "--set", "train.epochs=2", "--json"]
 
     def start():
         return subprocess.Popen(launch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -108,7 +108,7 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
         home = tmp_path / "home"
         env = {**os.environ, **server.env(), "TRAINKITE_HOME": str(home)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainkite", "train", *SMALL, "--set", "train.epochs=12", "--set",
+            [sys.executable, "-m", "cli", "train", *SMALL, "--set", "train.epochs=12", "--set",
              "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         state = home / "artifacts" / "_scratch" / "sentiment" / "restart-1" / "checkpoints" / "last.json"

@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from tests.conftest import REPO
-from trainkite import prefect_server as ps
+from cli import prefect_server as ps
 
 
 def _tk(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return subprocess.run([sys.executable, "-m", "trainkite", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
                           env={**env, "TRAINKITE_HOME": str(home)}, timeout=timeout)
 
 

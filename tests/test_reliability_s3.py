@@ -49,7 +49,7 @@ def _puts(proxy, model_id: str, name: str) -> list:
 
 
 def _tk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainkite", *args], cwd=REPO, env=dict(os.environ),
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=dict(os.environ),
                           capture_output=True, text=True, timeout=timeout)
 
 

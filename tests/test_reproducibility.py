@@ -17,7 +17,7 @@ SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", 
 
 
 def tk(*args, env, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "trainkite", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, **env}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
@@ -118,7 +118,7 @@ def _latest_flow_run(model_id):
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, home, tmp_path):
     slow = [*SMALL, "--set", "train.epochs=12", "--set", "train.batch_size=1", "--set", "train.patience=0"]
     env = {"TRAINKITE_HOME": str(tmp_path / "h")}
-    proc = subprocess.Popen([sys.executable, "-m", "trainkite", "train", *slow, "--model-id", "crash-1", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", *slow, "--model-id", "crash-1", "--json"],
                             cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     state = tmp_path / "h" / "artifacts" / "_scratch" / "sentiment" / "crash-1" / "checkpoints" / "last.json"

@@ -1,4 +1,4 @@
-"""buildkite/review.py against the fake `buildkite-agent` (file backend): the gate and the override, on a real
+"""cli/review.py against the fake `buildkite-agent` (file backend): the gate and the override, on a real
 published model whose manifest carries a comparison (the end-to-end build is tests/test_review_evidence_e2e.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildkite.review import run_review
+from cli.review import run_review
 from tasks import compare as cp
 from tests.fakes.buildkite_fixtures import AGENT_BIN
 from trainkite.lineage import file_sha256

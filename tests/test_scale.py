@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import data, model_types, preprocess as pp
+from tasks import data
+from models import registry as model_types, features as pp
 from trainkite.errors import DataError
 from trainkite.manifest import ModelRef, recorded_schemas
 from trainkite.store import LocalStore

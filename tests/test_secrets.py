@@ -221,7 +221,7 @@ def test_clients_keep_secrets_out_of_exceptions(tmp_path, aws, monkeypatch):
 
 # --- only safetensors is ever loaded ------------------------------------------------------------------------
 
-LOAD_PATH = ["tasks/predict.py", "tasks/train.py", "tasks/bow.py", "tasks/preprocess.py", "tasks/encoder.py",
+LOAD_PATH = ["models/predictor.py", "models/fit.py", "models/bow.py", "models/features.py", "models/encoder.py",
              "tasks/verify.py", "trainkite/manifest.py", "trainkite/store.py", "serving/app.py", "serving/payload.py",
              "serving/entrypoint.py", "tasks/package.py"]
 
@@ -268,7 +268,7 @@ def _pickle_bomb(marker: Path) -> bytes:
 
 @pytest.mark.parametrize("manifest_too", [False, True], ids=["weights-swapped", "weights-and-manifest-swapped"])
 def test_a_pickle_in_place_of_the_weights_is_never_unpickled(trained_model_dir, tmp_path, manifest_too):  # noqa: F811
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
     from trainkite.lineage import file_sha256
     from trainkite.store import LocalStore
 
@@ -285,7 +285,7 @@ def test_a_pickle_in_place_of_the_weights_is_never_unpickled(trained_model_dir, 
         assert isinstance(err.value, IntegrityError) and "does not match its sha256" in str(err.value)
     else:
         assert isinstance(err.value, IntegrityError) and "not a safetensors file" in str(err.value)
-    proc = subprocess.run([sys.executable, "-m", "trainkite", "predict", "evil-1", "--text", "x", "--root",
+    proc = subprocess.run([sys.executable, "-m", "cli", "predict", "evil-1", "--text", "x", "--root",
                            str(tmp_path / "store")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not marker.exists(), "the pickle was unpickled"
@@ -315,7 +315,7 @@ def test_store_keys_cannot_leave_the_root(key, tmp_path):
 
 @pytest.mark.parametrize("model_id", ["../x", "x/../../y", "..", "/abs", "a\\..\\b", "x\x00", ".hidden", "a" * 200])
 def test_model_ids_cannot_name_a_path(model_id, tmp_path):
-    from tasks.predict import Predictor
+    from models.predictor import Predictor
     from trainkite.store import LocalStore
 
     with pytest.raises(UserInputError, match="invalid model ID"):

@@ -97,7 +97,7 @@ def _invoke(url: str, body: bytes, content_type: str = "application/json", **hea
 
 
 def test_trainkite_serve_refuses_an_unknown_model(tk_home):
-    proc = subprocess.run([sys.executable, "-m", "trainkite", "serve", "no-such-model"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "cli", "serve", "no-such-model"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no model 'no-such-model'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -257,7 +257,7 @@ def test_trainkite_serve_runs_the_same_app_from_the_store(model_factory, tmp_pat
     port = _free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "trainkite", "serve", "local-serve-1", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "local-serve-1", "--port", str(port)],
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         url = f"http://127.0.0.1:{port}"
@@ -407,17 +407,17 @@ def test_startup_does_not_wait_for_the_model(opt_ml_model, monkeypatch):
 
     from starlette.testclient import TestClient
 
-    import serving.predictor
+    import models.lean_predictor
     from serving.app import create_app
 
     release = threading.Event()
-    real = serving.predictor.load_predictor
+    real = models.lean_predictor.load_predictor
 
     def slow(folder, manifest):
         release.wait(30)
         return real(folder, manifest)
 
-    monkeypatch.setattr(serving.predictor, "load_predictor", slow)
+    monkeypatch.setattr(models.lean_predictor, "load_predictor", slow)
     app = create_app(model_dir=opt_ml_model)
     t0 = time.monotonic()
     with TestClient(app) as c:

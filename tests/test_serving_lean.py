@@ -21,7 +21,7 @@ TEXTS = ["The pay is awful and management ignores us.", "I love my team and the 
 def test_bag_means_match_embedding_bag_including_empty_texts():
     import torch
 
-    from serving.predictor import bag_means
+    from models.lean_predictor import bag_means
 
     rng = np.random.default_rng(0)
     table = rng.standard_normal((50, 8)).astype(np.float32)
@@ -37,8 +37,8 @@ def test_bag_means_match_embedding_bag_including_empty_texts():
 
 
 def test_numpy_bow_gives_torchs_answers(trained_model_dir):  # noqa: F811
-    from serving.predictor import LeanPredictor, load_predictor
-    from tasks.predict import Predictor
+    from models.lean_predictor import LeanPredictor, load_predictor
+    from models.predictor import Predictor
 
     manifest = load_dir_manifest(trained_model_dir)
     lean, reference = LeanPredictor(trained_model_dir, manifest), Predictor(trained_model_dir, manifest)
@@ -75,7 +75,7 @@ print(json.dumps({{"heavy": heavy, "body": body}}))
 
 
 def test_unknown_backend_is_refused_naming_the_variable(monkeypatch, trained_model_dir):  # noqa: F811
-    from serving.predictor import load_predictor
+    from models.lean_predictor import load_predictor
     from trainkite.errors import UserInputError
 
     monkeypatch.setenv("TRAINKITE_SERVE_BACKEND", "tensorflow")

@@ -76,7 +76,7 @@ def test_leaderboard_ranks_by_the_primary_metric_and_marks_the_best(params_facto
 
 
 def test_deployment_request_tags_and_names_each_run(params_factory):
-    from tasks.sweep_steps import deployment_request
+    from flows.sweep_steps import deployment_request
 
     plan = sw.plan_sweep(params_factory(), {"train.learning_rate": [0.1, 0.2]}, sweep_id="sweep-gpu", env={})
     req = deployment_request(plan.config(2), plan.sweep_id, "train/train-ecs-gpu")

@@ -16,8 +16,8 @@ _PACKAGES = ("trainkite", "torch", "numpy", "safetensors", "prefect", "duckdb", 
              "pydantic")
 # Source whose change must invalidate cached steps and shows up in lineage.
 _TRAINING_CODE = (
-    "params/model.py", "tasks/data.py", "tasks/preprocess.py", "tasks/bow.py", "tasks/train.py",
-    "tasks/metrics.py", "tasks/evaluate.py", "tasks/model_types.py", "tasks/encoder.py", "tasks/publish.py",
+    "params/model.py", "tasks/data.py", "models/features.py", "models/bow.py", "models/fit.py",
+    "models/metrics.py", "tasks/evaluate.py", "models/registry.py", "models/encoder.py", "tasks/publish.py",
     "trainkite/store.py", "trainkite/runfiles.py",
 )
 

@@ -3,10 +3,10 @@
 The lean serving image (infra/docker/Dockerfile.serve) has neither torch nor transformers, so this
 module must never import them. bow is an embedding-bag mean and a linear layer, read straight from
 `weights.safetensors`; an encoder model carries `model.onnx` (exported at publish, its outputs checked
-against torch's there, see tasks/onnx_export.py) and the tokenizer's own `tokenizer.json`.
+against torch's there, see models/onnx_export.py) and the tokenizer's own `tokenizer.json`.
 
 `load_predictor` picks the backend: this one where the model's files allow it, else the torch
-`tasks.predict.Predictor` (an encoder published without `model.onnx`), which needs the full image.
+`models.predictor.Predictor` (an encoder published without `model.onnx`), which needs the full image.
 `TRAINKITE_SERVE_BACKEND=torch` forces torch (for comparisons); `lean` refuses the fallback.
 """
 
@@ -22,7 +22,7 @@ from trainkite.errors import IntegrityError, UserInputError
 
 BACKEND_ENV = "TRAINKITE_SERVE_BACKEND"
 ONNX_FILE, TOKENIZER_FILE = "model.onnx", "tokenizer.json"
-# Texts per ONNX Runtime call; the same batching as the torch scorer (tasks.encoder.INFER_BATCH).
+# Texts per ONNX Runtime call; the same batching as the torch scorer (models.encoder.INFER_BATCH).
 ENCODER_BATCH = 64
 
 
@@ -69,7 +69,7 @@ class BowNumpy:
         self.w_t = np.ascontiguousarray(self.w.T)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        from tasks.preprocess import encode
+        from models.features import encode
 
         ids, offsets = encode(texts, self.preprocess)
         return softmax(bag_means(self.table, ids, offsets) @ self.w_t + self.b)
@@ -118,7 +118,7 @@ class OnnxEncoder:
 
 
 class LeanPredictor:
-    """The serving predictor: same `predict` answers as tasks.predict.Predictor, without torch."""
+    """The serving predictor: same `predict` answers as models.predictor.Predictor, without torch."""
 
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
@@ -174,7 +174,7 @@ def load_predictor(folder: Path, manifest: dict, backend: str | None = None):
             raise IntegrityError(f"model {manifest.get('model_id')}: {BACKEND_ENV}=lean, but the model has no "
                                  f"{ONNX_FILE} (published before ONNX export, or without onnx installed)")
     try:
-        from tasks.predict import Predictor
+        from models.predictor import Predictor
     except ImportError as err:
         raise IntegrityError(f"model {manifest.get('model_id')} needs torch to serve ({err.name} is not installed "
                              "in this image): serve it with the train image, or republish it with ONNX") from None

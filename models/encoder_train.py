@@ -1,6 +1,6 @@
 """Train the `encoder` model: the head alone on cached embeddings (frozen) or the whole encoder (finetune).
 
-Same contract as bow's trainer (tasks/train.py): seeded, deterministic on CPU, early stopping on
+Same contract as bow's trainer (models/fit.py): seeded, deterministic on CPU, early stopping on
 the primary metric, a checkpoint in the artifact store every epoch so a re-run resumes. The
 checkpoint also holds AdamW's moments, without which a resumed run would drift from one that
 never stopped. Fine-tuning is meant for a GPU (bf16 autocast with train.amp); dropout makes it
@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from params.model import Params
-from tasks import encoder as enc
+from models import encoder as enc
 from tasks.defaults import require_resolved
-from tasks.metrics import score
-from tasks.preprocess import FeaturesRef, load_features
-from tasks.train import (
+from models.metrics import score
+from models.features import FeaturesRef, load_features
+from models.fit import (
     TrainedModel,
     check_divergence,
     epoch_batches,

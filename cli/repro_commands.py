@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, user_errors
+from cli.main import JsonOpt, RootOpt, emit, err, user_errors
 from trainkite.errors import UserInputError
 
 

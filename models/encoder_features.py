@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from params.model import Params
-from tasks import encoder as enc
+from models import encoder as enc
 from tasks.data import SPLITS, DatasetRef, iter_snapshot, local_snapshot
-from tasks.preprocess import FeaturesRef, features_ref, save_features
-from tasks.train import make_deterministic, pick_device
+from models.features import FeaturesRef, features_ref, save_features
+from models.fit import make_deterministic, pick_device
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.encoder")

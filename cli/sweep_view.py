@@ -15,7 +15,7 @@ from typing import Any
 from rich.live import Live
 from rich.table import Table
 
-from trainkite.cli import _console_handlers, err
+from cli.main import _console_handlers, err
 
 _FINISHED = re.compile(r"^Finished in state (\w+)")
 _BEGINNING = re.compile(r"^Beginning (?:sub)?flow run '([^']+)'")

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trainkite.cli import JsonOpt, emit, err, user_errors
+from cli.main import JsonOpt, emit, err, user_errors
 from trainkite.errors import TrainkiteError
 from trainkite.home import home
 
@@ -110,13 +110,13 @@ class _suppress_lookup:
 
 def start(model_id: str, port: int, root: str | None) -> dict[str, Any]:
     """Start `trainkite serve` detached and wait until it answers /ping with this model; else stop it."""
-    from trainkite.cli_serving import check_port_free
+    from cli.serving_commands import check_port_free
 
     stop_port(port)  # our own server of an older model frees the port first
     check_port_free("127.0.0.1", port)
     serving_dir().mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "trainkite", "serve", model_id, "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", model_id, "--port", str(port)]
     if root:
         cmd += ["--root", root]
     log_path = serving_dir() / f"{port}.log"
@@ -168,6 +168,6 @@ def check(record: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    from trainkite.cli_deployments import deployments_group
+    from cli.deployments_commands import deployments_group
 
     deployments_group(app).command("stop")(stop)

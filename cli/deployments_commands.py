@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from trainkite.cli import JsonOpt, emit, err, user_errors
+from cli.main import JsonOpt, emit, err, user_errors
 from trainkite.home import configure_quiet_offline_env
 
 GROUP = "deployments"
@@ -35,7 +35,7 @@ def apply(as_json: JsonOpt = False,
         # Before Prefect loads: apply logs outside any flow run, which Prefect would warn about per line.
         configure_quiet_offline_env()
         from deployments.apply import apply as apply_all
-        from trainkite.prefect_server import ensure_api
+        from cli.prefect_server import ensure_api
 
         ensure_api()
         report = apply_all(local_containers=local_containers)
@@ -47,7 +47,7 @@ def show(as_json: JsonOpt = False) -> None:
     with user_errors(as_json):
         configure_quiet_offline_env()
         from deployments.apply import apply as apply_all
-        from trainkite.prefect_server import ensure_api
+        from cli.prefect_server import ensure_api
 
         ensure_api()
         report = apply_all(dry_run=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from deployments.specs import TRAIN_DEPLOYMENT
-from trainkite.cli import JsonOpt, emit, err, user_errors
+from cli.main import JsonOpt, emit, err, user_errors
 
 
 def launch(
@@ -28,7 +28,7 @@ def launch(
     returns the same flow run. The build then waits at its `training_finished` block step.
     """
     with user_errors(as_json):
-        from buildkite.launch import launch_from_env
+        from cli.launch import launch_from_env
 
         result = launch_from_env(params_file, overrides or [], deployment)
 

@@ -19,13 +19,14 @@ from prefect.cache_policies import NONE
 from buildkite.context import BuildContext
 from params.model import Params
 from tasks import data, defaults
-from tasks import evaluate as ev, model_types
+from tasks import evaluate as ev
+from models import registry as model_types
 from tasks import notify as nt
 from tasks import provenance
 from tasks import publish as pb
 from tasks import track as tr
-from tasks.preprocess import FeaturesRef
-from tasks import train as tn
+from models.features import FeaturesRef
+from models import fit as tn
 from tasks.retrain import RetrainDecision
 from tasks.retrain import decide as retrain_decide
 from trainkite.errors import UserInputError

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, user_errors
+from cli.main import JsonOpt, RootOpt, emit, err, user_errors
 
 
 def gc(

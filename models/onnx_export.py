@@ -2,7 +2,7 @@
 
 The exported graph maps (input_ids, attention_mask) to class probabilities: the backbone, the pooling
 and the head of exactly the published weights. Before the files are published, the lean serving path
-(serving.predictor.OnnxEncoder: the `tokenizers` library + ONNX Runtime) scores a fixed set of probe
+(models.lean_predictor.OnnxEncoder: the `tokenizers` library + ONNX Runtime) scores a fixed set of probe
 texts and is compared with the torch scorer that `trainkite predict` uses; the largest absolute
 difference of any probability goes in the manifest, and a difference above TOLERANCE stops the publish.
 
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tasks import encoder as enc
+from models import encoder as enc
 from trainkite.errors import IntegrityError
 
 log = logging.getLogger("trainkite.publish")
@@ -54,7 +54,7 @@ PROBE_TEXTS = [
 
 
 class _Probs(nn.Module):
-    """(input_ids, attention_mask) -> softmax probabilities, as tasks.encoder.EncoderScorer computes them."""
+    """(input_ids, attention_mask) -> softmax probabilities, as models.encoder.EncoderScorer computes them."""
 
     def __init__(self, weights: Path, cfg: dict, n_classes: int):
         super().__init__()
@@ -92,7 +92,7 @@ def available() -> str | None:
 
 def export_encoder(weights: Path, cfg: dict, n_classes: int, model_id: str, out_dir: Path) -> tuple[dict, dict]:
     """Write model.onnx and tokenizer.json to `out_dir`, check them, and return (files, manifest entry)."""
-    from serving.predictor import OnnxEncoder
+    from models.lean_predictor import OnnxEncoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, tok_path = out_dir / ONNX_FILE, out_dir / TOKENIZER_FILE

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, print_table, user_errors
+from cli.main import JsonOpt, RootOpt, emit, err, print_table, user_errors
 from trainkite.errors import TrainkiteError
 from trainkite.home import configure_quiet_offline_env
 
@@ -109,12 +109,12 @@ def deploy(
 ) -> None:
     """Deploy a verified model to SageMaker or locally, and record it in the deployment log."""
     with user_errors(as_json):
-        from trainkite.cli import load_cli_params
+        from cli.main import load_cli_params
 
         params = load_cli_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
         _preflight(params, model_id, target, port, allow_older)
         configure_quiet_offline_env()
-        from trainkite.prefect_server import begin_api, ensure_api
+        from cli.prefect_server import begin_api, ensure_api
 
         begin_api()  # the server comes up while the flow's imports load
         from flows.deploy import deploy as deploy_flow
@@ -122,7 +122,7 @@ def deploy(
         ensure_api()
         background = target == "local" and not serve_now
         if background:
-            from trainkite import cli_local
+            from cli import local_commands as cli_local
 
             # Serving first, recorded second: the log never says "deployed" for a server that did not start.
             served = cli_local.start(model_id, port, params.artifacts.root)
@@ -183,7 +183,7 @@ def deployments_list(
 
         store = open_store(root)
         records = deploy_log.read_log(store)
-        from trainkite.cli_local import check
+        from cli.local_commands import check
 
         # Whether each live entry is really live, asked of the server now (local; SageMaker is not asked).
         live = [{**r, "check": check(r)} for r in deploy_log.live_everywhere(records)]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from trainkite.cli import JsonOpt, emit, err, user_errors
+from cli.main import JsonOpt, emit, err, user_errors
 from trainkite.errors import TrainkiteError
 
 
@@ -37,7 +37,7 @@ def sweep(
     """Hyper-parameter sweep: every configuration is its own train run; the best is the sweep's candidate."""
     with user_errors(as_json):
         from tasks import sweep as sw
-        from trainkite.cli import load_cli_params, require_model_type
+        from cli.main import load_cli_params, require_model_type
 
         params = load_cli_params(params_file, overrides)
         require_model_type(params)
@@ -47,7 +47,7 @@ def sweep(
         from trainkite.home import configure_quiet_offline_env
 
         configure_quiet_offline_env()
-        from trainkite.prefect_server import begin_api, ensure_api
+        from cli.prefect_server import begin_api, ensure_api
 
         begin_api()  # the server comes up while the flow's imports load
         from flows.sweep import sweep as sweep_flow
@@ -55,7 +55,7 @@ def sweep(
         ensure_api()
         from trainkite.store import open_store
 
-        from trainkite.cli_sweep_view import SweepView
+        from cli.sweep_view import SweepView
 
         view = contextlib.nullcontext() if verbose or as_json else SweepView(plan)
         with contextlib.redirect_stdout(sys.stderr), view:

@@ -163,7 +163,7 @@ def launch_from_env(params_file: str | Path | None, overrides: list[str], deploy
                                  "Prefect server (set it, and PREFECT_API_AUTH_STRING or PREFECT_API_KEY, in "
                                  "the agent environment)")
     else:
-        from trainkite.prefect_server import ensure_api
+        from cli.prefect_server import ensure_api
 
         ensure_api()
     return launch(params=params, build=build, deployment=deployment, env=env)

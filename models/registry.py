@@ -1,6 +1,6 @@
 """The one place that maps `params.model.type` to its featurizer, trainer and scorer.
 
-The steps (tasks/steps.py), evaluation and `trainkite verify` call these, so a model type is
+The steps (flows/steps.py), evaluation and `trainkite verify` call these, so a model type is
 added here and nowhere else in the pipeline. The encoder modules are imported only when an
 encoder is used: they need the optional `encoder` extra.
 """
@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from params.model import Params
-from tasks import preprocess as pp, train as tn
-from tasks.bow import predict_proba
+from models import features as pp, fit as tn
+from models.bow import predict_proba
 from tasks.data import DatasetRef
 from tasks.defaults import require_resolved
-from tasks.preprocess import FeaturesRef
+from models.features import FeaturesRef
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
 
 
 def features_key(fingerprint: str, params: Params) -> str:
     if params.model.type == "encoder":
-        from tasks.encoder_features import cache_key
+        from models.encoder_features import cache_key
 
         return cache_key(fingerprint, params)
     return pp.cache_key(fingerprint, params.preprocess)
@@ -33,10 +33,10 @@ def features_key(fingerprint: str, params: Params) -> str:
 def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path) -> FeaturesRef:
     require_resolved(params)
     if params.model.type == "encoder":
-        from tasks import encoder
+        from models import encoder
 
         encoder.require()
-        from tasks.encoder_features import featurize as encoder_featurize
+        from models.encoder_features import featurize as encoder_featurize
 
         return encoder_featurize(dataset, params, store, workdir)
     return pp.preprocess(dataset, params.preprocess, store, workdir)
@@ -45,7 +45,7 @@ def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir
 def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
           workdir: Path) -> tn.TrainedModel:
     if params.model.type == "encoder":
-        from tasks.encoder_train import train_encoder
+        from models.encoder_train import train_encoder
 
         return train_encoder(features, params, store, ref, workdir)
     return tn.train_model(features, params, store, ref, workdir)
@@ -55,7 +55,7 @@ def split_scorer(trained: tn.TrainedModel, params: Params, arrays: dict[str, np.
                  store: ArtifactStore) -> Callable[[str], np.ndarray]:
     """`probs(split)` for the trained model over its cached features."""
     if params.model.type == "encoder":
-        from tasks.encoder_train import is_frozen, load_trained, split_probs
+        from models.encoder_train import is_frozen, load_trained, split_probs
 
         device = tn.pick_device(params.train.device)
         model = load_trained(trained, params, arrays, n_classes, store).to(device)

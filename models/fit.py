@@ -22,10 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
-from tasks.bow import BowClassifier, batch_slices, predict_proba
+from models.bow import BowClassifier, batch_slices, predict_proba
 from tasks.defaults import require_resolved
-from tasks.metrics import score
-from tasks.preprocess import FeaturesRef, load_features
+from models.metrics import score
+from models.features import FeaturesRef, load_features
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage

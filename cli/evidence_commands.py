@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from trainkite.cli import JsonOpt, RootOpt, emit, err, user_errors
+from cli.main import JsonOpt, RootOpt, emit, err, user_errors
 
 alias_app = typer.Typer(no_args_is_help=True, help="Model aliases (champion per model name and deploy target).")
 
@@ -96,7 +96,7 @@ def review(
 ) -> None:
     """The review step of buildkite/pipeline.yml: annotate the build with champion against challenger,
     upload both confusion matrices as build artifacts, and fail a significantly worse challenger."""
-    from buildkite.review import run_review
+    from cli.review import run_review
 
     with user_errors(False):
         code = run_review(strict=strict)

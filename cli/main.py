@@ -77,7 +77,7 @@ def require_model_type(params) -> None:
     """A model type whose extra is not installed is refused here, before a server starts or a file is
     written (the flow would only find out in its preprocess step, after fetching and staging data)."""
     if params.model.type == "encoder":
-        from tasks.encoder import require
+        from models.encoder import require
 
         require()
 
@@ -227,7 +227,7 @@ def train(
         require_model_type(params)
         configure_quiet_offline_env()
         from trainkite.ids import resolve_model_id
-        from trainkite.prefect_server import begin_api, ensure_api
+        from cli.prefect_server import begin_api, ensure_api
 
         begin_api()  # the server comes up while the flow's imports (Prefect, torch) load
         from flows.train import train as train_flow  # noqa: F401  (imported here for the overlap)
@@ -251,7 +251,7 @@ def train(
             raise typer.Exit(130) from None
         sample = None
         if not as_json:
-            from tasks.predict import Predictor
+            from models.predictor import Predictor
 
             text = "The pay is fair but management ignores our workload."
             sample = Predictor.from_store(_store(params.artifacts.root), mid).predict([text])[0]
@@ -342,7 +342,7 @@ def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = Fals
         progress_logger.setLevel(logging.INFO)
         from prefect import tags
 
-        from trainkite.prefect_server import run_tag
+        from cli.prefect_server import run_tag
 
         view = None if verbose or as_json else _TerminalView(handler)
         consoles = _console_handlers() if view else []
@@ -383,7 +383,7 @@ def predict(
             raise UserInputError("give either --text TEXT (repeatable) or --input CSV --output CSV")
         if input_csv and not output_csv:
             raise UserInputError("--input needs --output (where the scored CSV goes)")
-        from trainkite import cli_predict
+        from cli import predict as cli_predict
 
         if output_csv:
             cli_predict.check_output(output_csv)  # before the model loads and any row is scored
@@ -391,7 +391,7 @@ def predict(
 
         # Found and verified before torch loads (seconds): a bad or unknown ID is refused at once.
         folder, manifest = fetch_model(_store(root), model_id)
-        from tasks.predict import Predictor
+        from models.predictor import Predictor
 
         predictor = Predictor(folder, manifest)
         if text:
@@ -452,7 +452,7 @@ def show(model_id: str, root: RootOpt = None, as_json: JsonOpt = False) -> None:
 def server_start(as_json: JsonOpt = False) -> None:
     """Start the local Prefect server (UI at the printed URL)."""
     with user_errors(as_json):
-        from trainkite.prefect_server import start
+        from cli.prefect_server import start
 
         s = start(quiet=as_json)
         emit(s, as_json, lambda: err.print(f"Prefect server at {s['url'][:-4]} (pid {s['pid']}); "
@@ -463,7 +463,7 @@ def server_start(as_json: JsonOpt = False) -> None:
 def server_prepare(as_json: JsonOpt = False) -> None:
     """Migrate an empty Prefect database once per Prefect version, so a new TRAINKITE_HOME starts fast."""
     with user_errors(as_json):
-        from trainkite.prefect_server import prepare_database
+        from cli.prefect_server import prepare_database
 
         path = prepare_database()
         # The path is the command's result: on stdout, so `server prepare >/dev/null` is silent.
@@ -478,7 +478,7 @@ def server_stop(
 ) -> None:
     """Stop the local Prefect server (refused while flow runs are active, unless --force)."""
     with user_errors(as_json):
-        from trainkite.prefect_server import stop
+        from cli.prefect_server import stop
 
         stopped = stop(force=force)
         emit({"stopped": stopped}, as_json, lambda: err.print("stopped" if stopped else "not running"))
@@ -487,7 +487,7 @@ def server_stop(
 @server_app.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Is the local Prefect server running?"""
-    from trainkite.prefect_server import reap_orphans, status
+    from cli.prefect_server import reap_orphans, status
 
     s = status() or {"running": False}
     if s.get("healthy"):
@@ -499,14 +499,14 @@ def server_status(as_json: JsonOpt = False) -> None:
 
 # Command groups that live next to what they drive; each module has `register(app)`.
 _EXTENSIONS = (
-    "trainkite.cli_serving",
-    "trainkite.cli_buildkite",
-    "trainkite.cli_deployments",
-    "trainkite.cli_repro",
-    "trainkite.cli_sweep",
-    "trainkite.cli_evidence",
-    "trainkite.cli_local",
-    "trainkite.cli_gc",
+    "cli.serving_commands",
+    "cli.buildkite_commands",
+    "cli.deployments_commands",
+    "cli.repro_commands",
+    "cli.sweep_commands",
+    "cli.evidence_commands",
+    "cli.local_commands",
+    "cli.gc_commands",
 )
 
 

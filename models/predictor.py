@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from params.model import PreprocessParams
-from tasks.bow import predict_proba
-from tasks.preprocess import encoder_for
-from tasks.train import load_weights
+from models.bow import predict_proba
+from models.features import encoder_for
+from models.fit import load_weights
 from trainkite.errors import IntegrityError
 from trainkite.manifest import fetch_model, load_dir_manifest
 from trainkite.store import ArtifactStore
@@ -27,7 +27,7 @@ class Predictor:
         self.model_type: str = cfg.get("model_type", "bow")
         self.labels: list[str] = cfg["labels"]
         if self.model_type == "encoder":
-            from tasks.encoder import EncoderScorer
+            from models.encoder import EncoderScorer
 
             self._encoder = EncoderScorer(folder / "weights.safetensors", cfg, len(self.labels), self.model_id)
         elif self.model_type == "bow":

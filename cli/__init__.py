@@ -1,0 +1,1 @@
+"""Entry points: the `trainkite` CLI, the Buildkite launcher, the local Prefect server. Nothing imports them."""

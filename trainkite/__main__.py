@@ -1,3 +1,0 @@
-from trainkite.cli import main
-
-main()
