@@ -6,6 +6,8 @@ import os
 
 from pydantic import BaseModel, Field
 
+from trainkite.ids import build_model_id
+
 
 class BuildContext(BaseModel):
     """Identity of the Buildkite build that started this run; empty outside Buildkite."""
@@ -37,4 +39,4 @@ class BuildContext(BaseModel):
 
     @property
     def model_id(self) -> str:
-        return f"{self.pipeline}-{self.number}"
+        return build_model_id(self.pipeline, self.number)

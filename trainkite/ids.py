@@ -22,12 +22,17 @@ def validate_model_id(model_id: str) -> str:
     return model_id
 
 
+def build_model_id(pipeline_slug: str, build_number: int | str) -> str:
+    """The one place the Buildkite model-ID format is written: `<pipeline-slug>-<build-number>`."""
+    return f"{pipeline_slug}-{build_number}"
+
+
 def new_model_id(env: dict[str, str] | None = None) -> str:
     env = dict(os.environ) if env is None else env
     number = env.get("BUILDKITE_BUILD_NUMBER")
     slug = env.get("BUILDKITE_PIPELINE_SLUG")
     if number and slug:
-        return validate_model_id(f"{slug}-{number}")
+        return validate_model_id(build_model_id(slug, number))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"local-{stamp}-{secrets.token_hex(3)}"
 
