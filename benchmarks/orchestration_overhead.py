@@ -34,6 +34,7 @@ from tasks import data, provenance, evaluate as ev, publish as pb
 from models import features as pp, fit as tn
 from trainkite.store import open_store
 from trainkite.manifest import ModelRef
+from trainkite.run import Run
 params = load_params(None, sys.argv[2:])
 store = open_store(params.artifacts.root); mid = sys.argv[1]; work = Path(params.artifacts.root) / "_work"
 t1 = time.perf_counter()
@@ -42,7 +43,7 @@ ds = data.fetch_dataset(params, work, store, f"sentiment/{mid}")
 f = pp.preprocess(ds, params.preprocess, store, work)
 tr = tn.train_model(f, params, store, ModelRef("sentiment", mid), work)
 r = ev.evaluate(tr, f, params, store, work, f"sentiment/{mid}")
-pb.publish_model(params=params, model_id=mid, dataset=ds, trained=tr, report=r, store=store, workdir=work)
+pb.publish_model(run=Run(params.model.name, mid, str(store.root)), params=params, dataset=ds, trained=tr, report=r)
 print(time.perf_counter() - t1, t1 - t0)
 """
 

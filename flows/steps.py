@@ -1,6 +1,7 @@
 """Thin Prefect tasks over the plain step functions. Policy (caching, retries) lives here; logic doesn't.
 
-Cache keys hold the model ID, the inputs that decide the output and the code version, so
+Every training task takes the run's identity (`trainkite.run.Run`: model name, model ID, store, workdir), made
+once by the flow. Cache keys hold the model ID, the inputs that decide the output and the code version, so
 re-running a failed or crashed run with the same inputs reuses every step that finished
 (state `Cached`), while a code or parameter change recomputes. Preprocessing is keyed by data
 fingerprint + preprocess params only, so it is shared across runs and sweep configurations.
@@ -20,32 +21,20 @@ from buildkite.context import BuildContext
 from params.model import Params
 from tasks import data, defaults
 from tasks import evaluate as ev
-from models import registry as model_types
+from models import registry
 from tasks import notify as nt
 from tasks import provenance
 from tasks import publish as pb
 from tasks import track as tr
 from models.features import FeaturesRef
-from models import fit as tn
+from models.fit import TrainedModel
 from tasks.retrain import RetrainDecision
 from tasks.retrain import decide as retrain_decide
 from trainkite.errors import UserInputError
-from trainkite.home import runs_dir
 from trainkite.lineage import code_version
-from trainkite.manifest import ModelRef
-from trainkite.store import ArtifactStore, open_store
-
-
-def _store(params: Params) -> ArtifactStore:
-    return open_store(params.artifacts.root)
-
-
-def _workdir(model_id: str) -> Path:
-    return runs_dir() / model_id
-
-
-def _ref(params: Params, model_id: str) -> ModelRef:
-    return ModelRef(params.model.name, model_id)
+from trainkite.run import Run
+from trainkite.snapshot import DatasetRef, local_snapshot
+from trainkite.store import open_store
 
 
 def _not_user_error(task, task_run, state) -> bool:
@@ -64,30 +53,28 @@ def _key(*parts: object) -> str:
 
 
 def _fetch_key(context, p) -> str:
-    params: Params = p["params"]
-    return "fetch-" + _key(_store(params).root, p["model_id"], params.data.model_dump_json(),
-                           params.evaluation.query)
+    run, params = p["run"], p["params"]
+    return "fetch-" + _key(run.store.root, run.model_id, params.data.model_dump_json(), params.evaluation.query)
 
 
 def _preprocess_key(context, p) -> str:
-    params: Params = p["params"]
-    return "preprocess-" + _key(_store(params).root, model_types.features_key(p["dataset"].fingerprint, params))
+    return "preprocess-" + _key(p["run"].store.root, registry.features_key(p["dataset"].fingerprint, p["params"]))
 
 
 def _train_key(context, p) -> str:
-    params: Params = p["params"]
-    return "train-" + _key(_store(params).root, p["model_id"], p["features"].key, params.params_hash())
+    run = p["run"]
+    return "train-" + _key(run.store.root, run.model_id, p["features"].key, p["params"].params_hash())
 
 
 # Every key names the store: a step's outputs live there, so a hit for another store (same model ID and
 # inputs, another artifact root or TRAINKITE_HOME) would hand on keys that do not exist in this one.
 def _evaluate_key(context, p) -> str:
-    params: Params = p["params"]
+    run, params = p["run"], p["params"]
     # The comparison is part of the result: a new champion (or the override) means evaluating again.
     from tasks.champion import allow_worse, champion_id
 
-    champion = champion_id(_store(params), params.model.name) if p.get("dataset") is not None else None
-    return "evaluate-" + _key(_store(params).root, p["model_id"], p["trained"].weights_key, params.params_hash(),
+    champion = champion_id(run.store, run.model_name) if p.get("dataset") is not None else None
+    return "evaluate-" + _key(run.store.root, run.model_id, p["trained"].weights_key, params.params_hash(),
                               champion, allow_worse())
 
 
@@ -111,15 +98,15 @@ def check_code(build: BuildContext | None) -> dict:
 
 @task(name="fetch_data", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error,
       cache_key_fn=_fetch_key, **_cached)
-def fetch_data(params: Params, model_id: str) -> data.DatasetRef:
-    return data.fetch_dataset(params, _workdir(model_id), _store(params), _ref(params, model_id).prefix)
+def fetch_data(run: Run, params: Params) -> DatasetRef:
+    return data.fetch_dataset(params, run.workdir, run.store, run.prefix)
 
 
 @task(name="resolve_defaults", cache_policy=NONE)
-def resolve_defaults(params: Params, dataset: data.DatasetRef) -> Params:
+def resolve_defaults(run: Run, params: Params, dataset: DatasetRef) -> Params:
     # Cheap (one read of the snapshot's text column) and a pure function of params + rows, so a re-run or a
     # resumed run resolves the same values without a cache.
-    stats = defaults.dataset_stats(data.local_snapshot(dataset, _store(params)), params.preprocess.ngram_max,
+    stats = defaults.dataset_stats(local_snapshot(dataset, run.store), params.preprocess.ngram_max,
                                    len(dataset.labels))
     resolved, table = defaults.resolve_params(params, stats)
     create_table_artifact(key="resolved-params", description="parameters used: set by the user or from the data",
@@ -130,38 +117,34 @@ def resolve_defaults(params: Params, dataset: data.DatasetRef) -> Params:
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, **_cached)
-def preprocess(dataset: data.DatasetRef, params: Params, model_id: str) -> FeaturesRef:
-    return model_types.featurize(dataset, params, _store(params), _workdir(model_id))
+def preprocess(run: Run, dataset: DatasetRef, params: Params) -> FeaturesRef:
+    return registry.featurize(dataset, params, run.store, run.workdir)
 
 
 @task(name="train", cache_key_fn=_train_key, **_cached)
-def train_model(features: FeaturesRef, params: Params, model_id: str) -> tn.TrainedModel:
-    # Reliability fix (issue 8): with fetch and preprocess served from the cache (another TRAINKITE_HOME or a
-    # cleared runs/ folder, same Prefect server and store) nothing had made the workdir, and training died
-    # writing its first checkpoint there.
-    workdir = _workdir(model_id)
-    workdir.mkdir(parents=True, exist_ok=True)
-    return model_types.train(features, params, _store(params), _ref(params, model_id), workdir)
+def train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel:
+    # With fetch and preprocess served from the cache (another TRAINKITE_HOME or a cleared runs/ folder, same
+    # Prefect server and store) nothing has made the workdir yet.
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    return registry.train(features, params, run.store, run.ref, run.workdir)
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(trained: tn.TrainedModel, features: FeaturesRef, params: Params, model_id: str,
-             dataset: data.DatasetRef | None = None) -> ev.EvalReport:
-    return ev.evaluate(trained, features, params, _store(params), _workdir(model_id), _ref(params, model_id).prefix,
-                       dataset)
+def evaluate(run: Run, trained: TrainedModel, features: FeaturesRef, params: Params,
+             dataset: DatasetRef | None = None) -> ev.EvalReport:
+    return ev.evaluate(trained, features, params, run.store, run.workdir, run.prefix, dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
-def publish(params: Params, model_id: str, dataset: data.DatasetRef, trained: tn.TrainedModel,
-            report: ev.EvalReport, build: BuildContext | None) -> pb.Published:
+def publish(run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: ev.EvalReport,
+            build: BuildContext | None) -> pb.Published:
     # Idempotent by itself: re-publishing identical files returns the existing manifest.
-    return pb.publish_model(params=params, model_id=model_id, dataset=dataset, trained=trained, report=report,
-                            store=_store(params), workdir=_workdir(model_id), build=build)
+    return pb.publish_model(run=run, params=params, dataset=dataset, trained=trained, report=report, build=build)
 
 
 @task(name="track", cache_key_fn=_track_key, **_cached)
-def track(params: Params, published: pb.Published, report: ev.EvalReport, tags: list[str]) -> dict | None:
-    return tr.track_run(params=params, published=published, report=report, store=_store(params), tags=tags)
+def track(run: Run, params: Params, published: pb.Published, report: ev.EvalReport, tags: list[str]) -> dict | None:
+    return tr.track_run(params=params, published=published, report=report, store=run.store, tags=tags)
 
 
 def _wandb_link(tracking: dict | None) -> str:
@@ -169,7 +152,7 @@ def _wandb_link(tracking: dict | None) -> str:
 
 
 def _not_refused_by_buildkite(task, task_run, state) -> bool:
-    # Issue 8: the client already retried 5xx/429/network errors; a 401/403/404/422 (expired token, missing
+    # The client already retried 5xx/429/network errors; a 401/403/404/422 (expired token, missing
     # scope, canceled build) will not fix itself in 10 s, so fail at once and let the failure hook report it.
     from buildkite.client import BuildkiteError
 
@@ -232,16 +215,16 @@ def _report_evidence(published: pb.Published, report: ev.EvalReport, comparison:
     create_markdown_artifact(key="confusion-matrices", markdown="\n".join(md),
                              description=f"confusion matrices of {published.model_id}")
 @task(name="clean_up", cache_policy=NONE)
-def clean_up(params: Params, model_id: str) -> dict:
+def clean_up(run: Run) -> dict:
     """The model is published: its scratch in the store and its local run folder are no longer needed."""
     from trainkite.runfiles import remove_run_files
 
-    return remove_run_files(_store(params), _ref(params, model_id).prefix, _workdir(model_id))
+    return remove_run_files(run.store, run.prefix, run.workdir)
 
 
 @task(name="decide_retrain", cache_policy=NONE)
 def decide_retrain(params: Params, force: bool) -> RetrainDecision:
-    d = retrain_decide(params, _store(params), force)
+    d = retrain_decide(params, open_store(params.artifacts.root), force)
     verdict = "retrain" if d.retrain else "skip"
     create_markdown_artifact(key="retrain-decision", markdown=f"**{verdict}**: {d.reason}",
                              description="scheduled retrain decision")

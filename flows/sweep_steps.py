@@ -18,7 +18,8 @@ from prefect.cache_policies import NONE
 
 from params.model import Params
 from tasks import sweep as sw
-from trainkite.manifest import ModelRef, read_manifest
+from trainkite.manifest import read_manifest
+from trainkite.run import Run
 from trainkite.store import open_store
 
 LEADERBOARD_KEY = "sweep-leaderboard"
@@ -48,10 +49,10 @@ def _describe(err: BaseException | Any) -> str:
 
 
 def _published(config: sw.SweepConfig, flow_run_id: str) -> sw.ConfigOutcome:
-    store, ref = open_store(config.params.artifacts.root), ModelRef(config.params.model.name, config.model_id)
-    manifest = read_manifest(store, ref)
+    run = Run.of(config.params, config.model_id)
+    manifest = read_manifest(run.store, run.ref)
     return sw.ConfigOutcome(index=config.index, status="completed", metrics=manifest.get("metrics", {}),
-                            flow_run_id=flow_run_id, artifact_uri=store.uri(ref.prefix))
+                            flow_run_id=flow_run_id, artifact_uri=run.store.uri(run.prefix))
 
 
 def _as_subflow(config: sw.SweepConfig, sweep_id: str) -> sw.ConfigOutcome:

@@ -10,6 +10,7 @@ from flows.hooks import release_build_on_failure, stop_if_build_canceled
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from flows import steps
 from trainkite.ids import resolve_model_id
+from trainkite.run import Run
 
 
 @flow(name="train", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure],
@@ -28,18 +29,18 @@ def train(
         build: The Buildkite build that started this run, if any (its block step gets unblocked).
         tags: Extra tags for the W&B run (e.g. a sweep ID).
     """
-    model_id = resolve_model_id(model_id, build)
+    run = Run.of(params, resolve_model_id(model_id, build))
     with stop_if_build_canceled(build):
         steps.start_tracking(params)
         steps.check_code(build)
-        dataset = steps.fetch_data(params, model_id)
-        params = steps.resolve_defaults(params, dataset)
-        features = steps.preprocess(dataset, params, model_id)
-        trained = steps.train_model(features, params, model_id)
-        report = steps.evaluate(trained, features, params, model_id, dataset)
-        published = steps.publish(params, model_id, dataset, trained, report, build)
-        tracking = steps.track(params, published, report, tags or [])
+        dataset = steps.fetch_data(run, params)
+        params = steps.resolve_defaults(run, params, dataset)
+        features = steps.preprocess(run, dataset, params)
+        trained = steps.train_model(run, features, params)
+        report = steps.evaluate(run, trained, features, params, dataset)
+        published = steps.publish(run, params, dataset, trained, report, build)
+        tracking = steps.track(run, params, published, report, tags or [])
         steps.notify(build, published, report, tracking)
     summary = steps.report(published, report, tracking)
-    steps.clean_up(params, model_id)  # scratch stays after a failure: a re-run resumes from it
+    steps.clean_up(run)  # scratch stays after a failure: a re-run resumes from it
     return summary

@@ -15,7 +15,7 @@ import numpy as np
 
 from params.model import Params
 from models import encoder as enc
-from tasks.data import SPLITS, DatasetRef, iter_snapshot, local_snapshot
+from trainkite.snapshot import SPLITS, DatasetRef, iter_snapshot, local_snapshot
 from models.features import FeaturesRef, features_ref, save_features
 from models.fit import make_deterministic, pick_device
 from trainkite.store import ArtifactStore

@@ -20,7 +20,6 @@ from torch import nn
 
 from params.model import Params
 from models import encoder as enc
-from tasks.defaults import require_resolved
 from models.metrics import score
 from models.features import FeaturesRef, load_features
 from models.fit import (
@@ -82,7 +81,7 @@ def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, fro
 
 def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                   workdir: Path) -> TrainedModel:
-    require_resolved(params)
+    params.require_resolved()
     tp = params.train
     frozen = is_frozen(params)
     device = pick_device(tp.device)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from params.model import PreprocessParams
-from tasks.data import DatasetRef, iter_snapshot, local_snapshot
+from trainkite.snapshot import DatasetRef, iter_snapshot, local_snapshot
 from trainkite.store import ArtifactStore
 
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -204,7 +204,7 @@ def cache_key(fingerprint: str, p: PreprocessParams, schema: int = FEATURE_SCHEM
 
 def schemas(model_type: str) -> dict[str, int]:
     """The manifest's record of what the rows and features of a new model look like (see manifest.schemas)."""
-    from tasks.data import SNAPSHOT_SCHEMA
+    from trainkite.snapshot import SNAPSHOT_SCHEMA
 
     return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type == "bow" else 1}
 

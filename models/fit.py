@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from params.model import Params
 from models.bow import BowClassifier, batch_slices, predict_proba
-from tasks.defaults import require_resolved
 from models.metrics import score
 from models.features import FeaturesRef, load_features
 from trainkite.errors import IntegrityError, TrainingDiverged
@@ -176,7 +175,7 @@ def resume_or_start(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
 
 def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                 workdir: Path) -> TrainedModel:
-    require_resolved(params)
+    params.require_resolved()
     tp = params.train
     device = pick_device(tp.device)
     gen = make_deterministic(tp.seed, tp.threads, device)

@@ -15,8 +15,7 @@ import numpy as np
 from params.model import Params
 from models import features as pp, fit as tn
 from models.bow import predict_proba
-from tasks.data import DatasetRef
-from tasks.defaults import require_resolved
+from trainkite.snapshot import DatasetRef
 from models.features import FeaturesRef
 from trainkite.manifest import ModelRef
 from trainkite.store import ArtifactStore
@@ -31,7 +30,7 @@ def features_key(fingerprint: str, params: Params) -> str:
 
 
 def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path) -> FeaturesRef:
-    require_resolved(params)
+    params.require_resolved()
     if params.model.type == "encoder":
         from models import encoder
 

@@ -223,6 +223,13 @@ class Params(BaseModel):
         return [f"{section}.{key}" for section, key in AUTO_KEYS
                 if getattr(getattr(self, section), key) is None]
 
+    def require_resolved(self) -> None:
+        """Trainers and featurizers need every key: a `Params` straight from a file must be resolved first."""
+        missing = self.unresolved()
+        if missing:
+            raise ParamsError(f"parameters {', '.join(missing)} are unset: resolve them from the data first "
+                              "(tasks.defaults.resolve_params), or set them")
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 

@@ -8,39 +8,22 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
 from params.model import DataParams, Params
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
-from trainkite.runfiles import local_copy, run_key, stage
+from trainkite.runfiles import run_key, stage
+from trainkite.snapshot import SNAPSHOT_SCHEMA, SPLITS, DatasetRef, iter_snapshot, read_snapshot
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.data")
 
-SPLITS = ("train", "validation", "test", "evaluation")
 MAX_TEXT_CHARS = 1_000_000
-
-
-class DatasetRef(BaseModel):
-    """What the later steps need to know about the fetched rows (small, JSON-able)."""
-
-    snapshot_path: str
-    snapshot_key: str | None = None
-    fingerprint: str
-    labels: list[str]
-    counts: dict[str, int]
-    source: Literal["local", "athena"]
-    query: str
-    evaluation_query: str | None = None
-    athena: dict[str, str | None] | None = None
-    warnings: list[str] = []
 
 
 def resolve_data_path(path: str) -> Path:
@@ -54,7 +37,6 @@ def resolve_data_path(path: str) -> Path:
 
 RAW_BATCH_ROWS = 65_536
 # The snapshot's layout and fingerprint: 2 = checked and ordered in DuckDB, fingerprint over Arrow buffers.
-SNAPSHOT_SCHEMA = 2
 _NESTED = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_struct,
            pa.types.is_map, pa.types.is_union, pa.types.is_list_view, pa.types.is_large_list_view)
 
@@ -517,21 +499,6 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
         athena=athena,
         warnings=warnings,
     )
-
-
-def read_snapshot(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
-def iter_snapshot(path: str | Path, batch_rows: int | None = None, columns=("split", "text", "label")):
-    """The snapshot's rows as Arrow record batches, in its (canonical) order."""
-    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows or RAW_BATCH_ROWS, columns=list(columns))
-
-
-def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
-    if ref.snapshot_key is None:
-        return Path(ref.snapshot_path)
-    return local_copy(store, ref.snapshot_key, Path(ref.snapshot_path))
 
 
 def snapshot_fingerprint(path: str | Path, schema: int = SNAPSHOT_SCHEMA, batch_rows: int | None = None) -> str:

@@ -158,11 +158,3 @@ def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dic
     except ParamsError as err:
         raise ParamsError(f"{err}\n(resolved from {st.train_rows} training rows; set the keys to pin them)") from None
     return resolved, table
-
-
-def require_resolved(params: Params) -> None:
-    """Trainers and featurizers need every key: a `Params` straight from a file must be resolved first."""
-    missing = params.unresolved()
-    if missing:
-        raise ParamsError(f"parameters {', '.join(missing)} are unset: resolve them from the data first "
-                          "(tasks.defaults.resolve_params), or set them")

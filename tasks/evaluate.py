@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from params.model import Params
-from tasks.data import DatasetRef
+from trainkite.snapshot import DatasetRef
 from models.metrics import score
 from models.features import FeaturesRef, load_features
 from models.registry import split_scorer
@@ -97,7 +97,7 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
 def _champion_comparison(dataset: DatasetRef, arrays: dict, split_probs: dict, features: FeaturesRef,
                          params: Params, store: ArtifactStore, model_id: str) -> dict:
     from tasks.champion import compare_with_champion
-    from tasks.data import local_snapshot, read_snapshot
+    from trainkite.snapshot import local_snapshot, read_snapshot
 
     # The human-labelled set is what both models are judged on; without one, the test split.
     split = "evaluation" if "evaluation" in split_probs else "test"

@@ -11,15 +11,16 @@ from pydantic import BaseModel
 
 from buildkite.context import BuildContext
 from params.model import Params
-from tasks.data import DatasetRef, local_snapshot
+from trainkite.snapshot import DatasetRef, local_snapshot
 from models.features import FEATURE_SCHEMA, schemas
 from tasks.evaluate import EvalReport
 from models.onnx_export import serving_files
 from models.fit import TrainedModel, check_finite_weights
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
+from trainkite.run import Run
 from trainkite.runfiles import local_copy
-from trainkite.store import ArtifactStore, local_write
+from trainkite.store import local_write
 
 log = logging.getLogger("trainkite.publish")
 
@@ -58,20 +59,17 @@ def _champion_lineage(comparison: dict | None) -> dict | None:
             "allow_worse": bool(comparison.get("allow_worse"))}
 
 
-def publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
-                  report: EvalReport, store: ArtifactStore, workdir: Path,
+def publish_model(*, run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: EvalReport,
                   build: BuildContext | None = None) -> Published:
     # A full disk or read-only folder while staging is one clear StoreError; the manifest (written last by
     # mf.publish) is never written, so no half-published model is visible.
-    with local_write(f"stage the files of {model_id} under {workdir / 'publish'}"):
-        return _publish_model(params=params, model_id=model_id, dataset=dataset, trained=trained, report=report,
-                              store=store, workdir=workdir, build=build)
+    with local_write(f"stage the files of {run.model_id} under {run.workdir / 'publish'}"):
+        return _publish_model(run=run, params=params, dataset=dataset, trained=trained, report=report, build=build)
 
 
-def _publish_model(*, params: Params, model_id: str, dataset: DatasetRef, trained: TrainedModel,
-                   report: EvalReport, store: ArtifactStore, workdir: Path,
+def _publish_model(*, run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: EvalReport,
                    build: BuildContext | None = None) -> Published:
-    ref = mf.ModelRef(params.model.name, model_id)
+    ref, model_id, store, workdir = run.ref, run.model_id, run.store, run.workdir
     stage = workdir / "publish"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "data").mkdir(parents=True)

@@ -111,7 +111,7 @@ def test_a_resolved_table_that_does_not_fit_in_memory_is_refused_by_name():
 
 def test_trainers_refuse_unresolved_params():
     with pytest.raises(ParamsError, match="train.epochs.*unset"):
-        defaults.require_resolved(load_params(None, ["preprocess.buckets=4096", "model.embedding_dim=16"]))
+        load_params(None, ["preprocess.buckets=4096", "model.embedding_dim=16"]).require_resolved()
 
 
 def test_the_encoder_gets_its_own_rate_and_warmup():

@@ -18,7 +18,7 @@ _PACKAGES = ("trainkite", "torch", "numpy", "safetensors", "prefect", "duckdb", 
 _TRAINING_CODE = (
     "params/model.py", "tasks/data.py", "models/features.py", "models/bow.py", "models/fit.py",
     "models/metrics.py", "tasks/evaluate.py", "models/registry.py", "models/encoder.py", "tasks/publish.py",
-    "trainkite/store.py", "trainkite/runfiles.py",
+    "trainkite/store.py", "trainkite/runfiles.py", "trainkite/snapshot.py",
 )
 
 

@@ -1,0 +1,51 @@
+"""The data snapshot: the exact rows a model was trained and evaluated on, as fetch wrote them, and how to read them.
+
+The contract between fetching (tasks/data.py) and every step after it (features, evaluation, publish, verify).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from trainkite.runfiles import local_copy
+from trainkite.store import ArtifactStore
+
+SPLITS = ("train", "validation", "test", "evaluation")
+# The snapshot's format and fingerprint rule; older models record 1 (see tasks/data.py snapshot_fingerprint).
+SNAPSHOT_SCHEMA = 2
+BATCH_ROWS = 65_536
+
+
+class DatasetRef(BaseModel):
+    """What the later steps need to know about the fetched rows (small, JSON-able)."""
+
+    snapshot_path: str
+    snapshot_key: str | None = None
+    fingerprint: str
+    labels: list[str]
+    counts: dict[str, int]
+    source: Literal["local", "athena"]
+    query: str
+    evaluation_query: str | None = None
+    athena: dict[str, str | None] | None = None
+    warnings: list[str] = []
+
+
+def read_snapshot(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def iter_snapshot(path: str | Path, batch_rows: int | None = None, columns=("split", "text", "label")):
+    """The snapshot's rows as Arrow record batches, in its (canonical) order."""
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows or BATCH_ROWS, columns=list(columns))
+
+
+def local_snapshot(ref: DatasetRef, store: ArtifactStore) -> Path:
+    if ref.snapshot_key is None:
+        return Path(ref.snapshot_path)
+    return local_copy(store, ref.snapshot_key, Path(ref.snapshot_path))
