@@ -35,7 +35,7 @@ _MASK = "***"
 class BuildkiteError(TrainkiteError, RuntimeError):
     """A Buildkite call failed; the message says what to fix. `status` is the HTTP status, if any.
 
-    A TrainkiteError (issue 8), so `trainkite train` inside a build with an expired or under-scoped token
+    A TrainkiteError, so `trainkite train` inside a build with an expired or under-scoped token
     prints this message and exits 1 instead of a traceback.
     """
 

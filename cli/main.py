@@ -311,7 +311,7 @@ def _api_gone(e: BaseException) -> bool:
 class _NoUserErrorTraceback(logging.Filter):
     """Prefect logs a failed run's exception with its traceback. For an error the user acts on (bad data, a
     taken model ID: a TrainkiteError) the one-line message is the whole story; the README promises no
-    traceback. Reliability fix (issue 8): `trainkite train` with an empty query printed ~70 lines of it."""
+    traceback (an empty query result used to print ~70 lines of it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], TrainkiteError):
@@ -514,13 +514,7 @@ def _register_extensions() -> None:
     import importlib
 
     for name in _EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_extensions()

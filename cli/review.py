@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from tasks import compare as cp, notify as nt
+import tasks.compare
+import tasks.notify
 from tasks.champion import ALLOW_WORSE_ENV, allow_worse
 from trainkite.errors import TrainkiteError
 
@@ -94,7 +95,7 @@ def review_markdown(*, model_id: str, artifacts: str, metrics: dict, wandb: str,
         parts.append(f"**{blocked}**\n")
     parts.append(f"| metric | value |\n|---|---|\n{rows}\n")
     parts.append(f"- W&B: {wandb}\n- artifacts: `{artifacts}`\n")
-    parts.append(nt.comparison_markdown(comparison or {"verdict": cp.NO_CHAMPION}, model_id,
+    parts.append(tasks.notify.comparison_markdown(comparison or {"verdict": tasks.compare.NO_CHAMPION}, model_id,
                                         challenger_wandb=wandb, images=images, override=override))
     if not blocked:
         parts.append("Press **Deploy?** to put it live.\n")
@@ -105,7 +106,7 @@ def run_review(strict: bool = True, env: Mapping[str, str] | None = None) -> int
     env = os.environ if env is None else env
     model_id, artifacts = meta("model-id"), meta("model-data-path")
     wandb_run = meta("wandb-run-id", "none")
-    reported = meta(nt.VERDICT_FIELD, cp.NO_CHAMPION)
+    reported = meta(tasks.notify.VERDICT_FIELD, tasks.compare.NO_CHAMPION)
     folder, manifest = _fetch(artifacts, model_id)
     comparison = manifest.get("comparison")
     verdict = (comparison or {}).get("verdict") or reported
@@ -115,7 +116,7 @@ def run_review(strict: bool = True, env: Mapping[str, str] | None = None) -> int
     images = upload_images(folder, comparison, model_id)
     lineage = (manifest.get("lineage") or {}).get("champion") or {}
     override = blocked = None
-    if verdict == cp.WORSE:
+    if verdict == tasks.compare.WORSE:
         champ = ((comparison or {}).get("champion") or {}).get("model_id")
         if allow_worse(env):
             recorded = "recorded in the lineage" if lineage.get("allow_worse") else (
@@ -125,12 +126,12 @@ def run_review(strict: bool = True, env: Mapping[str, str] | None = None) -> int
         elif strict:
             blocked = (f"Review failed: `{model_id}` is significantly worse than the champion `{champ}`. "
                        f"Set `{ALLOW_WORSE_ENV}=1` on a new build to deploy it anyway.")
-    style = "error" if blocked else "warning" if override or verdict == cp.NOT_COMPARED else "success"
+    style = "error" if blocked else "warning" if override or verdict == tasks.compare.NOT_COMPARED else "success"
     body = review_markdown(model_id=model_id, artifacts=artifacts, metrics=manifest.get("metrics") or {},
-                           wandb=nt.wandb_link(wandb_run, env=env), comparison=comparison, images=images,
+                           wandb=tasks.notify.wandb_link(wandb_run, env=env), comparison=comparison, images=images,
                            override=override, blocked=blocked)
     agent("annotate", "--style", style, "--context", CONTEXT, stdin=body)
-    print(f"--- :clipboard: {model_id}: {cp.evidence_line(comparison)}")
+    print(f"--- :clipboard: {model_id}: {tasks.compare.evidence_line(comparison)}")
     if images:
         print("uploaded: " + ", ".join(images.values()))
     if blocked:

@@ -75,16 +75,17 @@ def _preflight(params, model_id: str, target: str, port: int, allow_older: bool)
 
     Imports nothing that imports prefect: Prefect reads PREFECT_API_URL once, and ensure_api() sets it later.
     """
-    from tasks import deploy as dp, deploy_log
+    from tasks import deploy_log
+    import tasks.deploy
     from trainkite.store import open_store
 
     store = open_store(params.artifacts.root)
-    candidate = dp.load_candidate(store, model_id)
-    endpoint = dp.target_endpoint(target, params.deploy.endpoint_name, candidate.model_name, port)
-    dp.check_not_older(candidate, deploy_log.live(deploy_log.read_log(store), target, endpoint), allow_older)
+    candidate = tasks.deploy.load_candidate(store, model_id)
+    endpoint = tasks.deploy.target_endpoint(target, params.deploy.endpoint_name, candidate.model_name, port)
+    tasks.deploy.check_not_older(candidate, deploy_log.live(deploy_log.read_log(store), target, endpoint), allow_older)
     if target == "sagemaker":
-        dp.production_store(params.deploy.production_root)
-        dp.docker_image(candidate, params.deploy.image)
+        tasks.deploy.production_store(params.deploy.production_root)
+        tasks.deploy.docker_image(candidate, params.deploy.image)
         if not params.deploy.execution_role_arn:
             from trainkite.errors import UserInputError
 

@@ -36,14 +36,14 @@ def sweep(
 ) -> None:
     """Hyper-parameter sweep: every configuration is its own train run; the best is the sweep's candidate."""
     with user_errors(as_json):
-        from tasks import sweep as sw
+        import tasks.sweep
         from cli.main import load_cli_params, require_model_type
 
         params = load_cli_params(params_file, overrides)
         require_model_type(params)
-        parsed = sw.parse_grid(grid or [])
+        parsed = tasks.sweep.parse_grid(grid or [])
         # Plan here first: a sweep with no valid configuration is refused before any server starts.
-        plan = sw.plan_sweep(params, parsed, random, seed, max_parallel, sweep_id)
+        plan = tasks.sweep.plan_sweep(params, parsed, random, seed, max_parallel, sweep_id)
         from trainkite.home import configure_quiet_offline_env
 
         configure_quiet_offline_env()
@@ -61,12 +61,12 @@ def sweep(
         with contextlib.redirect_stdout(sys.stderr), view:
             state = sweep_flow(params=params, grid=parsed, random=random, seed=seed, max_parallel=max_parallel,
                                deployment=deployment, sweep_id=plan.sweep_id, return_state=True)
-        record = sw.read_record(open_store(params.artifacts.root), plan.sweep_id)
+        record = tasks.sweep.read_record(open_store(params.artifacts.root), plan.sweep_id)
         if record is None:
             state.result()  # raises the flow's own error
             raise TrainkiteError(f"sweep {plan.sweep_id} finished without a leaderboard")
         if csv_path:
-            sw.write_csv(record, csv_path)
+            tasks.sweep.write_csv(record, csv_path)
         failed = not state.is_completed()
         if failed and as_json:
             record = {**record, "error": state.message, "exit_code": 1}

@@ -20,7 +20,6 @@ from uuid import UUID
 from deployments.specs import (DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, RETIRED_DEPLOYMENTS, SCHEDULE_SLUG,
                               DeploymentSpec, PoolSpec, form_schema)
 from trainkite.errors import TrainkiteError
-from trainkite.home import REPO_ROOT
 
 log = logging.getLogger("trainkite.deployments")
 
@@ -95,26 +94,11 @@ def _base_job_template(pool: PoolSpec) -> dict[str, Any]:
     raise ApplyError(f"pool {pool.name}: unknown template kind {pool.template!r}")
 
 
-def _module_missing(name: str | None) -> bool:
-    if not name:
-        return False
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return True
-        raise
-    return False
-
-
 def _apply_pool(client, pool: PoolSpec, dry_run: bool) -> dict[str, Any]:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
     entry = {"name": pool.name, "type": pool.type}
-    if _module_missing(pool.optional_module):
-        log.info("work pool %s skipped: %s is not there yet", pool.name, pool.optional_module)
-        return {**entry, "status": "skipped", "detail": f"{pool.optional_module} not found"}
     try:
         found = client.read_work_pool(pool.name)
     except ObjectNotFound:
@@ -201,9 +185,6 @@ def _apply_deployment(client, spec: DeploymentSpec, pools: set[str], dry_run: bo
     from prefect.exceptions import ObjectNotFound
 
     entry: dict[str, Any] = {"name": spec.full_name, "pool": spec.pool, "entrypoint": spec.entrypoint}
-    if spec.optional and not (REPO_ROOT / spec.entrypoint_file).is_file():
-        log.info("deployment %s skipped: %s does not exist yet", spec.full_name, spec.entrypoint_file)
-        return {**entry, "status": "skipped", "detail": f"{spec.entrypoint_file} not found"}
     if spec.pool not in pools:
         log.info("deployment %s skipped: its work pool %s is skipped", spec.full_name, spec.pool)
         return {**entry, "status": "skipped", "detail": f"work pool {spec.pool} skipped"}

@@ -72,8 +72,6 @@ class PoolSpec:
     description: str
     # "process" or "ecs_gpu": which base job template to create the pool with.
     template: str
-    # An ECS pool needs deployments.ecs (another module); without it the pool is skipped.
-    optional_module: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +85,6 @@ class DeploymentSpec:
     job_variables: dict[str, Any] = field(default_factory=dict)
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = ()
-    # Deployments of flows other engineers are still writing: skipped while the file is missing.
-    optional: bool = False
     # A cron schedule apply owns (slug SCHEDULE_SLUG); schedules added in the UI are left alone.
     cron: str | None = None
     timezone: str = "UTC"
@@ -116,8 +112,7 @@ class DeploymentSpec:
 POOLS: tuple[PoolSpec, ...] = (
     PoolSpec(PROCESS_POOL, "process", "Local subprocesses: laptops, CI, and the release-build runs.",
              template="process"),
-    PoolSpec(ECS_POOL, "ecs", "ECS tasks on the GPU capacity provider (EC2, g5).", template="ecs_gpu",
-             optional_module="deployments.ecs"),
+    PoolSpec(ECS_POOL, "ecs", "ECS tasks on the GPU capacity provider (EC2, g5).", template="ecs_gpu"),
 )
 
 _LOCAL_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "offline"}
@@ -159,22 +154,21 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         "this run only submits the job and waits, so a CPU worker is enough.",
         job_variables={"env": _GPU_ENV},
     ),
-    # Room for the flows still being written; each is skipped until its file exists.
     DeploymentSpec(
         "deploy", "deploy-model", "flows/deploy.py:deploy", PROCESS_POOL,
         "Verify a published model and deploy it (local serving or SageMaker).",
-        job_variables={"env": _LOCAL_ENV}, optional=True,
+        job_variables={"env": _LOCAL_ENV},
     ),
     DeploymentSpec(
         "retrain", "weekly-retrain", "flows/retrain.py:retrain", PROCESS_POOL,
         "Scheduled retrain: skips when the data fingerprint is unchanged unless forced.",
-        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
+        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1,
         cron=RETRAIN_CRON, timezone=RETRAIN_TIMEZONE,
     ),
     DeploymentSpec(
         "sweep", "hyperparameter-sweep", "flows/sweep.py:sweep", PROCESS_POOL,
         "Hyper-parameter sweep: many train runs, one champion.",
-        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1, optional=True,
+        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1,
     ),
 )
 

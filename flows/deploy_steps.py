@@ -12,7 +12,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from params.model import Params
-from tasks import deploy as dp, deploy_log, package
+from tasks import deploy_log, package
+import tasks.deploy
 from trainkite.home import runs_dir
 from trainkite.store import ArtifactStore, open_store
 
@@ -33,8 +34,8 @@ def sagemaker_clients():
 
 
 @task(name="verify_model", cache_policy=NONE)
-def verify_model(params: Params, model_id: str) -> dp.Candidate:
-    return dp.load_candidate(_store(params), model_id)
+def verify_model(params: Params, model_id: str) -> tasks.deploy.Candidate:
+    return tasks.deploy.load_candidate(_store(params), model_id)
 
 
 @task(name="live_deployment", cache_policy=NONE)
@@ -43,8 +44,8 @@ def live_deployment(params: Params, target: str, endpoint: str) -> dict | None:
 
 
 @task(name="check_guards", cache_policy=NONE)
-def check_guards(candidate: dp.Candidate, live: dict | None, allow_older: bool) -> None:
-    dp.check_not_older(candidate, live, allow_older)
+def check_guards(candidate: tasks.deploy.Candidate, live: dict | None, allow_older: bool) -> None:
+    tasks.deploy.check_not_older(candidate, live, allow_older)
 
 
 @task(name="champion_metrics", cache_policy=NONE)
@@ -61,34 +62,34 @@ def champion_metrics(params: Params, live: dict | None) -> dict:
 
 
 @task(name="package", cache_policy=NONE)
-def build_package(candidate: dp.Candidate) -> dict:
+def build_package(candidate: tasks.deploy.Candidate) -> dict:
     dest = runs_dir() / candidate.model_id / "deploy" / package.ARCHIVE_NAME
     return package.build_archive(Path(candidate.folder), candidate.manifest, dest)
 
 
 @task(name="upload_to_production", retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def upload(params: Params, archive: dict, candidate: dp.Candidate) -> dict:
-    return dp.upload_archive(dp.production_store(params.deploy.production_root), archive, candidate)
+def upload(params: Params, archive: dict, candidate: tasks.deploy.Candidate) -> dict:
+    return tasks.deploy.upload_archive(tasks.deploy.production_store(params.deploy.production_root), archive, candidate)
 
 
 @task(name="create_sagemaker_model", cache_policy=NONE)
-def create_sagemaker_model(params: Params, candidate: dp.Candidate, model_data: dict) -> dict:
+def create_sagemaker_model(params: Params, candidate: tasks.deploy.Candidate, model_data: dict) -> dict:
     sm, _ = sagemaker_clients()
-    name = dp.resource_name(candidate.model_id)
-    return dp.create_model_and_config(
-        sm, name=name, image=dp.docker_image(candidate, params.deploy.image),
+    name = tasks.deploy.resource_name(candidate.model_id)
+    return tasks.deploy.create_model_and_config(
+        sm, name=name, image=tasks.deploy.docker_image(candidate, params.deploy.image),
         role_arn=params.deploy.execution_role_arn, model_data_url=model_data["uri"],
-        env=dp.serving_env(candidate.model_id, model_data["uri"]), tags=dp.resource_tags(candidate),
+        env=tasks.deploy.serving_env(candidate.model_id, model_data["uri"]), tags=tasks.deploy.resource_tags(candidate),
         instance_type=params.deploy.instance_type, instance_count=params.deploy.instance_count,
     )
 
 
 @task(name="roll_out", cache_policy=NONE)
-def roll_out(params: Params, candidate: dp.Candidate, endpoint: str, resources: dict) -> dict:
+def roll_out(params: Params, candidate: tasks.deploy.Candidate, endpoint: str, resources: dict) -> dict:
     sm, runtime = sagemaker_clients()
     delay = params.deploy.wait_delay_s
-    return dp.roll_out(sm, runtime, endpoint=endpoint, config=resources["config"], model_id=candidate.model_id,
-                       tags=dp.resource_tags(candidate), delay_s=delay, timeout_s=params.deploy.wait_timeout_s)
+    return tasks.deploy.roll_out(sm, runtime, endpoint=endpoint, config=resources["config"], model_id=candidate.model_id,
+                       tags=tasks.deploy.resource_tags(candidate), delay_s=delay, timeout_s=params.deploy.wait_timeout_s)
 
 
 @task(name="delete_superseded", cache_policy=NONE)
@@ -97,11 +98,11 @@ def delete_superseded(previous_config: str | None, live: dict | None) -> list[st
     if not previous_config or not live or live.get("endpoint_config") != previous_config:
         return []
     sm, _ = sagemaker_clients()
-    return dp.delete_superseded(sm, previous_config)
+    return tasks.deploy.delete_superseded(sm, previous_config)
 
 
 @task(name="record_deployment", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def record(params: Params, candidate: dp.Candidate, target: str, endpoint: str, status: str, live: dict | None,
+def record(params: Params, candidate: tasks.deploy.Candidate, target: str, endpoint: str, status: str, live: dict | None,
            fields: dict) -> dict:
     from prefect.runtime import flow_run
 

@@ -20,12 +20,12 @@ from prefect.cache_policies import NONE
 from buildkite.context import BuildContext
 from params.model import Params
 from tasks import data, defaults
-from tasks import evaluate as ev
+import tasks.evaluate
 from models import registry
-from tasks import notify as nt
+import tasks.notify
 from tasks import provenance
-from tasks import publish as pb
-from tasks import track as tr
+import tasks.publish
+import tasks.track
 from models.features import FeaturesRef
 from models.fit import TrainedModel
 from tasks.retrain import RetrainDecision
@@ -88,7 +88,7 @@ _cached = {"persist_result": True, "result_serializer": "json"}
 def start_tracking(params: Params) -> None:
     """Start W&B (import, service) in the background while the data is fetched. Deliberately not a task: it
     returns at once, and a task's round trips to the Prefect API would cost more than it saves."""
-    tr.start(params)
+    tasks.track.start(params)
 
 
 @task(name="check_code", cache_policy=NONE)
@@ -131,24 +131,24 @@ def train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
 def evaluate(run: Run, trained: TrainedModel, features: FeaturesRef, params: Params,
-             dataset: DatasetRef | None = None) -> ev.EvalReport:
-    return ev.evaluate(trained, features, params, run.store, run.workdir, run.prefix, dataset)
+             dataset: DatasetRef | None = None) -> tasks.evaluate.EvalReport:
+    return tasks.evaluate.evaluate(trained, features, params, run.store, run.workdir, run.prefix, dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
-def publish(run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: ev.EvalReport,
-            build: BuildContext | None) -> pb.Published:
+def publish(run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: tasks.evaluate.EvalReport,
+            build: BuildContext | None) -> tasks.publish.Published:
     # Idempotent by itself: re-publishing identical files returns the existing manifest.
-    return pb.publish_model(run=run, params=params, dataset=dataset, trained=trained, report=report, build=build)
+    return tasks.publish.publish_model(run=run, params=params, dataset=dataset, trained=trained, report=report, build=build)
 
 
 @task(name="track", cache_key_fn=_track_key, **_cached)
-def track(run: Run, params: Params, published: pb.Published, report: ev.EvalReport, tags: list[str]) -> dict | None:
-    return tr.track_run(params=params, published=published, report=report, store=run.store, tags=tags)
+def track(run: Run, params: Params, published: tasks.publish.Published, report: tasks.evaluate.EvalReport, tags: list[str]) -> dict | None:
+    return tasks.track.track_run(params=params, published=published, report=report, store=run.store, tags=tags)
 
 
 def _wandb_link(tracking: dict | None) -> str:
-    return tr.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
+    return tasks.track.run_url(tracking) or (f"offline run `{tracking['run_id']}`" if tracking else "tracking off")
 
 
 def _not_refused_by_buildkite(task, task_run, state) -> bool:
@@ -167,22 +167,22 @@ def _not_refused_by_buildkite(task, task_run, state) -> bool:
 
 @task(name="notify", retries=1, retry_delay_seconds=10, retry_condition_fn=_not_refused_by_buildkite,
       cache_policy=NONE)
-def notify(build: BuildContext | None, published: pb.Published, report: ev.EvalReport,
+def notify(build: BuildContext | None, published: tasks.publish.Published, report: tasks.evaluate.EvalReport,
            tracking: dict | None) -> str:
-    fields = nt.success_fields(
+    fields = tasks.notify.success_fields(
         model_id=published.model_id, artifact_uri=published.artifact_uri,
         wandb_run_id=tracking["run_id"] if tracking else None,
-        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=ev.one_line(report.summary),
+        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=tasks.evaluate.one_line(report.summary),
         comparison=report.metrics.get("comparison"))
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+    md = tasks.notify.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
                                 report.metrics.get("comparison"))
-    return nt.notify_success(build, fields, md)
+    return tasks.notify.notify_success(build, fields, md)
 
 
 @task(name="report", cache_policy=NONE)
-def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None) -> dict:
+def report(published: tasks.publish.Published, report: tasks.evaluate.EvalReport, tracking: dict | None) -> dict:
     comparison = report.metrics.get("comparison")
-    md = nt.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
+    md = tasks.notify.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
                                 comparison)
     create_markdown_artifact(key="model-card", markdown=md, description=f"model {published.model_id}")
     create_table_artifact(key="model-metrics", table=[{"metric": k, "value": v} for k, v in report.summary.items()],
@@ -192,22 +192,22 @@ def report(published: pb.Published, report: ev.EvalReport, tracking: dict | None
             "wandb": tracking}
 
 
-def _report_evidence(published: pb.Published, report: ev.EvalReport, comparison: dict | None) -> None:
+def _report_evidence(published: tasks.publish.Published, report: tasks.evaluate.EvalReport, comparison: dict | None) -> None:
     """The comparison and the confusion matrices in the run's Artifacts tab (tables, and the images inline)."""
-    from tasks import compare as cp
+    import tasks.compare
 
     labels = published.manifest["labels"]
-    rows = cp.comparison_table(comparison)
+    rows = tasks.compare.comparison_table(comparison)
     if rows:
-        create_table_artifact(key="champion-comparison", table=rows, description=cp.evidence_line(comparison))
+        create_table_artifact(key="champion-comparison", table=rows, description=tasks.compare.evidence_line(comparison))
     split = "evaluation" if "evaluation" in report.metrics else "test"
     if split not in report.metrics:
         return
     cm = report.metrics[split]["confusion"]
-    create_table_artifact(key="confusion-matrix", table=cp.confusion_table(cm, labels),
+    create_table_artifact(key="confusion-matrix", table=tasks.compare.confusion_table(cm, labels),
                           description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)")
     images = {"challenger": report.plots.get(split), "champion": report.plots.get("champion")}
-    md = [f"### Confusion matrices on the {split} split", "", f"**Verdict:** {cp.evidence_line(comparison)}", ""]
+    md = [f"### Confusion matrices on the {split} split", "", f"**Verdict:** {tasks.compare.evidence_line(comparison)}", ""]
     for who, path in images.items():
         if path and Path(path).is_file():
             data = base64.b64encode(Path(path).read_bytes()).decode()

@@ -295,7 +295,7 @@ def validate_params(data: dict[str, Any], source: str = "parameters") -> Params:
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if p.is_dir():  # issue 8: "not found" misled for a folder that exists
+    if p.is_dir():  # "not found" would mislead for a folder that exists
         raise ParamsError(f"params file {str(p)!r} is a folder, not a TOML file (e.g. params/sentiment.toml)")
     if not p.is_file():
         raise ParamsError(f"params file {str(p)!r} not found (try params/sentiment.toml or params/topic.toml)")

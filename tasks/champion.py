@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tasks import aliases, compare as cp
+from tasks import aliases
+import tasks.compare
 from trainkite.errors import TrainkiteError
 from trainkite.store import ArtifactStore
 
@@ -37,19 +38,19 @@ def _wandb_of(manifest: dict) -> dict | None:
 
 def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: str, split: str,
                           y: np.ndarray, challenger_probs: np.ndarray, labels: list[str], texts: list[str],
-                          primary_metric: str, seed: int = cp.DEFAULT_SEED) -> dict:
+                          primary_metric: str, seed: int = tasks.compare.DEFAULT_SEED) -> dict:
     """The comparison dict stored in metrics.json and the manifest; never raises for a missing champion."""
     base = {"split": split, "challenger": {"model_id": model_id}, "allow_worse": allow_worse()}
     found = aliases.champion_for_training(store, model_name)
     if found is None:
-        return {**base, "verdict": cp.NO_CHAMPION, "champion": None,
+        return {**base, "verdict": tasks.compare.NO_CHAMPION, "champion": None,
                 "reason": f"no model named {model_name!r} has been deployed or set as champion yet"}
     champ = {k: found.get(k) for k in ("model_id", "target", "endpoint", "since", "set_by", "source")}
     if found["model_id"] == model_id:
-        return {**base, "verdict": cp.NOT_COMPARED, "champion": champ, "reason": "this model is the champion"}
+        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ, "reason": "this model is the champion"}
     if len(texts) != len(y):
         # The texts come from the data snapshot, the labels from the features: they must be the same rows.
-        return {**base, "verdict": cp.NOT_COMPARED, "champion": champ,
+        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ,
                 "reason": f"{len(texts)} texts for {len(y)} labelled {split} rows: not the same rows"}
     try:
         from models.predictor import Predictor
@@ -59,7 +60,7 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
     except TrainkiteError as err:
         # Its artifacts may be gone or refused (tampered): the reviewers are told, the run goes on.
         log.warning("champion %s could not be scored: %s", found["model_id"], err)
-        return {**base, "verdict": cp.NOT_COMPARED, "champion": champ, "reason": f"champion not scored: {err}"}
+        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ, "reason": f"champion not scored: {err}"}
     champ["wandb"] = _wandb_of(predictor.manifest)
     champ["metrics"] = predictor.manifest.get("metrics", {})
     # Map the champion's label names onto ours; one we do not have gets a negative index (never right).
@@ -67,7 +68,7 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
     unknown = {-(j + 1): lab for j, lab in enumerate(predictor.labels) if lab not in index}
     mapping = np.array([index.get(lab, -(j + 1)) for j, lab in enumerate(predictor.labels)], dtype=np.int64)
     champion_pred = mapping[np.asarray(probs).argmax(axis=1)]
-    result = cp.compare(y, champion_pred, np.asarray(challenger_probs).argmax(axis=1), labels,
+    result = tasks.compare.compare(y, champion_pred, np.asarray(challenger_probs).argmax(axis=1), labels,
                         primary_metric=primary_metric, texts=texts, seed=seed, unknown_labels=unknown)
-    log.info("champion comparison: %s", cp.evidence_line({**result, "champion": champ}))
+    log.info("champion comparison: %s", tasks.compare.evidence_line({**result, "champion": champ}))
     return {**base, **result, "champion": champ}

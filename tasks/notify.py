@@ -88,7 +88,7 @@ def _unblock(client, build: BuildContext, fields: dict[str, str]) -> str | None:
 
 
 def _annotate(client, build: BuildContext, body: str, style: str) -> None:
-    # Reliability fix (issue 8): the annotation is a report, the unblock is what releases the build. A
+    # The annotation is a report, the unblock is what releases the build. A
     # refused or failing annotation used to raise before the unblock and leave the build waiting.
     from buildkite.client import BuildkiteError
 

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from params.model import Params, validate_params
 from tasks import data
-from models import registry as model_types, features as pp, fit as tn
+from models import registry as model_types
+import models.features
+import models.fit
 from trainkite.errors import IntegrityError
 from trainkite.lineage import git_info, package_versions
 from trainkite.manifest import ModelRef, fetch_model, recorded_schemas
@@ -65,7 +67,7 @@ def lineage_changes(manifest: dict, device: str) -> dict[str, dict]:
             changes[f"packages.{name}"] = {"model": version, "now": now_pk.get(name)}
     if lin.get("device") != device:
         changes["device"] = {"model": lin.get("device"), "now": device}
-    now_schemas = pp.schemas(manifest.get("model_type", "bow"))
+    now_schemas = models.features.schemas(manifest.get("model_type", "bow"))
     for name, version in recorded_schemas(manifest).items():
         if version != now_schemas[name]:
             # Not a failure by itself: the rebuild uses the model's own schema where this code still has it.
@@ -136,16 +138,16 @@ def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float
         recorded = stored
     params_changes = diff_params(recorded, stored)
     params = validate_params(recorded, source=f"manifest of {model_id}")
-    device = tn.pick_device("cpu")
+    device = models.fit.pick_device("cpu")
     params = params.model_copy(update={"train": params.train.model_copy(update={"device": device})})
     work = Path(tempfile.mkdtemp(prefix=f"verify-{model_id}-"))
     try:
         dataset, data_check = rows_for_rebuild(folder, manifest, params, work)
         scratch = LocalStore(work / "store")
         feature_schema = recorded_schemas(manifest)["features"]
-        if params.model.type == "bow" and feature_schema != pp.FEATURE_SCHEMA:
+        if params.model.type == "bow" and feature_schema != models.features.FEATURE_SCHEMA:
             # An older model: its own featurizer (kept for serving) rebuilds its features.
-            features = pp.preprocess(dataset, params.preprocess, scratch, work, schema=feature_schema)
+            features = models.features.preprocess(dataset, params.preprocess, scratch, work, schema=feature_schema)
         else:
             features = model_types.featurize(dataset, params, scratch, work)
         trained = model_types.train(features, params, scratch, ModelRef(params.model.name, model_id), work)

@@ -21,7 +21,7 @@ class ModelNotFound(UserInputError):
 
 class ModelIdTaken(UserInputError):
     """The model ID is published (or being published) with other files: a model ID is never reused.
-    A user error, not a transient one, so Prefect's task retries don't retry it (issue 8)."""
+    A user error, not a transient one, so Prefect's task retries don't retry it."""
 
 
 class TrainingDiverged(UserInputError):

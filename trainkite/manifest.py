@@ -65,7 +65,7 @@ def publish(store: ArtifactStore, ref: ModelRef, files: dict[str, Path], manifes
             f"model {ref.model_id} is already published at {store.uri(ref.prefix)} with different files; "
             "a model ID is never reused (start a new build or run)"
         )
-    # Reliability fix (issue 8): two runs publishing the same model ID at once used to interleave their
+    # Two runs publishing the same model ID at once used to interleave their
     # uploads, leaving a folder of mixed files under a manifest that matched neither. The first run to
     # claim the ID (an atomic create-only write of its files' hash) publishes; a run with the same files
     # (a retry) carries on, one with other files is refused before it writes anything.

@@ -96,7 +96,7 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None: ...
 
-    # Reliability fix (issue 8): an atomic create-only write, so two runs publishing the same model ID
+    # An atomic create-only write, so two runs publishing the same model ID
     # can decide which one owns the folder (see trainkite.manifest.publish) instead of mixing files.
     def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
         """Write `key` only if nothing is there yet, atomically; False (nothing written) if it exists."""
@@ -268,7 +268,7 @@ class S3Store(ArtifactStore):
         except ClientError as err:
             raise self._client_error(what, err) from None
         except (S3UploadFailedError, S3TransferFailedError) as err:
-            # Reliability fix (issue 8): upload_file wraps the ClientError (retries exhausted, AccessDenied, ...)
+            # upload_file wraps the ClientError (retries exhausted, AccessDenied, ...)
             # in boto3's S3UploadFailedError, which used to escape as a raw traceback with no advice.
             cause = err.__context__
             if isinstance(cause, ClientError):
