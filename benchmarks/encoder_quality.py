@@ -83,7 +83,7 @@ def scorer_for(params, trained):
         return EncoderScorer(Path(trained.weights_path), cfg, 2, "bench")
     from models.bow import predict_proba
     from models.features import encode
-    from models.fit import load_weights
+    from models.bow import load_weights
 
     model = load_weights(trained.weights_path, params.preprocess.buckets, params.model.embedding_dim, 2)
     return lambda texts: predict_proba(model, *encode(texts, params.preprocess))

@@ -31,7 +31,7 @@ from pathlib import Path
 t0 = time.perf_counter()
 from params import load_params
 from tasks import data, provenance, evaluate as ev, publish as pb
-from models import features as pp, fit as tn
+from models import bow, features as pp
 from trainkite.store import open_store
 from trainkite.manifest import ModelRef
 from trainkite.run import Run
@@ -41,7 +41,7 @@ t1 = time.perf_counter()
 provenance.check_code_commit(None)
 ds = data.fetch_dataset(params, work, store, f"sentiment/{mid}")
 f = pp.preprocess(ds, params.preprocess, store, work)
-tr = tn.train_model(f, params, store, ModelRef("sentiment", mid), work)
+tr = bow.train_bow(f, params, store, ModelRef("sentiment", mid), work)
 r = ev.evaluate(tr, f, params, store, work, f"sentiment/{mid}")
 pb.publish_model(run=Run(params.model.name, mid, str(store.root)), params=params, dataset=ds, trained=tr, report=r)
 print(time.perf_counter() - t1, t1 - t0)

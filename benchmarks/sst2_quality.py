@@ -22,7 +22,7 @@ import pandas as pd
 
 from params import load_params
 from tasks import data, defaults, evaluate as ev
-from models import features as pp, fit as tn
+from models import bow, features as pp
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 
@@ -48,7 +48,7 @@ def run_bow(folder: Path, overrides: list[str]) -> dict:
         t1 = time.perf_counter()
         feats = pp.preprocess(ds, params.preprocess, store, work)
         t2 = time.perf_counter()
-        trained = tn.train_model(feats, params, store, ModelRef("sst2", "bench"), work)
+        trained = bow.train_bow(feats, params, store, ModelRef("sst2", "bench"), work)
         t3 = time.perf_counter()
         rep = ev.evaluate(trained, feats, params, store, work, "sst2/bench")
         return {"dev_accuracy": rep.metrics["evaluation"]["accuracy"], "fetch_s": round(t1 - t0, 2),

@@ -1,10 +1,26 @@
-"""The `bow` model: fastText-style mean of hashed n-gram embeddings, then a linear layer."""
+"""The `bow` model: fastText-style mean of hashed n-gram embeddings, then a linear layer; its trainer and scorer."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
+
+from models import features as bow_features
+from models.features import FEATURE_SCHEMA, FeaturesRef, load_features
+from models.fit import TrainedModel, fit, local_weights, make_deterministic, pick_device, sgd_step
+from models.metrics import score
+from params.model import Params, PreprocessParams
+from trainkite.errors import IntegrityError
+from trainkite.manifest import ModelRef
+from trainkite.snapshot import DatasetRef
+from trainkite.store import ArtifactStore
 
 
 class BowClassifier(nn.Module):
@@ -61,3 +77,117 @@ def predict_proba(model: BowClassifier, ids: np.ndarray, offsets: np.ndarray, ba
         logits = model(torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(offs, dtype=np.int64)).to(device))
         out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.fc.out_features), dtype=np.float32)
+
+
+def build_model(params: Params, n_classes: int, generator: torch.Generator) -> BowClassifier:
+    model = BowClassifier(params.preprocess.buckets, params.model.embedding_dim, n_classes)
+    model.reset_parameters(generator)
+    return model
+
+
+class BowTrainer:
+    """bow's part of the fit loop: plain SGD on the per-example mean cross-entropy (+ L2 on the linear layer)."""
+
+    def __init__(self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str,
+                 generator: torch.Generator):
+        self.tp, self.arrays, self.labels, self.device = params.train, arrays, labels, device
+        self.n_classes = len(labels)
+        self.model = build_model(params, self.n_classes, generator).to(device)
+        self.optimizer = None
+        self.params_list = list(self.model.parameters())
+        self.n_train = len(arrays["train_offsets"])
+        self.use_amp = device == "cuda" and params.train.amp
+
+    def step(self, rows: np.ndarray, lr: float) -> float:
+        tr_ids, tr_off = self.arrays["train_ids"], self.arrays["train_offsets"]
+        idx, offs = batch_slices(tr_off, len(tr_ids), rows)
+        x = torch.from_numpy(tr_ids[idx].astype(np.int64)).to(self.device)
+        o = torch.from_numpy(offs).to(self.device)
+        y = torch.from_numpy(self.arrays["train_y"][rows]).to(self.device)
+        for p in self.params_list:
+            p.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+            logits = self.model(x, o)
+        # The per-example mean: a step that grew with the batch (a sum) made a larger batch a larger step, and a
+        # large enough one diverged at a rate that was fine for a small one.
+        ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="mean")
+        wd = self.tp.weight_decay
+        loss = ce + wd * self.model.fc.weight.pow(2).sum() if wd else ce
+        loss.backward()
+        sgd_step(self.params_list, lr)
+        return float(ce.detach()) * len(rows)
+
+    def validate(self) -> dict:
+        a = self.arrays
+        probs = predict_proba(self.model, a["validation_ids"], a["validation_offsets"], device=self.device)
+        return score(a["validation_y"], probs, self.labels)
+
+
+def train_bow(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
+              workdir: Path) -> TrainedModel:
+    params.require_resolved()
+    device = pick_device(params.train.device)
+    gen = make_deterministic(params.train.seed, params.train.threads, device)
+    trainer = BowTrainer(params, load_features(features, store, workdir), features.labels, device, gen)
+    return fit(trainer, features, params, store, ref, workdir, device)
+
+
+def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:
+    model = BowClassifier(buckets, dim, n_classes)
+    # A file that is not safetensors (a pickle in its place, whose manifest hash was forged too) or
+    # does not fit features.json is refused by name, instead of a raw SafetensorError/RuntimeError traceback.
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, RuntimeError) as err:
+        raise IntegrityError(f"{Path(path).name} is not a safetensors file of this model ({str(err)[:200]}); "
+                             "refusing to load it") from None
+    model.eval()
+    return model
+
+
+# The kind's interface (models/registry.py).
+def features_key(fingerprint: str, params: Params) -> str:
+    return bow_features.cache_key(fingerprint, params.preprocess)
+
+
+def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
+              feature_schema: int | None = None) -> FeaturesRef:
+    # An older model's schema rebuilds its features with its own featurizer (verify).
+    return bow_features.preprocess(dataset, params.preprocess, store, workdir,
+                                   schema=FEATURE_SCHEMA if feature_schema is None else feature_schema)
+
+
+train = train_bow
+
+
+def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
+                 store: ArtifactStore) -> Callable[[str], np.ndarray]:
+    model = load_weights(local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim,
+                         n_classes)
+    return lambda split: predict_proba(model, arrays[f"{split}_ids"], arrays[f"{split}_offsets"])
+
+
+def feature_config(params: Params, labels: list[str]) -> dict:
+    return {"model_type": "bow", "labels": labels, "preprocess": params.preprocess.model_dump(mode="json"),
+            "feature_schema": FEATURE_SCHEMA, "embedding_dim": params.model.embedding_dim}
+
+
+class Scorer:
+    """A published bow model: the featurizer it was trained with (features.json), then the network."""
+
+    def __init__(self, folder: Path, cfg: dict):
+        self.preprocess = PreprocessParams.model_validate(cfg["preprocess"])
+        # A model is asked in the features it was trained on (older models: schema 1).
+        self._encode = bow_features.encoder_for(cfg.get("feature_schema"))
+        self.model = load_weights(folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"],
+                                  len(cfg["labels"]))
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        ids, offsets = self._encode(texts, self.preprocess)
+        with self._lock, torch.inference_mode():
+            return predict_proba(self.model, ids, offsets)
+
+
+def load_scorer(folder: Path, cfg: dict, model_id: str) -> Scorer:
+    return Scorer(folder, cfg)

@@ -1,6 +1,6 @@
 """Train the `encoder` model: the head alone on cached embeddings (frozen) or the whole encoder (finetune).
 
-Same contract as bow's trainer (models/fit.py): seeded, deterministic on CPU, early stopping on
+Trained by the shared fit loop (models/fit.py), like bow: seeded, deterministic on CPU, early stopping on
 the primary metric, a checkpoint in the artifact store every epoch so a re-run resumes. The
 checkpoint also holds AdamW's moments, without which a resumed run would drift from one that
 never stopped. Fine-tuning is meant for a GPU (bf16 autocast with train.amp); dropout makes it
@@ -9,8 +9,8 @@ tolerance-equal rather than bit-identical across runs there.
 
 from __future__ import annotations
 
-import logging
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +22,11 @@ from params.model import Params
 from models import encoder as enc
 from models.metrics import score
 from models.features import FeaturesRef, load_features
-from models.fit import (
-    TrainedModel,
-    check_divergence,
-    epoch_batches,
-    finish_training,
-    local_weights,
-    make_deterministic,
-    pick_device,
-    resume_or_start,
-    save_checkpoint,
-)
+from models.fit import TrainedModel, fit, local_weights, make_deterministic, pick_device
 from trainkite.manifest import ModelRef
+from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
 
-log = logging.getLogger("trainkite.train")
 
 
 def is_frozen(params: Params) -> bool:
@@ -79,57 +69,49 @@ def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, fro
                            arrays[f"{split}_offsets"], n_classes, device)
 
 
+class EncoderTrainer:
+    """The encoder's part of the fit loop: AdamW on the per-example mean cross-entropy (its moments are
+    checkpointed with the weights)."""
+
+    def __init__(self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str,
+                 generator: torch.Generator):
+        tp = params.train
+        self.arrays, self.labels, self.device = arrays, labels, device
+        self.n_classes = len(labels)
+        self.frozen = is_frozen(params)
+        dim = arrays["train_x"].shape[1] if self.frozen else 0
+        self.model = build_model(params, self.n_classes, dim, generator,
+                                 arrays["train_x"] if self.frozen else None).to(device)
+        self.n_train = len(arrays["train_y"])
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=tp.learning_rate, weight_decay=tp.weight_decay)
+        self.use_amp = device == "cuda" and tp.amp
+
+    def step(self, rows: np.ndarray, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+            logits = self.model(*_inputs(self.arrays, "train", rows, self.frozen, self.device))
+        target = torch.from_numpy(self.arrays["train_y"][rows]).to(self.device)
+        # The per-example mean, as bow's: the step does not grow with the batch size.
+        loss = nn.functional.cross_entropy(logits.float(), target, reduction="mean")
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()) * len(rows)
+
+    def validate(self) -> dict:
+        probs = split_probs(self.model, self.arrays, "validation", self.frozen, self.device)
+        return score(self.arrays["validation_y"], probs, self.labels)
+
+
 def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
                   workdir: Path) -> TrainedModel:
     params.require_resolved()
-    tp = params.train
-    frozen = is_frozen(params)
-    device = pick_device(tp.device)
-    gen = make_deterministic(tp.seed, tp.threads, device)
-    arrays = load_features(features, store, workdir)
-    n_classes = len(features.labels)
-    dim = arrays["train_x"].shape[1] if frozen else 0
-    model = build_model(params, n_classes, dim, gen, arrays["train_x"] if frozen else None).to(device)
-    y = arrays["train_y"]
-    n = len(y)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.learning_rate,
-                                  weight_decay=tp.weight_decay)
-    identity = {"features": features.key, "params": params.params_hash(), "device": device}
-
-    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, model, params, optimizer)
-
-    use_amp = device == "cuda" and tp.amp
-    started = time.perf_counter()
-    seen = 0
-    for epoch in range(start_epoch, tp.epochs + 1):
-        if tracker.stopped:
-            break
-        model.train()
-        loss_sum, lr, epoch_seen = 0.0, tp.learning_rate, 0
-        for rows, lr in epoch_batches(tp, n, epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(*_inputs(arrays, "train", rows, frozen, device))
-            target = torch.from_numpy(y[rows]).to(device)
-            # The per-example mean, as bow's: the step does not grow with the batch size.
-            loss = nn.functional.cross_entropy(logits.float(), target, reduction="mean")
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(rows)
-            seen += len(rows)
-            epoch_seen += len(rows)
-            check_divergence(epoch, loss_sum / epoch_seen, n_classes)
-        val = score(arrays["validation_y"], split_probs(model, arrays, "validation", frozen, device),
-                    features.labels)
-        if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
-            save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity),
-                            optimizer)
-    elapsed = time.perf_counter() - started
-
-    return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
-                           best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+    device = pick_device(params.train.device)
+    gen = make_deterministic(params.train.seed, params.train.threads, device)
+    trainer = EncoderTrainer(params, load_features(features, store, workdir), features.labels, device, gen)
+    return fit(trainer, features, params, store, ref, workdir, device)
 
 
 def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
@@ -140,3 +122,44 @@ def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.nda
     model = build_model(params, n_classes, dim, torch.Generator())
     model.load_state_dict(load_file(str(local_weights(trained, store))))
     return model.eval()
+
+
+# The kind's interface (models/registry.py).
+def features_key(fingerprint: str, params: Params) -> str:
+    from models.encoder_features import cache_key
+
+    return cache_key(fingerprint, params)
+
+
+def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
+              feature_schema: int | None = None) -> FeaturesRef:
+    enc.require()
+    from models.encoder_features import featurize as encoder_featurize
+
+    return encoder_featurize(dataset, params, store, workdir)
+
+
+train = train_encoder
+
+
+def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
+                 store: ArtifactStore) -> Callable[[str], np.ndarray]:
+    device = pick_device(params.train.device)
+    model = load_trained(trained, params, arrays, n_classes, store).to(device)
+    return lambda split: split_probs(model, arrays, split, is_frozen(params), device)
+
+
+def feature_config(params: Params, labels: list[str]) -> dict:
+    return {"model_type": "encoder", "labels": labels,
+            "encoder": enc.feature_config(params.model.encoder_max_length, params.model.encoder_mode)}
+
+
+def load_scorer(folder: Path, cfg: dict, model_id: str) -> Callable[[list[str]], np.ndarray]:
+    scorer = enc.EncoderScorer(folder / "weights.safetensors", cfg, len(cfg["labels"]), model_id)
+    lock = threading.Lock()
+
+    def score_texts(texts: list[str]) -> np.ndarray:
+        with lock:
+            return scorer(texts)
+
+    return score_texts

@@ -1,4 +1,4 @@
-"""Train the classifier: seeded, deterministic on CPU, early stopping, a checkpoint each epoch.
+"""The fit loop every model kind shares: seeded, deterministic on CPU, early stopping, a checkpoint each epoch.
 
 Checkpoints live in the artifact store (S3 in the cloud: ECS and Batch containers share no
 disk), so a re-run of a crashed run resumes from the last finished epoch and ends with the
@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
-from models.bow import BowClassifier, batch_slices, predict_proba
-from models.metrics import score
-from models.features import FeaturesRef, load_features
+from models.features import FeaturesRef
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage
@@ -93,12 +92,6 @@ def make_deterministic(seed: int, threads: int, device: str) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-
-def build_model(params: Params, n_classes: int, generator: torch.Generator) -> BowClassifier:
-    model = BowClassifier(params.preprocess.buckets, params.model.embedding_dim, n_classes)
-    model.reset_parameters(generator)
-    return model
 
 
 def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
@@ -173,56 +166,46 @@ def resume_or_start(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
     return EpochTracker(params.train, metric, state, best_state), state["epoch"] + 1, state["epoch"]
 
 
-def train_model(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-                workdir: Path) -> TrainedModel:
-    params.require_resolved()
+class KindTrainer(Protocol):
+    """What one model kind gives the shared fit loop: its module, optimizer, and one update on a batch of rows."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    n_train: int
+    n_classes: int
+
+    def step(self, rows: np.ndarray, lr: float) -> float:
+        """One update on the training rows `rows` at rate `lr`; the batch's loss summed over its rows."""
+
+    def validate(self) -> dict:
+        """Scores on the validation split (`accuracy`, `macro_f1`, ...)."""
+
+
+def fit(trainer: KindTrainer, features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
+        workdir: Path, device: str) -> TrainedModel:
+    """The one epoch loop every model kind trains with: resume from the last checkpoint, the shared batch order and
+    learning-rate schedule, the divergence guard, per-epoch validation, early stopping, a checkpoint in the store,
+    the best weights."""
     tp = params.train
-    device = pick_device(tp.device)
-    gen = make_deterministic(tp.seed, tp.threads, device)
-    arrays = load_features(features, store, workdir)
-    n_classes = len(features.labels)
-    model = build_model(params, n_classes, gen).to(device)
-
-    tr_ids, tr_off, tr_y = arrays["train_ids"], arrays["train_offsets"], arrays["train_y"]
-    n = len(tr_off)
-    params_list = list(model.parameters())
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
-
-    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, model, params)
-
-    use_amp = device == "cuda" and tp.amp
+    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, trainer.model, params,
+                                                    trainer.optimizer)
     started = time.perf_counter()
     seen = 0
     for epoch in range(start_epoch, tp.epochs + 1):
         if tracker.stopped:
             break
-        model.train()
-        loss_sum, epoch_seen = 0.0, 0
-        for rows, lr in epoch_batches(tp, n, epoch):
-            idx, offs = batch_slices(tr_off, len(tr_ids), rows)
-            x = torch.from_numpy(tr_ids[idx].astype(np.int64)).to(device)
-            o = torch.from_numpy(offs).to(device)
-            y = torch.from_numpy(tr_y[rows]).to(device)
-            for p in params_list:
-                p.grad = None
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x, o)
-            # The per-example mean: a step that grew with the batch (the old sum) made a larger batch a larger
-            # step, and a large enough one diverged at a rate that was fine for a small one.
-            ce = torch.nn.functional.cross_entropy(logits.float(), y, reduction="mean")
-            loss = ce + tp.weight_decay * model.fc.weight.pow(2).sum() if tp.weight_decay else ce
-            loss.backward()
-            sgd_step(params_list, lr)
-            loss_sum += float(ce.detach()) * len(rows)
+        trainer.model.train()
+        loss_sum, lr, epoch_seen = 0.0, tp.learning_rate, 0
+        for rows, lr in epoch_batches(tp, trainer.n_train, epoch):
+            loss_sum += trainer.step(rows, lr)
             seen += len(rows)
             epoch_seen += len(rows)
-            check_divergence(epoch, loss_sum / epoch_seen, n_classes)
-        probs = predict_proba(model, arrays["validation_ids"], arrays["validation_offsets"], device=device)
-        val = score(arrays["validation_y"], probs, features.labels)
-        if tracker.end_epoch(epoch, model, val, loss_sum / n, lr):
-            save_checkpoint(store, ref, workdir, model, tracker.best_state, tracker.checkpoint_state(epoch, identity))
+            check_divergence(epoch, loss_sum / epoch_seen, trainer.n_classes)
+        if tracker.end_epoch(epoch, trainer.model, trainer.validate(), loss_sum / trainer.n_train, lr):
+            save_checkpoint(store, ref, workdir, trainer.model, tracker.best_state,
+                            tracker.checkpoint_state(epoch, identity), trainer.optimizer)
     elapsed = time.perf_counter() - started
-
     return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
                            best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
 
@@ -359,16 +342,3 @@ def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_sta
 
 def local_weights(trained: TrainedModel, store: ArtifactStore) -> Path:
     return local_copy(store, trained.weights_key, Path(trained.weights_path))
-
-
-def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:
-    model = BowClassifier(buckets, dim, n_classes)
-    # Issue 8: a file that is not safetensors (a pickle in its place, whose manifest hash was forged too) or
-    # does not fit features.json is refused by name, instead of a raw SafetensorError/RuntimeError traceback.
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except (SafetensorError, RuntimeError) as err:
-        raise IntegrityError(f"{Path(path).name} is not a safetensors file of this model ({str(err)[:200]}); "
-                             "refusing to load it") from None
-    model.eval()
-    return model

@@ -1,64 +1,75 @@
-"""The one place that maps `params.model.type` to its featurizer, trainer and scorer.
+"""The registry of model kinds: `params.model.type` → the module that featurizes, trains, scores and serves it.
 
-The steps (flows/steps.py), evaluation and `trainkite verify` call these, so a model type is
-added here and nowhere else in the pipeline. The encoder modules are imported only when an
-encoder is used: they need the optional `encoder` extra.
+A kind's module provides `features_key`, `featurize`, `train`, `split_scorer`, `feature_config` and
+`load_scorer`; the pipeline steps, evaluation, `trainkite verify`, publish and the predictor ask this module and
+nothing else, so adding a kind is its module plus one line in `KINDS`. A kind's module is imported on first use:
+the encoder's needs the optional `encoder` extra.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-from params.model import Params
-from models import features as pp, fit as tn
-from models.bow import predict_proba
-from trainkite.snapshot import DatasetRef
 from models.features import FeaturesRef
+from models.fit import TrainedModel
+from params.model import Params
+from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef
+from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
+
+KINDS: dict[str, str] = {
+    "bow": "models.bow",
+    "encoder": "models.encoder_train",
+}
+
+
+def kind(name: str) -> ModuleType:
+    if name not in KINDS:
+        raise IntegrityError(f"model type {name!r} is not supported here (known: {', '.join(KINDS)})")
+    return importlib.import_module(KINDS[name])
+
+
+def _of(params: Params) -> ModuleType:
+    return kind(params.model.type)
 
 
 def features_key(fingerprint: str, params: Params) -> str:
-    if params.model.type == "encoder":
-        from models.encoder_features import cache_key
-
-        return cache_key(fingerprint, params)
-    return pp.cache_key(fingerprint, params.preprocess)
+    return _of(params).features_key(fingerprint, params)
 
 
-def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path) -> FeaturesRef:
+def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
+              feature_schema: int | None = None) -> FeaturesRef:
+    """The features of every split, in the store's cache; `feature_schema` rebuilds an older model's."""
     params.require_resolved()
-    if params.model.type == "encoder":
-        from models import encoder
-
-        encoder.require()
-        from models.encoder_features import featurize as encoder_featurize
-
-        return encoder_featurize(dataset, params, store, workdir)
-    return pp.preprocess(dataset, params.preprocess, store, workdir)
+    return _of(params).featurize(dataset, params, store, workdir, feature_schema)
 
 
 def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-          workdir: Path) -> tn.TrainedModel:
-    if params.model.type == "encoder":
-        from models.encoder_train import train_encoder
-
-        return train_encoder(features, params, store, ref, workdir)
-    return tn.train_model(features, params, store, ref, workdir)
+          workdir: Path) -> TrainedModel:
+    return _of(params).train(features, params, store, ref, workdir)
 
 
-def split_scorer(trained: tn.TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
+def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
                  store: ArtifactStore) -> Callable[[str], np.ndarray]:
     """`probs(split)` for the trained model over its cached features."""
-    if params.model.type == "encoder":
-        from models.encoder_train import is_frozen, load_trained, split_probs
+    return _of(params).split_scorer(trained, params, arrays, n_classes, store)
 
-        device = tn.pick_device(params.train.device)
-        model = load_trained(trained, params, arrays, n_classes, store).to(device)
-        return lambda split: split_probs(model, arrays, split, is_frozen(params), device)
-    model = tn.load_weights(tn.local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim,
-                            n_classes)
-    return lambda split: predict_proba(model, arrays[f"{split}_ids"], arrays[f"{split}_offsets"])
+
+def feature_config(params: Params, labels: list[str]) -> dict:
+    """`features.json` of a published model: what its scorer needs to encode a text as training did."""
+    return _of(params).feature_config(params, labels)
+
+
+def load_scorer(folder: Path, cfg: dict, model_id: str) -> Callable[[list[str]], np.ndarray]:
+    """Class probabilities for raw texts, from a published model's folder and its `features.json`."""
+    try:
+        module = kind(cfg.get("model_type", "bow"))
+    except IntegrityError as err:
+        raise IntegrityError(f"model {model_id}: {err}") from None
+    return module.load_scorer(folder, cfg, model_id)

@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from buildkite.context import BuildContext
 from params.model import Params
 from trainkite.snapshot import DatasetRef, local_snapshot
-from models.features import FEATURE_SCHEMA, schemas
+from models.features import schemas
 from tasks.evaluate import EvalReport
 from models.onnx_export import serving_files
 from models.fit import TrainedModel, check_finite_weights
+from models.registry import feature_config
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions
 from trainkite.run import Run
@@ -30,21 +31,6 @@ class Published(BaseModel):
     model_name: str
     artifact_uri: str
     manifest: dict
-
-
-def feature_config(params: Params, labels: list[str]) -> dict:
-    if params.model.type == "encoder":
-        from models.encoder import feature_config as encoder_config
-
-        return {"model_type": "encoder", "labels": labels,
-                "encoder": encoder_config(params.model.encoder_max_length, params.model.encoder_mode)}
-    return {
-        "model_type": params.model.type,
-        "labels": labels,
-        "preprocess": params.preprocess.model_dump(mode="json"),
-        "feature_schema": FEATURE_SCHEMA,
-        "embedding_dim": params.model.embedding_dim,
-    }
 
 
 def wandb_run_id(model_id: str) -> str:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from params.model import Params, validate_params
 from tasks import data
-from models import registry as model_types
+from models import registry
 import models.features
 import models.fit
 from trainkite.errors import IntegrityError
@@ -144,13 +144,9 @@ def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float
     try:
         dataset, data_check = rows_for_rebuild(folder, manifest, params, work)
         scratch = LocalStore(work / "store")
-        feature_schema = recorded_schemas(manifest)["features"]
-        if params.model.type == "bow" and feature_schema != models.features.FEATURE_SCHEMA:
-            # An older model: its own featurizer (kept for serving) rebuilds its features.
-            features = models.features.preprocess(dataset, params.preprocess, scratch, work, schema=feature_schema)
-        else:
-            features = model_types.featurize(dataset, params, scratch, work)
-        trained = model_types.train(features, params, scratch, ModelRef(params.model.name, model_id), work)
+        # An older model's feature schema: its own featurizer (kept for serving) rebuilds its features.
+        features = registry.featurize(dataset, params, scratch, work, recorded_schemas(manifest)["features"])
+        trained = registry.train(features, params, scratch, ModelRef(params.model.name, model_id), work)
         gpu_model = manifest["lineage"].get("device") == "cuda"
         identical, close, tensors = compare_weights(folder / "weights.safetensors", Path(trained.weights_path),
                                                     tolerance if gpu_model else None)
