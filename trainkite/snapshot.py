@@ -6,14 +6,16 @@ The contract between fetching (tasks/data.py) and every step after it (features,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from trainkite.runfiles import local_copy
 from trainkite.store import ArtifactStore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "validation", "test", "evaluation")
 # The snapshot's format and fingerprint rule; older models record 1 (see tasks/data.py snapshot_fingerprint).
@@ -37,6 +39,8 @@ class DatasetRef(BaseModel):
 
 
 def read_snapshot(path: str | Path) -> pd.DataFrame:
+    import pandas as pd  # not at import: serving reads no snapshot, and its image needs no pandas
+
     return pd.read_parquet(path)
 
 
