@@ -28,18 +28,43 @@ import numpy as np
 import pandas as pd
 
 COMMON = [
-    "data.labels=['0','1']", "data.validation_fraction=0.05", "data.test_fraction=0.05",
-    "evaluation.query=\"SELECT text, CAST(label AS VARCHAR) AS label FROM dev\"",
-    "evaluation.primary_metric='accuracy'", "tracking.backend='none'", "train.patience=0",
+    "data.labels=['0','1']",
+    "data.validation_fraction=0.05",
+    "data.test_fraction=0.05",
+    'evaluation.query="SELECT text, CAST(label AS VARCHAR) AS label FROM dev"',
+    "evaluation.primary_metric='accuracy'",
+    "tracking.backend='none'",
+    "train.patience=0",
 ]
 ENCODER = {
-    "frozen": ["model.type='encoder'", "model.encoder_mode='frozen'", "train.epochs=10", "train.batch_size=64",
-               "train.learning_rate=0.001"],
-    "finetune": ["model.type='encoder'", "model.encoder_mode='finetune'", "train.epochs=3", "train.batch_size=32",
-                 "train.learning_rate=3e-5", "train.weight_decay=0.01", "train.device='cuda'", "train.amp=true"],
+    "frozen": [
+        "model.type='encoder'",
+        "model.encoder_mode='frozen'",
+        "train.epochs=10",
+        "train.batch_size=64",
+        "train.learning_rate=0.001",
+    ],
+    "finetune": [
+        "model.type='encoder'",
+        "model.encoder_mode='finetune'",
+        "train.epochs=3",
+        "train.batch_size=32",
+        "train.learning_rate=3e-5",
+        "train.weight_decay=0.01",
+        "train.device='cuda'",
+        "train.amp=true",
+    ],
 }
-BOW = ["model.type='bow'", "preprocess.buckets=1048576", "preprocess.ngram_max=2", "model.embedding_dim=16",
-       "train.epochs=5", "train.batch_size=256", "train.learning_rate=12.8", "train.threads=1"]
+BOW = [
+    "model.type='bow'",
+    "preprocess.buckets=1048576",
+    "preprocess.ngram_max=2",
+    "model.embedding_dim=16",
+    "train.epochs=5",
+    "train.batch_size=256",
+    "train.learning_rate=12.8",
+    "train.threads=1",
+]
 
 
 def train_query(rows: int | None) -> str:
@@ -67,10 +92,17 @@ def run(folder: Path, overrides: list[str]) -> tuple[dict, object, object, Path]
     trained = model_types.train(feats, params, store, ModelRef("sst2", "bench"), work)
     t3 = time.perf_counter()
     rep = ev.evaluate(trained, feats, params, store, work, "sst2/bench")
-    out = {"train_rows": ds.counts["train"], "dev_accuracy": round(rep.metrics["evaluation"]["accuracy"], 4),
-           "test_split_accuracy": round(rep.metrics["test"]["accuracy"], 4), "fetch_s": round(t1 - t0, 1),
-           "features_s": round(t2 - t1, 1), "train_s": round(t3 - t2, 1), "epochs": trained.epochs_run,
-           "best_epoch": trained.best_epoch, "device": trained.device}
+    out = {
+        "train_rows": ds.counts["train"],
+        "dev_accuracy": round(rep.metrics["evaluation"]["accuracy"], 4),
+        "test_split_accuracy": round(rep.metrics["test"]["accuracy"], 4),
+        "fetch_s": round(t1 - t0, 1),
+        "features_s": round(t2 - t1, 1),
+        "train_s": round(t3 - t2, 1),
+        "epochs": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "device": trained.device,
+    }
     return out, params, trained, work
 
 
@@ -95,8 +127,11 @@ def out_of_domain(score, uci: Path) -> dict:
         df = pd.read_csv(uci / f"{name}.csv", keep_default_na=False)
         t0 = time.perf_counter()
         pred = score(df["text"].tolist()).argmax(axis=1)
-        out[name] = {"accuracy": round(float((pred == df["label"].to_numpy()).mean()), 4), "rows": len(df),
-                     "seconds": round(time.perf_counter() - t0, 1)}
+        out[name] = {
+            "accuracy": round(float((pred == df["label"].to_numpy()).mean()), 4),
+            "rows": len(df),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     return out
 
 
@@ -119,11 +154,18 @@ def main() -> None:
         sys.exit(3)
     np.random.seed(0)
     query = train_query(args.train_rows)
-    report: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                "platform": platform.platform(), "torch": torch.__version__,
-                                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                                "load_avg_before": os.getloadavg()},
-                    "train_rows_requested": args.train_rows, "mode": args.mode}
+    report: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_before": os.getloadavg(),
+        },
+        "train_rows_requested": args.train_rows,
+        "mode": args.mode,
+    }
     cpu = ["train.device='cpu'", "train.amp=false"] if args.cpu else []
     enc_overrides = [query, *COMMON, *ENCODER[args.mode], *cpu, f"train.threads={args.threads}", *args.overrides]
     result, params, trained, work = run(args.sst2, enc_overrides)

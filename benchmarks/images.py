@@ -85,8 +85,21 @@ def model_mount(folder: Path, tmp: Path) -> Path:
 class Container:
     def __init__(self, eng: str, image: str, model_dir: Path, port: int, env: dict[str, str] | None = None):
         self.eng, self.name = eng, f"trainkite-bench-{uuid.uuid4().hex[:8]}"
-        cmd = [eng, "run", "-d", "--name", self.name, "--network", "host", "-v", f"{model_dir}:/opt/ml/model:ro",
-               "-e", f"SAGEMAKER_BIND_TO_PORT={port}", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1"]
+        cmd = [
+            eng,
+            "run",
+            "-d",
+            "--name",
+            self.name,
+            "--network",
+            "host",
+            "-v",
+            f"{model_dir}:/opt/ml/model:ro",
+            "-e",
+            f"SAGEMAKER_BIND_TO_PORT={port}",
+            "-e",
+            "SAGEMAKER_MODEL_SERVER_WORKERS=1",
+        ]
         for k, v in (env or {}).items():
             cmd += ["-e", f"{k}={v}"]
         self.started = time.monotonic()
@@ -97,8 +110,9 @@ class Container:
 
 
 def image_size(eng: str, image: str) -> int:
-    out = subprocess.run([eng, "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [eng, "image", "inspect", "--format", "{{.Size}}", image], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip())
 
 
@@ -172,27 +186,56 @@ def http_load(port: int, batch: int, clients: int, seconds: float) -> dict:
         t.join()
     wall = time.monotonic() - t0
     lat.sort()
-    return {"requests": len(lat), "errors": errors[0], "rps": round(len(lat) / wall, 1),
-            "p50_ms": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
-            "p90_ms": round(lat[int(len(lat) * 0.9)] * 1e3, 2) if lat else None}
+    return {
+        "requests": len(lat),
+        "errors": errors[0],
+        "rps": round(len(lat) / wall, 1),
+        "p50_ms": round(lat[len(lat) // 2] * 1e3, 2) if lat else None,
+        "p90_ms": round(lat[int(len(lat) * 0.9)] * 1e3, 2) if lat else None,
+    }
 
 
 def host_server(folder: Path, port: int, backend: str) -> subprocess.Popen:
-    env = {**os.environ, "TRAINKITE_SERVE_BACKEND": backend, "SM_MODEL_DIR": str(folder),
-           "SAGEMAKER_BIND_TO_PORT": str(port), "TRAINKITE_SERVE_WORKERS": "1"}
-    return subprocess.Popen([str(Path(sys.executable).parent / "trainkite-container"), "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "TRAINKITE_SERVE_BACKEND": backend,
+        "SM_MODEL_DIR": str(folder),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "TRAINKITE_SERVE_WORKERS": "1",
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "trainkite-container"), "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def train_models(home: Path) -> tuple[Path, Path]:
     env = {**os.environ, "TRAINKITE_HOME": str(home)}
     trainkite = str(Path(sys.executable).parent / "trainkite")
     folders = []
-    for extra in ([], ["--set", 'model.type="encoder"', "--set",
-                       'data.query="SELECT text, sentiment AS label FROM comments ORDER BY md5(text) LIMIT 240"',
-                       "--set", "train.epochs=4", "--set", "train.learning_rate=0.01"]):
-        out = subprocess.run([trainkite, "train", "--set", 'tracking.backend="none"', *extra, "--json"], env=env,
-                             capture_output=True, text=True, timeout=1800, check=True)
+    for extra in (
+        [],
+        [
+            "--set",
+            'model.type="encoder"',
+            "--set",
+            'data.query="SELECT text, sentiment AS label FROM comments ORDER BY md5(text) LIMIT 240"',
+            "--set",
+            "train.epochs=4",
+            "--set",
+            "train.learning_rate=0.01",
+        ],
+    ):
+        out = subprocess.run(
+            [trainkite, "train", "--set", 'tracking.backend="none"', *extra, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+        )
         model_id = json.loads(out.stdout)["model_id"]
         folders.append(home / "artifacts" / "sentiment" / model_id)
     return folders[0], folders[1]
@@ -215,14 +258,24 @@ def main() -> None:
         if args.train_models:
             args.bow, args.encoder = train_models(tmp / "home")
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=REPO).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
         tag = commit + ("-dirty" if dirty else "")
         serve_image = args.serve_image or f"trainkite-serve:{tag}"
         train_image = args.train_image or f"trainkite-train:{tag}"
-        r: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                               "load_avg_start": os.getloadavg(), "engine": eng},
-                   "images": {}, "cold_start_s": {}, "in_process": {}, "http": {}}
+        r: dict = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_avg_start": os.getloadavg(),
+                "engine": eng,
+            },
+            "images": {},
+            "cold_start_s": {},
+            "in_process": {},
+            "http": {},
+        }
         for name, image in (("serve", serve_image), ("train", train_image)):
             try:
                 r["images"][name] = {"image": image, "mb": round(image_size(eng, image) / 1e6)}
@@ -232,11 +285,13 @@ def main() -> None:
         for kind, folder in models.items():
             if folder is None:
                 continue
-            r["cold_start_s"][f"{kind} serve image ({'numpy' if kind == 'bow' else 'onnxruntime'})"] = \
-                cold_starts(eng, serve_image, folder, tmp, args.runs)
+            r["cold_start_s"][f"{kind} serve image ({'numpy' if kind == 'bow' else 'onnxruntime'})"] = cold_starts(
+                eng, serve_image, folder, tmp, args.runs
+            )
             if r["images"]["train"]["mb"]:
                 r["cold_start_s"][f"{kind} train image (torch)"] = cold_starts(
-                    eng, train_image, folder, tmp, args.runs, {"TRAINKITE_SERVE_BACKEND": "torch"})
+                    eng, train_image, folder, tmp, args.runs, {"TRAINKITE_SERVE_BACKEND": "torch"}
+                )
             for batch in (1, 32):
                 for backend in ("lean", "torch"):
                     res = in_process(folder, backend, batch, args.seconds)
@@ -247,8 +302,9 @@ def main() -> None:
                 c = Container(eng, serve_image, mount, port)
                 try:
                     wait_ping(port, c.started)
-                    r["http"][f"{kind} batch {batch} serve container"] = http_load(port, batch, args.clients,
-                                                                                  args.seconds)
+                    r["http"][f"{kind} batch {batch} serve container"] = http_load(
+                        port, batch, args.clients, args.seconds
+                    )
                 finally:
                     c.stop()
                 for backend in ("lean", "torch"):
@@ -257,7 +313,8 @@ def main() -> None:
                     try:
                         wait_ping(port, time.monotonic())
                         r["http"][f"{kind} batch {batch} trainkite serve ({backend})"] = http_load(
-                            port, batch, args.clients, args.seconds)
+                            port, batch, args.clients, args.seconds
+                        )
                     finally:
                         p.terminate()
                         p.wait(timeout=60)

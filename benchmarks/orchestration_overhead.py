@@ -69,8 +69,9 @@ def _run(code: str, model_id: str, env: dict) -> tuple[float, float, float]:
     root = Path(env["TRAINKITE_HOME"]) / "stores" / model_id
     ov = [*OV, f"artifacts.root={json.dumps(str(root))}"]
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, model_id, *ov], cwd=REPO, env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, model_id, *ov], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     process_s = time.perf_counter() - started
     run_s, import_s = map(float, out.stdout.strip().splitlines()[-1].split())
     return run_s, import_s, process_s
@@ -109,13 +110,27 @@ def main() -> None:
     def median(k: str, col: int) -> float:
         return round(statistics.median(r[col] for r in res[k]), 2)
 
-    print(json.dumps({
-        "median_run_s": {k: median(k, 0) for k in res}, "median_import_s": {k: median(k, 1) for k in res},
-        "median_process_s": {k: median(k, 2) for k in res},
-        "overhead_s": {k: {"after_imports": round(median(k, 0) - median("plain", 0), 2),
-                           "process": round(median(k, 2) - median("plain", 2), 2)} for k in res if k != "plain"},
-        "raw": res, "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "median_run_s": {k: median(k, 0) for k in res},
+                "median_import_s": {k: median(k, 1) for k in res},
+                "median_process_s": {k: median(k, 2) for k in res},
+                "overhead_s": {
+                    k: {
+                        "after_imports": round(median(k, 0) - median("plain", 0), 2),
+                        "process": round(median(k, 2) - median("plain", 2), 2),
+                    }
+                    for k in res
+                    if k != "plain"
+                },
+                "raw": res,
+                "cpus": os.cpu_count(),
+                "loadavg_end": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,25 @@ def run(root: str, model_id: str, rows: int) -> dict:
             for i in range(rows):
                 f.write(f'{i},"review {i}: the pay is fair, the team is kind, the hours are long",positive\n')
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "predict", model_id, "--root", root, "--input",
-                                 str(src), "--output", str(dst), "--json"], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "predict",
+                model_id,
+                "--root",
+                root,
+                "--input",
+                str(src),
+                "--output",
+                str(dst),
+                "--json",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0

@@ -63,8 +63,11 @@ def cell_tables(name: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]
     """(training rows, scored rows, params file) of one cell; both frames have text and label."""
     if name.startswith("sst2_"):
         train = _read(root / "sst2" / "train.csv")
-        target = {"sst2_dev": root / "sst2" / "dev.csv", "sst2_amazon": root / "uci_sentences" / "amazon.csv",
-                  "sst2_yelp": root / "uci_sentences" / "yelp.csv"}[name]
+        target = {
+            "sst2_dev": root / "sst2" / "dev.csv",
+            "sst2_amazon": root / "uci_sentences" / "amazon.csv",
+            "sst2_yelp": root / "uci_sentences" / "yelp.csv",
+        }[name]
         return train[["text", "label"]], _read(target)[["text", "label"]], "sentiment.toml"
     if name in ("amazon", "yelp"):
         return (*_held_out(_read(root / "uci_sentences" / f"{name}.csv")[["text", "label"]]), "sentiment.toml")
@@ -77,16 +80,24 @@ def cell_tables(name: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]
     return train[["text", "label"]], test[["text", "label"]], f"{column}.toml"
 
 
-def run_trainkite(train: pd.DataFrame, test: pd.DataFrame, params_file: str, overrides: list[str],
-                  work: Path, model_type: str = "bow") -> dict:
+def run_trainkite(
+    train: pd.DataFrame, test: pd.DataFrame, params_file: str, overrides: list[str], work: Path, model_type: str = "bow"
+) -> dict:
     folder = work / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     train.to_csv(folder / "train.csv", index=False)
     test.to_csv(folder / "scored.csv", index=False)
     raw = read_params_file(PARAMS_DIR / params_file)
-    raw = apply_overrides(raw, {"data.path": str(folder), "data.query": "SELECT text, label FROM train",
-                                "data.labels": None, "evaluation.query": "SELECT text, label FROM scored",
-                                "tracking.backend": "none"})
+    raw = apply_overrides(
+        raw,
+        {
+            "data.path": str(folder),
+            "data.query": "SELECT text, label FROM train",
+            "data.labels": None,
+            "evaluation.query": "SELECT text, label FROM scored",
+            "tracking.backend": "none",
+        },
+    )
     if model_type != "bow":
         raw = apply_overrides(raw, {"model.type": model_type})
     if overrides:
@@ -107,10 +118,17 @@ def run_trainkite(train: pd.DataFrame, test: pd.DataFrame, params_file: str, ove
     arrays = load_features(feats, store, work)
     probs = model_types.split_scorer(trained, params, arrays, len(feats.labels), store)("evaluation")
     m = score(arrays["evaluation_y"], probs, feats.labels)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "fit_s": round(t3 - t0, 2),
-            "features_s": round(t2 - t1, 2), "train_s": round(t3 - t2, 2), "epochs_run": trained.epochs_run,
-            "best_epoch": trained.best_epoch, "stats": st.model_dump(),
-            "resolved": {k: v["value"] for k, v in table.items() if v["source"] == "data"}}
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "fit_s": round(t3 - t0, 2),
+        "features_s": round(t2 - t1, 2),
+        "train_s": round(t3 - t2, 2),
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "stats": st.model_dump(),
+        "resolved": {k: v["value"] for k, v in table.items() if v["source"] == "data"},
+    }
 
 
 def _metrics(truth: pd.Series, pred: list[str] | np.ndarray) -> dict:
@@ -153,20 +171,30 @@ def _pct(v: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    head = ("| cell | train rows | trainkite acc / F1 | fastText acc / F1 | TF-IDF+LR acc / F1 | encoder acc / F1 "
-            "| fit s: trainkite / fastText / TF-IDF / encoder | trainkite ≥ best baseline |")
+    head = (
+        "| cell | train rows | trainkite acc / F1 | fastText acc / F1 | TF-IDF+LR acc / F1 | encoder acc / F1 "
+        "| fit s: trainkite / fastText / TF-IDF / encoder | trainkite ≥ best baseline |"
+    )
     lines = [head, "|" + "---|" * 8]
     for name, r in results.items():
         tk, ft, lr, en = r.get("trainkite"), r.get("fasttext"), r.get("tfidf_logreg"), r.get("encoder")
         best = max((b["accuracy"] for b in (ft, lr) if b), default=None)
         best_f1 = max((b["macro_f1"] for b in (ft, lr) if b), default=None)
-        ok = "–" if best is None or tk is None else ("yes" if tk["accuracy"] >= best and tk["macro_f1"] >= best_f1 else
-                                       f"no ({100 * (tk['accuracy'] - best):+.1f} acc, "
-                                       f"{100 * (tk['macro_f1'] - best_f1):+.1f} F1)")
+        ok = (
+            "–"
+            if best is None or tk is None
+            else (
+                "yes"
+                if tk["accuracy"] >= best and tk["macro_f1"] >= best_f1
+                else f"no ({100 * (tk['accuracy'] - best):+.1f} acc, {100 * (tk['macro_f1'] - best_f1):+.1f} F1)"
+            )
+        )
         cell = lambda x: "–" if not x else f"{_pct(x['accuracy'])} / {_pct(x['macro_f1'])}"  # noqa: E731
         times = " / ".join("–" if not x else f"{x['fit_s']}" for x in (tk, ft, lr, en))
-        lines.append(f"| {name} | {r['rows']['train']:,} | **{cell(tk)}** | {cell(ft)} | {cell(lr)} | {cell(en)} "
-                     f"| {times} | {ok} |")
+        lines.append(
+            f"| {name} | {r['rows']['train']:,} | **{cell(tk)}** | {cell(ft)} | {cell(lr)} | {cell(en)} "
+            f"| {times} | {ok} |"
+        )
     return "\n".join(lines)
 
 
@@ -200,8 +228,11 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         results[name] = r
         print(json.dumps({name: {k: v for k, v in r.items() if k != "rows"}}, default=str), flush=True)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "load_avg": os.getloadavg()}, "overrides": args.overrides, "cells": results}
+    out = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
+        "overrides": args.overrides,
+        "cells": results,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
     print(markdown(results))

@@ -38,11 +38,21 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = ["preprocess.buckets=1048576", "preprocess.ngram_max=2", "model.embedding_dim=16", "train.epochs=2",
-         "train.batch_size=256", "train.learning_rate=0.05", "train.threads=1", "train.patience=0",
-         "tracking.backend='none'", "evaluation.query=''", "data.labels=['0','1']",
-         "data.query=\"SELECT text, CAST(label AS VARCHAR) AS label FROM comments\"",
-         "evaluation.primary_metric='accuracy'"]
+TRAIN = [
+    "preprocess.buckets=1048576",
+    "preprocess.ngram_max=2",
+    "model.embedding_dim=16",
+    "train.epochs=2",
+    "train.batch_size=256",
+    "train.learning_rate=0.05",
+    "train.threads=1",
+    "train.patience=0",
+    "tracking.backend='none'",
+    "evaluation.query=''",
+    "data.labels=['0','1']",
+    'data.query="SELECT text, CAST(label AS VARCHAR) AS label FROM comments"',
+    "evaluation.primary_metric='accuracy'",
+]
 
 
 def build_corpus(sst2: Path, rows: int, out: Path, seed: int = 14, words: int = 20) -> None:
@@ -128,7 +138,7 @@ def timed(cmd: list[str], env: dict, cwd: Path = REPO) -> tuple[float, int, subp
     return wall, peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-STAGES = r'''
+STAGES = r"""
 import json, resource, sys, time
 from pathlib import Path
 from params import load_params
@@ -147,36 +157,45 @@ rep = ev.evaluate(trained, feats, params, store, work, "scale/bench"); t.append(
 print(json.dumps({"fetch_s": t[1] - t[0], "preprocess_s": t[2] - t[1], "train_s": t[3] - t[2],
                   "evaluate_s": t[4] - t[3], "test_accuracy": rep.metrics["test"]["accuracy"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-'''
+"""
 
-SPLIT_SQL = r'''
+SPLIT_SQL = r"""
 COPY (SELECT '__label__' || label || ' ' || replace(text, chr(10), ' ') FROM rows WHERE split = '{split}')
 TO '{out}' (FORMAT csv, HEADER false, QUOTE '', ESCAPE '', DELIMITER chr(31))
-'''
+"""
 
 
-def fasttext_run(csv: Path, work: Path, lr: float, seed: int = 17, validation: float = 0.1,
-                 test: float = 0.1) -> dict:
+def fasttext_run(csv: Path, work: Path, lr: float, seed: int = 17, validation: float = 0.1, test: float = 0.1) -> dict:
     import duckdb
     import fasttext
 
     t0 = time.perf_counter()
     con = duckdb.connect()
-    h = ("(('0x' || left(sha256(" + repr(str(seed)) + " || chr(31) || text), 16))::UBIGINT::DOUBLE "
-         "/ 18446744073709551616.0)")
-    con.execute(f"CREATE VIEW rows AS SELECT CAST(label AS VARCHAR) AS label, text, CASE WHEN {h} < {test!r} "
-                f"THEN 'test' WHEN {h} < {test + validation!r} THEN 'validation' ELSE 'train' END AS split "
-                f"FROM read_csv('{csv}', header=true, all_varchar=true)")
+    h = (
+        "(('0x' || left(sha256(" + repr(str(seed)) + " || chr(31) || text), 16))::UBIGINT::DOUBLE "
+        "/ 18446744073709551616.0)"
+    )
+    con.execute(
+        f"CREATE VIEW rows AS SELECT CAST(label AS VARCHAR) AS label, text, CASE WHEN {h} < {test!r} "
+        f"THEN 'test' WHEN {h} < {test + validation!r} THEN 'validation' ELSE 'train' END AS split "
+        f"FROM read_csv('{csv}', header=true, all_varchar=true)"
+    )
     for split in ("train", "test"):
         con.execute(SPLIT_SQL.format(split=split, out=work / f"ft.{split}"))
     con.close()
     t1 = time.perf_counter()
-    model = fasttext.train_supervised(str(work / "ft.train"), wordNgrams=2, dim=16, epoch=2, thread=1,
-                                      bucket=1 << 20, lr=lr, verbose=0, minCount=1)
+    model = fasttext.train_supervised(
+        str(work / "ft.train"), wordNgrams=2, dim=16, epoch=2, thread=1, bucket=1 << 20, lr=lr, verbose=0, minCount=1
+    )
     t2 = time.perf_counter()
     n, precision, _ = model.test(str(work / "ft.test"))
-    return {"prep_s": t1 - t0, "train_s": t2 - t1, "prep_plus_train_s": t2 - t0, "test_accuracy": precision,
-            "test_rows": n}
+    return {
+        "prep_s": t1 - t0,
+        "train_s": t2 - t1,
+        "prep_plus_train_s": t2 - t0,
+        "test_accuracy": precision,
+        "test_rows": n,
+    }
 
 
 def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path) -> dict:
@@ -194,18 +213,31 @@ def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path)
         if proc.returncode != 0:
             raise SystemExit(f"trainkite train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout)
-        whole = {"wall_s": wall, "peak_rss_tree_mb": peak / 2**20, "test_accuracy": res.get("metrics", {}).get(
-            "test_accuracy")}
-        s_wall, s_peak, sp = timed([sys.executable, "-c", STAGES, str(folder), str(work / "stages"),
-                                    json.dumps(TRAIN)], env)
+        whole = {
+            "wall_s": wall,
+            "peak_rss_tree_mb": peak / 2**20,
+            "test_accuracy": res.get("metrics", {}).get("test_accuracy"),
+        }
+        s_wall, s_peak, sp = timed(
+            [sys.executable, "-c", STAGES, str(folder), str(work / "stages"), json.dumps(TRAIN)], env
+        )
         if sp.returncode != 0:
             raise SystemExit(f"stages failed:\n{sp.stderr[-3000:]}")
-        stages = {**json.loads(sp.stdout.strip().splitlines()[-1]), "wall_s": s_wall,
-                  "peak_rss_tree_mb": s_peak / 2**20}
+        stages = {
+            **json.loads(sp.stdout.strip().splitlines()[-1]),
+            "wall_s": s_wall,
+            "peak_rss_tree_mb": s_peak / 2**20,
+        }
         ft = fasttext_run(folder / "comments.csv", work, ft_lr)
-        return {"rows": rows, "csv_mb": round(size_mb, 1), "corpus_build_s": round(build_s, 1),
-                "trainkite_train_process": whole, "stages": stages, "fasttext": ft,
-                "ratio_whole_vs_fasttext": wall / ft["prep_plus_train_s"]}
+        return {
+            "rows": rows,
+            "csv_mb": round(size_mb, 1),
+            "corpus_build_s": round(build_s, 1),
+            "trainkite_train_process": whole,
+            "stages": stages,
+            "fasttext": ft,
+            "ratio_whole_vs_fasttext": wall / ft["prep_plus_train_s"],
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -219,32 +251,51 @@ def main() -> None:
     ap.add_argument("--tmp", type=Path, default=None, help="where the corpora are written (default: $TMPDIR)")
     args = ap.parse_args()
     sizes = [int(r) for r in args.rows.split(",") if r] + ([10_000_000] if args.rows_10m else [])
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "python": platform.python_version()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            }
+        ),
+        flush=True,
+    )
     out = []
     # One local Prefect server, started before any timing (a first start is a one-off, not a cost per run),
     # stopped at the end.
     home = Path(tempfile.mkdtemp(prefix="bench-scale-home-", dir=args.tmp))
     env = {**os.environ, "TRAINKITE_HOME": str(home)}
-    subprocess.run([sys.executable, "-m", "cli", "server", "start"], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "cli", "server", "start"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     try:
         for rows in sizes:
             r = one_size(args.data, rows, args.ft_lr, args.tmp, home)
             out.append(r)
             print(json.dumps(r), flush=True)
     finally:
-        subprocess.run([sys.executable, "-m", "cli", "server", "stop"], cwd=REPO, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "cli", "server", "stop"], cwd=REPO, env=env, capture_output=True, timeout=120
+        )
         shutil.rmtree(home, ignore_errors=True)
-    print(f"\n{'rows':>10} {'whole s':>8} {'RSS MB':>7} {'fetch':>6} {'prep':>6} {'train':>6} {'eval':>6} "
-          f"{'acc':>6} | {'ft prep':>7} {'ft train':>8} {'ft acc':>6} {'ratio':>5}")
+    print(
+        f"\n{'rows':>10} {'whole s':>8} {'RSS MB':>7} {'fetch':>6} {'prep':>6} {'train':>6} {'eval':>6} "
+        f"{'acc':>6} | {'ft prep':>7} {'ft train':>8} {'ft acc':>6} {'ratio':>5}"
+    )
     for r in out:
         w, s, f = r["trainkite_train_process"], r["stages"], r["fasttext"]
-        print(f"{r['rows']:>10,} {w['wall_s']:>8.1f} {w['peak_rss_tree_mb']:>7.0f} {s['fetch_s']:>6.1f} "
-              f"{s['preprocess_s']:>6.1f} {s['train_s']:>6.1f} {s['evaluate_s']:>6.1f} {s['test_accuracy']:>6.4f} | "
-              f"{f['prep_s']:>7.1f} {f['train_s']:>8.1f} {f['test_accuracy']:>6.4f} "
-              f"{r['ratio_whole_vs_fasttext']:>5.2f}")
+        print(
+            f"{r['rows']:>10,} {w['wall_s']:>8.1f} {w['peak_rss_tree_mb']:>7.0f} {s['fetch_s']:>6.1f} "
+            f"{s['preprocess_s']:>6.1f} {s['train_s']:>6.1f} {s['evaluate_s']:>6.1f} {s['test_accuracy']:>6.4f} | "
+            f"{f['prep_s']:>7.1f} {f['train_s']:>8.1f} {f['test_accuracy']:>6.4f} "
+            f"{r['ratio_whole_vs_fasttext']:>5.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,15 @@ def model_folder(args) -> tuple[Path, str]:
     model_id = args.model_id
     if not model_id:
         env = {**os.environ, "TRAINKITE_HOME": args.home}
-        out = subprocess.run([sys.executable, "-m", "cli", "train", "--set", "tracking.backend=\"none\"",
-                              "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "cli", "train", "--set", 'tracking.backend="none"', "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
         model_id = json.loads(out.stdout)["model_id"]
         os.environ["TRAINKITE_HOME"] = args.home
     folder, _ = fetch_model(open_store(args.root), model_id)
@@ -81,8 +88,10 @@ def in_process(folder: Path, payload: bytes, seconds: float) -> dict:
             n += 1
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         runs.append((n / wall, cpu * 1000 / n))
-    return {"calls_per_s": statistics.median(r[0] for r in runs),
-            "cpu_ms_per_call": statistics.median(r[1] for r in runs)}
+    return {
+        "calls_per_s": statistics.median(r[0] for r in runs),
+        "cpu_ms_per_call": statistics.median(r[1] for r in runs),
+    }
 
 
 def free_port() -> int:
@@ -129,8 +138,12 @@ def proc_mem_mb(pid: int) -> dict:
 
 
 def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Popen, dict]:
-    env = {**os.environ, "SM_MODEL_DIR": str(folder), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "TRAINKITE_SERVE_WORKERS": str(workers)}
+    env = {
+        **os.environ,
+        "SM_MODEL_DIR": str(folder),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "TRAINKITE_SERVE_WORKERS": str(workers),
+    }
     exe = Path(sys.executable).parent / "trainkite-container"
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(exe), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -142,8 +155,10 @@ def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Pope
             status = c.getresponse().status
             first = first or time.perf_counter() - t0
             if status == 200:
-                return proc, {"start_to_first_answer_s": round(first, 2),
-                              "start_to_ping_200_s": round(time.perf_counter() - t0, 2)}
+                return proc, {
+                    "start_to_first_answer_s": round(first, 2),
+                    "start_to_ping_200_s": round(time.perf_counter() - t0, 2),
+                }
         except OSError:
             pass
         time.sleep(0.01)
@@ -164,10 +179,14 @@ def parse_wrk(out: str) -> dict:
 
     lat = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "p50_ms": ms(lat["50"]), "p90_ms": ms(lat["90"]), "p99_ms": ms(lat["99"]),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50_ms": ms(lat["50"]),
+        "p90_ms": ms(lat["90"]),
+        "p99_ms": ms(lat["99"]),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def http_wrk(port: int, payload: bytes, connections: int, seconds: float, tmp: Path, pid: int) -> dict:
@@ -175,8 +194,16 @@ def http_wrk(port: int, payload: bytes, connections: int, seconds: float, tmp: P
     data.write_bytes(payload)
     script = tmp / "post.lua"
     script.write_text(WRK_LUA.format(path=data))
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
-           f"http://127.0.0.1:{port}/invocations"]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/invocations",
+    ]
     subprocess.run([*cmd[:3], "-d1s", *cmd[4:]], capture_output=True, timeout=60)  # warm-up
     c0 = proc_cpu_s(pid)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
@@ -204,15 +231,26 @@ def http_python(port: int, payload: bytes, seconds: float, pid: int) -> dict:
     wall = time.perf_counter() - t0
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
-    return {"req_per_s": len(lat) / wall, "requests": len(lat), "p50_ms": q(0.5), "p90_ms": q(0.9),
-            "p99_ms": q(0.99), "non_2xx": 0, "server_cpu_ms_per_req": (proc_cpu_s(pid) - c0) * 1000 / len(lat)}
+    return {
+        "req_per_s": len(lat) / wall,
+        "requests": len(lat),
+        "p50_ms": q(0.5),
+        "p90_ms": q(0.9),
+        "p99_ms": q(0.99),
+        "non_2xx": 0,
+        "server_cpu_ms_per_req": (proc_cpu_s(pid) - c0) * 1000 / len(lat),
+    }
 
 
 def machine() -> dict:
     cpu = re.search(r"model name\s+:\s+(.+)", Path("/proc/cpuinfo").read_text())
-    return {"cpus": os.cpu_count(), "cpu": cpu.group(1) if cpu else platform.processor(),
-            "python": platform.python_version(), "loadavg_at_start": os.getloadavg()[0],
-            "http_impl": _http_impl()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu.group(1) if cpu else platform.processor(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg()[0],
+        "http_impl": _http_impl(),
+    }
 
 
 def _http_impl() -> str:
@@ -225,8 +263,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-id")
     ap.add_argument("--root", help="artifact store root (default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME)")
-    ap.add_argument("--home", default=tempfile.mkdtemp(prefix="trainkite-bench-"),
-                    help="TRAINKITE_HOME for the training run when no --model-id is given")
+    ap.add_argument(
+        "--home",
+        default=tempfile.mkdtemp(prefix="trainkite-bench-"),
+        help="TRAINKITE_HOME for the training run when no --model-id is given",
+    )
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     ap.add_argument("--connections", default="1,16", help="wrk connection counts")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (TRAINKITE_SERVE_WORKERS)")
@@ -234,9 +275,14 @@ def main() -> None:
     folder, model_id = model_folder(args)
     conns = [int(c) for c in args.connections.split(",")]
     use_wrk = shutil.which("wrk") is not None
-    results: dict = {"machine": machine(), "model_id": model_id, "workers": args.workers,
-                     "load_generator": "wrk" if use_wrk else "python",
-                     "in_process": {}, "http": {}}
+    results: dict = {
+        "machine": machine(),
+        "model_id": model_id,
+        "workers": args.workers,
+        "load_generator": "wrk" if use_wrk else "python",
+        "in_process": {},
+        "http": {},
+    }
     weights = (folder / "weights.safetensors").stat().st_size
     results["weights_mb"] = round(weights / 2**20, 2)
     for batch in (1, 32):
@@ -249,8 +295,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for batch in (1, 32):
                 for c in conns if use_wrk else [1]:
-                    run = (http_wrk(port, body(batch), c, args.seconds, Path(tmp), proc.pid) if use_wrk
-                           else http_python(port, body(batch), args.seconds, proc.pid))
+                    run = (
+                        http_wrk(port, body(batch), c, args.seconds, Path(tmp), proc.pid)
+                        if use_wrk
+                        else http_python(port, body(batch), args.seconds, proc.pid)
+                    )
                     results["http"][f"b{batch}_c{c}"] = {"batch": batch, "connections": c, **run}
         results["memory_after_load"] = proc_mem_mb(proc.pid)
     finally:
@@ -263,24 +312,31 @@ def main() -> None:
 
 def report(r: dict) -> str:
     m = r["machine"]
-    lines = [f"machine: {m['cpus']} CPUs ({m['cpu']}), load {m['loadavg_at_start']:.1f} at start, Python "
-             f"{m['python']}, uvicorn HTTP: {m['http_impl']}, load generator: {r['load_generator']}, "
-             f"server workers: {r.get('workers', 1)}",
-             f"model {r['model_id']} ({r['weights_mb']} MB weights); process start → first /ping answer "
-             f"{r['start_to_first_answer_s']} s, → /ping 200 {r['start_to_ping_200_s']} s; "
-             f"server RSS idle {r['memory_idle']['rss_mb']} MB, after load {r['memory_after_load']['rss_mb']} MB "
-             f"(peak {r['memory_after_load']['peak_rss_mb']} MB); exit on SIGTERM: {r['exit_code_on_sigterm']}", "",
-             "| batch | path | conns | req/s (preds/s) | p50 / p90 / p99 ms | CPU ms/req | vs in-process |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"machine: {m['cpus']} CPUs ({m['cpu']}), load {m['loadavg_at_start']:.1f} at start, Python "
+        f"{m['python']}, uvicorn HTTP: {m['http_impl']}, load generator: {r['load_generator']}, "
+        f"server workers: {r.get('workers', 1)}",
+        f"model {r['model_id']} ({r['weights_mb']} MB weights); process start → first /ping answer "
+        f"{r['start_to_first_answer_s']} s, → /ping 200 {r['start_to_ping_200_s']} s; "
+        f"server RSS idle {r['memory_idle']['rss_mb']} MB, after load {r['memory_after_load']['rss_mb']} MB "
+        f"(peak {r['memory_after_load']['peak_rss_mb']} MB); exit on SIGTERM: {r['exit_code_on_sigterm']}",
+        "",
+        "| batch | path | conns | req/s (preds/s) | p50 / p90 / p99 ms | CPU ms/req | vs in-process |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for batch in (1, 32):
         ip = r["in_process"][batch]
-        lines.append(f"| {batch} | in-process (+JSON) | - | {ip['calls_per_s']:.0f} ({ip['calls_per_s'] * batch:.0f})"
-                     f" | - | {ip['cpu_ms_per_call']:.3f} | 1.00 |")
+        lines.append(
+            f"| {batch} | in-process (+JSON) | - | {ip['calls_per_s']:.0f} ({ip['calls_per_s'] * batch:.0f})"
+            f" | - | {ip['cpu_ms_per_call']:.3f} | 1.00 |"
+        )
         for h in (v for v in r["http"].values() if v["batch"] == batch):
-            lines.append(f"| {batch} | HTTP | {h['connections']} | {h['req_per_s']:.0f} "
-                         f"({h['req_per_s'] * batch:.0f}) | {h['p50_ms']:.2f} / {h['p90_ms']:.2f} / "
-                         f"{h['p99_ms']:.2f} | {h['server_cpu_ms_per_req']:.3f} | "
-                         f"{h['req_per_s'] / ip['calls_per_s']:.2f} |")
+            lines.append(
+                f"| {batch} | HTTP | {h['connections']} | {h['req_per_s']:.0f} "
+                f"({h['req_per_s'] * batch:.0f}) | {h['p50_ms']:.2f} / {h['p90_ms']:.2f} / "
+                f"{h['p99_ms']:.2f} | {h['server_cpu_ms_per_req']:.3f} | "
+                f"{h['req_per_s'] / ip['calls_per_s']:.2f} |"
+            )
     return "\n".join(lines)
 
 

@@ -27,12 +27,21 @@ from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
 
 BOW_DEFAULTS = [
-    "data.query=\"SELECT text, CAST(label AS VARCHAR) AS label FROM train\"",
-    "evaluation.query=\"SELECT text, CAST(label AS VARCHAR) AS label FROM dev\"",
-    "data.labels=['0','1']", "data.validation_fraction=0.05", "data.test_fraction=0.05",
-    "preprocess.buckets=1048576", "preprocess.ngram_max=2", "model.embedding_dim=16",
-    "train.epochs=5", "train.batch_size=256", "train.learning_rate=12.8", "train.patience=0",
-    "evaluation.primary_metric='accuracy'", "tracking.backend='none'", "train.threads=1",
+    'data.query="SELECT text, CAST(label AS VARCHAR) AS label FROM train"',
+    'evaluation.query="SELECT text, CAST(label AS VARCHAR) AS label FROM dev"',
+    "data.labels=['0','1']",
+    "data.validation_fraction=0.05",
+    "data.test_fraction=0.05",
+    "preprocess.buckets=1048576",
+    "preprocess.ngram_max=2",
+    "model.embedding_dim=16",
+    "train.epochs=5",
+    "train.batch_size=256",
+    "train.learning_rate=12.8",
+    "train.patience=0",
+    "evaluation.primary_metric='accuracy'",
+    "tracking.backend='none'",
+    "train.threads=1",
 ]
 
 
@@ -51,10 +60,16 @@ def run_bow(folder: Path, overrides: list[str]) -> dict:
         trained = bow.train_bow(feats, params, store, ModelRef("sst2", "bench"), work)
         t3 = time.perf_counter()
         rep = ev.evaluate(trained, feats, params, store, work, "sst2/bench")
-        return {"dev_accuracy": rep.metrics["evaluation"]["accuracy"], "fetch_s": round(t1 - t0, 2),
-                "preprocess_s": round(t2 - t1, 2), "train_s": round(t3 - t2, 2),
-                "train_plus_features_s": round(t3 - t1, 2), "epochs": trained.epochs_run,
-                "samples_per_s": trained.samples_per_second, "threads": params.train.threads}
+        return {
+            "dev_accuracy": rep.metrics["evaluation"]["accuracy"],
+            "fetch_s": round(t1 - t0, 2),
+            "preprocess_s": round(t2 - t1, 2),
+            "train_s": round(t3 - t2, 2),
+            "train_plus_features_s": round(t3 - t1, 2),
+            "epochs": trained.epochs_run,
+            "samples_per_s": trained.samples_per_second,
+            "threads": params.train.threads,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -83,8 +98,11 @@ def run_fasttext(train: pd.DataFrame, dev: pd.DataFrame) -> dict:
     t1 = time.perf_counter()
     os.unlink(f.name)
     pred = [model.predict(t)[0][0].replace("__label__", "") for t in dev["text"]]
-    return {"dev_accuracy": float((pd.Series(pred) == dev["label"].astype(str)).mean()), "train_s": round(t1 - t0, 2),
-            "threads": 1}
+    return {
+        "dev_accuracy": float((pd.Series(pred) == dev["label"].astype(str)).mean()),
+        "train_s": round(t1 - t0, 2),
+        "threads": 1,
+    }
 
 
 def main() -> None:
@@ -99,8 +117,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-sst2-"))
     train[["text", "label"]].to_csv(folder / "train.csv", index=False)
     dev[["text", "label"]].to_csv(folder / "dev.csv", index=False)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "rows": {"train": len(train), "dev": len(dev)}}
+    out = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "rows": {"train": len(train), "dev": len(dev)},
+    }
     if args.only in (None, "bow"):
         out["bow"] = run_bow(folder, args.overrides)
     if args.only in (None, "tfidf"):

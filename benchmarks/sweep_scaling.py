@@ -66,14 +66,19 @@ def run_sweep(params, max_parallel: int) -> dict:
         runs, tasks = _runs(ids)
         states = [t.state.name for t in tasks["preprocess"]]
         return {
-            "max_parallel": max_parallel, "configurations": len(record["rows"]),
-            "completed": record["counts"]["completed"], "sweep_wall_s": round(wall, 1),
+            "max_parallel": max_parallel,
+            "configurations": len(record["rows"]),
+            "completed": record["counts"]["completed"],
+            "sweep_wall_s": round(wall, 1),
             "sum_train_flow_runs_s": round(sum(_seconds(r) for r in runs), 1),
             "sum_train_tasks_s": round(sum(_seconds(t) for t in tasks["train"]), 1),
-            "preprocess_executed": states.count("Completed"), "preprocess_cached": states.count("Cached"),
-            "sum_preprocess_executed_s": round(sum(_seconds(t) for t in tasks["preprocess"]
-                                                   if t.state.name == "Completed"), 2),
-            "candidate": record["candidate"]["config"], "best_score": record["candidate"]["score"],
+            "preprocess_executed": states.count("Completed"),
+            "preprocess_cached": states.count("Cached"),
+            "sum_preprocess_executed_s": round(
+                sum(_seconds(t) for t in tasks["preprocess"] if t.state.name == "Completed"), 2
+            ),
+            "candidate": record["candidate"]["config"],
+            "best_score": record["candidate"]["score"],
         }
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -93,9 +98,13 @@ def run_one_by_one(base: dict) -> dict:
         wall = time.perf_counter() - t0
         runs, tasks = _runs(ids)
         states = [t.state.name for t in tasks["preprocess"]]
-        return {"configurations": len(ids), "wall_s": round(wall, 1),
-                "sum_train_tasks_s": round(sum(_seconds(t) for t in tasks["train"]), 1),
-                "preprocess_executed": states.count("Completed"), "preprocess_cached": states.count("Cached")}
+        return {
+            "configurations": len(ids),
+            "wall_s": round(wall, 1),
+            "sum_train_tasks_s": round(sum(_seconds(t) for t in tasks["train"]), 1),
+            "preprocess_executed": states.count("Completed"),
+            "preprocess_cached": states.count("Cached"),
+        }
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -117,9 +126,14 @@ def main() -> None:
     base = parse_overrides([*BASE, *args.overrides])
     params = params_for(base, {})
     out = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_before": os.getloadavg()},
-        "grid": GRID, "base_overrides": [*BASE, *args.overrides],
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_before": os.getloadavg(),
+        },
+        "grid": GRID,
+        "base_overrides": [*BASE, *args.overrides],
         "sweeps": [run_sweep(params, k) for k in args.max_parallel],
     }
     if not args.skip_one_by_one:

@@ -50,8 +50,14 @@ def _run(code_dir: Path, model_id: str, backend: str, env: dict) -> tuple[float,
     root = Path(env["TRAINKITE_HOME"]) / "stores" / model_id  # a fresh store: no run reuses another's cache
     ov = [f"tracking.backend={json.dumps(backend)}", f"artifacts.root={json.dumps(str(root))}"]
     run_env = {**env, "PYTHONPATH": str(code_dir)}
-    out = subprocess.run([sys.executable, "-c", FLOW, model_id, *ov], cwd=code_dir, env=run_env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOW, model_id, *ov],
+        cwd=code_dir,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
     flow_s, track_s = map(float, out.stdout.strip().splitlines()[-1].split())
@@ -73,19 +79,28 @@ def main() -> None:
             for backend in ("none", "wandb"):
                 res[backend].append(_run(args.code, f"{backend}-{i}", backend, env))
     finally:
-        subprocess.run([sys.executable, "-m", "cli", "server", "stop"], env=env, capture_output=True,
-                       check=False, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "cli", "server", "stop"], env=env, capture_output=True, check=False, timeout=120
+        )
         shutil.rmtree(home, ignore_errors=True)
 
     def median(k: str, col: int) -> float:
         return round(statistics.median(r[col] for r in res[k]), 2)
 
-    print(json.dumps({
-        "code": str(args.code), "median_flow_s": {k: median(k, 0) for k in res},
-        "median_track_task_s": median("wandb", 1),
-        "tracking_cost_s": round(median("wandb", 0) - median("none", 0), 2),
-        "raw": res, "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "code": str(args.code),
+                "median_flow_s": {k: median(k, 0) for k in res},
+                "median_track_task_s": median("wandb", 1),
+                "tracking_cost_s": round(median("wandb", 0) - median("none", 0), 2),
+                "raw": res,
+                "cpus": os.cpu_count(),
+                "loadavg_end": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

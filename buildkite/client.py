@@ -114,9 +114,7 @@ class BuildkiteClient:
                 "check the block step's `key` in pipeline.yml"
             )
         if job.get("type") != "manual":
-            raise BuildkiteError(
-                f"step {step_key!r} of build #{number} is a {job.get('type')} job, not a block step"
-            )
+            raise BuildkiteError(f"step {step_key!r} of build #{number} is a {job.get('type')} job, not a block step")
         state = job.get("state")
         if state == "blocked":
             try:
@@ -179,13 +177,9 @@ class BuildkiteClient:
 
     def _build_path(self, number: int) -> str:
         if not self.org:
-            raise BuildkiteError(
-                "Buildkite organization slug is not set: pass org= or set BUILDKITE_ORGANIZATION_SLUG"
-            )
+            raise BuildkiteError("Buildkite organization slug is not set: pass org= or set BUILDKITE_ORGANIZATION_SLUG")
         if not self.pipeline:
-            raise BuildkiteError(
-                "Buildkite pipeline slug is not set: pass pipeline= or set BUILDKITE_PIPELINE_SLUG"
-            )
+            raise BuildkiteError("Buildkite pipeline slug is not set: pass pipeline= or set BUILDKITE_PIPELINE_SLUG")
         return f"organizations/{self.org}/pipelines/{self.pipeline}/builds/{int(number)}"
 
     def _confirm_unblocked(self, number: int, step_key: str, values: dict[str, str]) -> dict:
@@ -204,9 +198,7 @@ class BuildkiteClient:
                 f"step {step_key!r} of build #{number} was already unblocked with different values: {shown}. "
                 "Start a new build to publish this model"
             )
-        log.info(
-            "step %r of build #%s was already unblocked with these values; nothing to do", step_key, number
-        )
+        log.info("step %r of build #%s was already unblocked with these values; nothing to do", step_key, number)
         return job
 
     def _request(
@@ -277,9 +269,7 @@ class BuildkiteClient:
     def _backoff(self, attempt: int, method: str, path: str, why: str) -> None:
         # Full jitter keeps several flows that failed together from retrying in lockstep.
         wait = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
-        log.warning(
-            "Buildkite %s %s: %s; retry %d/%d in %.2fs", method, path, why, attempt, self.max_retries, wait
-        )
+        log.warning("Buildkite %s %s: %s; retry %d/%d in %.2fs", method, path, why, attempt, self.max_retries, wait)
         self.sleep(wait)
 
     def _rate_limit_wait(self, resp: requests.Response) -> float | None:
@@ -328,9 +318,7 @@ class BuildkiteClient:
         elif status == 422 and "canceled build" in message.lower():
             text = f"{where} was canceled; there is nothing to unblock (422: {message})"
         elif status == 429:
-            text = (
-                f"Buildkite rate limit still exceeded after {attempts} attempts on {method} {path}: {message}"
-            )
+            text = f"Buildkite rate limit still exceeded after {attempts} attempts on {method} {path}: {message}"
         elif status >= 500:
             text = f"Buildkite {method} {path} failed with {status} after {attempts} attempt(s): {message}"
         else:
@@ -360,8 +348,7 @@ def _field_strings(fields: Mapping[str, Any]) -> dict[str, str]:
             raise BuildkiteError(f"unblock field {key!r} is None; every field needs a value")
         if isinstance(value, (bytes, bytearray, Mapping, list, tuple, set, frozenset)):
             raise BuildkiteError(
-                f"unblock field {key!r} is a {type(value).__name__}; "
-                "pass a string (json.dumps it if structured)"
+                f"unblock field {key!r} is a {type(value).__name__}; pass a string (json.dumps it if structured)"
             )
         out[key] = str(value)
     return out

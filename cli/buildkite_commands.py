@@ -12,14 +12,26 @@ from cli.main import JsonOpt, emit, err, user_errors
 
 
 def launch(
-    params_file: Annotated[Path | None, typer.Option(
-        "--params", envvar="TRAINKITE_PARAMS",
-        help="Params file (default params/sentiment.toml; env TRAINKITE_PARAMS).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="section.key=value, repeatable; applied after the lines of env TRAINKITE_SET.")] = None,
-    deployment: Annotated[str, typer.Option(
-        "--deployment", envvar="TRAINKITE_DEPLOYMENT",
-        help="Prefect deployment to run (flow/deployment), e.g. train/train-ecs-gpu.")] = TRAIN_DEPLOYMENT,
+    params_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--params",
+            envvar="TRAINKITE_PARAMS",
+            help="Params file (default params/sentiment.toml; env TRAINKITE_PARAMS).",
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="section.key=value, repeatable; applied after the lines of env TRAINKITE_SET."),
+    ] = None,
+    deployment: Annotated[
+        str,
+        typer.Option(
+            "--deployment",
+            envvar="TRAINKITE_DEPLOYMENT",
+            help="Prefect deployment to run (flow/deployment), e.g. train/train-ecs-gpu.",
+        ),
+    ] = TRAIN_DEPLOYMENT,
     as_json: JsonOpt = False,
 ) -> None:
     """Start training for this Buildkite build as a Prefect deployment run and print the flow run ID.
@@ -33,8 +45,10 @@ def launch(
         result = launch_from_env(params_file, overrides or [], deployment)
 
         def human():
-            err.print(f"started flow run [bold]{result['flow_run_name']}[/] ({result['state']}) of "
-                      f"{result['deployment']}" + (f" for model {result['model_id']}" if result["model_id"] else ""))
+            err.print(
+                f"started flow run [bold]{result['flow_run_name']}[/] ({result['state']}) of "
+                f"{result['deployment']}" + (f" for model {result['model_id']}" if result["model_id"] else "")
+            )
             if result["url"]:
                 err.print(result["url"], highlight=False)
             print(result["flow_run_id"])

@@ -21,15 +21,18 @@ def _print_report(report: dict) -> None:
         err.print(f"[bold]{section}[/]")
         for entry in report[section]:
             detail = entry.get("detail") or ", ".join(entry.get("changed", []))
-            err.print(f"  {entry['status']:<13} {entry['name']}" + (f"  ({detail})" if detail else ""),
-                      highlight=False)
+            err.print(f"  {entry['status']:<13} {entry['name']}" + (f"  ({detail})" if detail else ""), highlight=False)
 
 
-def apply(as_json: JsonOpt = False,
-          local_containers: bool = typer.Option(
-              False, "--local-containers",
-              help="Also the local container pool: flow runs in the train image on docker/podman (needs "
-                   "prefect-docker; see deployments/specs.py)")) -> None:
+def apply(
+    as_json: JsonOpt = False,
+    local_containers: bool = typer.Option(
+        False,
+        "--local-containers",
+        help="Also the local container pool: flow runs in the train image on docker/podman (needs "
+        "prefect-docker; see deployments/specs.py)",
+    ),
+) -> None:
     """Create or update the work pools, deployments and release automations (idempotent)."""
     with user_errors(as_json):
         # Before Prefect loads: apply logs outside any flow run, which Prefect would warn about per line.

@@ -27,8 +27,9 @@ def alias_set(
     alias: Annotated[str, typer.Argument(help="The alias: champion.")],
     model_id: Annotated[str, typer.Argument(help="Model ID (see `trainkite models`).")],
     target: TargetOpt = "sagemaker",
-    by: Annotated[str | None, typer.Option("--by", help="Who sets it (default: the Buildkite unblocker, "
-                                                       "else your user name).")] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who sets it (default: the Buildkite unblocker, else your user name).")
+    ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, kept with the record.")] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,
@@ -37,11 +38,18 @@ def alias_set(
     with user_errors(as_json):
         from tasks import aliases
 
-        record = aliases.set_alias(_store(root), alias, model_id, target=target, set_by=by or aliases.who(),
-                                   reason=reason)
-        emit(record, as_json, lambda: err.print(
-            f"{record['alias']} of {record['model_name']} on {record['target']}: {record['model_id']} "
-            f"(set by {record['set_by']} at {record['time']})", highlight=False))
+        record = aliases.set_alias(
+            _store(root), alias, model_id, target=target, set_by=by or aliases.who(), reason=reason
+        )
+        emit(
+            record,
+            as_json,
+            lambda: err.print(
+                f"{record['alias']} of {record['model_name']} on {record['target']}: {record['model_id']} "
+                f"(set by {record['set_by']} at {record['time']})",
+                highlight=False,
+            ),
+        )
 
 
 @alias_app.command("list")
@@ -63,8 +71,15 @@ def _print_aliases(root: str | None, as_json: bool) -> None:
 
             t = Table("model name", "target", "alias", "model ID", "since", "set by", "from")
             for r in rows:
-                t.add_row(r["model_name"], r["target"], r["alias"], r["model_id"], r["since"] or "-",
-                          r["set_by"] or "-", r["source"])
+                t.add_row(
+                    r["model_name"],
+                    r["target"],
+                    r["alias"],
+                    r["model_id"],
+                    r["since"] or "-",
+                    r["set_by"] or "-",
+                    r["source"],
+                )
             # Full IDs whatever the terminal width: they are pasted into other commands.
             Console(width=max(160, Console().width)).print(t)
 
@@ -81,8 +96,14 @@ def _with_aliases_option(models):
         return models(*args, **kwargs)
 
     sig = inspect.signature(models, eval_str=True)
-    option = inspect.Parameter("aliases", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-        bool, typer.Option("--aliases", help="List the champion of each model name and deploy target instead.")])
+    option = inspect.Parameter(
+        "aliases",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool, typer.Option("--aliases", help="List the champion of each model name and deploy target instead.")
+        ],
+    )
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
     wrapper.__signature__ = sig.replace(parameters=[*params, option])
     wrapper.__annotations__ = {**{p.name: p.annotation for p in params}, "aliases": option.annotation}
@@ -91,8 +112,12 @@ def _with_aliases_option(models):
 
 
 def review(
-    strict: Annotated[bool, typer.Option(help="Fail (exit 1) when the challenger is significantly worse and "
-                                              "TRAINKITE_ALLOW_WORSE is not 1.")] = True,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Fail (exit 1) when the challenger is significantly worse and TRAINKITE_ALLOW_WORSE is not 1."
+        ),
+    ] = True,
 ) -> None:
     """The review step of buildkite/pipeline.yml: annotate the build with champion against challenger,
     upload both confusion matrices as build artifacts, and fail a significantly worse challenger."""

@@ -11,8 +11,12 @@ from cli.main import JsonOpt, RootOpt, emit, err, user_errors
 
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
-    unfinished: Annotated[bool, typer.Option("--unfinished", help="Also the scratch of runs that never "
-                                             "published (they can no longer be resumed).")] = False,
+    unfinished: Annotated[
+        bool,
+        typer.Option(
+            "--unfinished", help="Also the scratch of runs that never published (they can no longer be resumed)."
+        ),
+    ] = False,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

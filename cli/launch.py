@@ -30,8 +30,16 @@ DEFAULT_DEPLOYMENT = TRAIN_DEPLOYMENT
 ANNOTATION_CONTEXT = "trainkite-launch"
 # Build identity the flow-run process may see as env (job variables are stored and shown in the UI:
 # nothing secret here; the API token reaches the worker through its own environment or ECS secrets).
-IDENTITY_ENV = ("BUILDKITE_BUILD_ID", "BUILDKITE_BUILD_NUMBER", "BUILDKITE_BUILD_URL", "BUILDKITE_BRANCH",
-                "BUILDKITE_COMMIT", "BUILDKITE_ORGANIZATION_SLUG", "BUILDKITE_PIPELINE_SLUG", "BUILDKITE_SOURCE")
+IDENTITY_ENV = (
+    "BUILDKITE_BUILD_ID",
+    "BUILDKITE_BUILD_NUMBER",
+    "BUILDKITE_BUILD_URL",
+    "BUILDKITE_BRANCH",
+    "BUILDKITE_COMMIT",
+    "BUILDKITE_ORGANIZATION_SLUG",
+    "BUILDKITE_PIPELINE_SLUG",
+    "BUILDKITE_SOURCE",
+)
 
 
 def env_overrides(env: Mapping[str, str]) -> list[str]:
@@ -49,13 +57,19 @@ def dirty_files(checkout: str | Path) -> list[str]:
     """Tracked files that differ from the commit (untracked files don't change what was committed)."""
     try:
         # --no-optional-locks: a status check must not rewrite the checkout's index.
-        out = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-                             cwd=checkout, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UserInputError(f"cannot check the checkout {str(checkout)!r} with git: {e}") from None
     if out.returncode != 0:
-        raise UserInputError(f"cannot check the checkout {str(checkout)!r} with git: "
-                             f"{out.stderr.strip() or out.stdout.strip()}")
+        raise UserInputError(
+            f"cannot check the checkout {str(checkout)!r} with git: {out.stderr.strip() or out.stdout.strip()}"
+        )
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -66,7 +80,8 @@ def require_clean_tree(checkout: str | Path) -> None:
         raise UserInputError(
             f"the checkout {str(checkout)!r} has uncommitted changes to tracked files, so the model would not "
             f"match BUILDKITE_COMMIT:\n  {shown}\nA step before launch changed them; commit them or "
-            "stop that step from writing into the checkout")
+            "stop that step from writing into the checkout"
+        )
 
 
 def checkout_commit(checkout: str | Path) -> str | None:
@@ -91,13 +106,14 @@ def job_env(env: Mapping[str, str], model_id: str) -> dict[str, str]:
 
 def annotation(*, model_id: str, deployment: str, run_name: str, run_url: str | None) -> str:
     run = f"[{run_name}]({run_url})" if run_url else f"`{run_name}`"
-    return (f"**Training started** for model `{model_id}`: Prefect flow run {run} "
-            f"(deployment `{deployment}`).\n\nThis build waits at *Training finished* until the run "
-            "reports back; a failed, crashed or cancelled run releases it with `training-status=failed`.")
+    return (
+        f"**Training started** for model `{model_id}`: Prefect flow run {run} "
+        f"(deployment `{deployment}`).\n\nThis build waits at *Training finished* until the run "
+        "reports back; a failed, crashed or cancelled run releases it with `training-status=failed`."
+    )
 
 
-def launch(*, params: Params, build: BuildContext | None, deployment: str,
-           env: Mapping[str, str]) -> dict[str, Any]:
+def launch(*, params: Params, build: BuildContext | None, deployment: str, env: Mapping[str, str]) -> dict[str, Any]:
     """Create (or find, inside a build) the deployment's flow run; returns what the CLI prints."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -105,8 +121,11 @@ def launch(*, params: Params, build: BuildContext | None, deployment: str,
 
     model_id = validate_model_id(build.model_id) if build else None
     kwargs: dict[str, Any] = {"tags": ["trainkite-launch"]}
-    parameters = {"params": params.model_dump(mode="json"), "model_id": model_id,
-                  "build": build.model_dump(mode="json") if build else None}
+    parameters = {
+        "params": params.model_dump(mode="json"),
+        "model_id": model_id,
+        "build": build.model_dump(mode="json") if build else None,
+    }
     if build is not None:
         job_variables: dict[str, Any] = {"env": job_env(env, model_id)}
         if env.get("TRAINKITE_TRAIN_IMAGE"):
@@ -121,15 +140,25 @@ def launch(*, params: Params, build: BuildContext | None, deployment: str,
     try:
         run = run_deployment(deployment, parameters=parameters, timeout=0, **kwargs)
     except ObjectNotFound:
-        raise TrainkiteError(f"Prefect deployment {deployment!r} not found at {os.environ.get('PREFECT_API_URL')}; "
-                             "run `trainkite deployments apply` against that server") from None
+        raise TrainkiteError(
+            f"Prefect deployment {deployment!r} not found at {os.environ.get('PREFECT_API_URL')}; "
+            "run `trainkite deployments apply` against that server"
+        ) from None
     url = url_for(run)
-    result = {"flow_run_id": str(run.id), "flow_run_name": run.name, "state": run.state.name if run.state else None,
-              "deployment": deployment, "model_id": model_id, "url": url,
-              "idempotency_key": kwargs.get("idempotency_key"), "annotated": False}
+    result = {
+        "flow_run_id": str(run.id),
+        "flow_run_name": run.name,
+        "state": run.state.name if run.state else None,
+        "deployment": deployment,
+        "model_id": model_id,
+        "url": url,
+        "idempotency_key": kwargs.get("idempotency_key"),
+        "annotated": False,
+    }
     if build is not None:
-        result["annotated"] = _annotate(build, annotation(model_id=model_id, deployment=deployment,
-                                                          run_name=run.name, run_url=url))
+        result["annotated"] = _annotate(
+            build, annotation(model_id=model_id, deployment=deployment, run_name=run.name, run_url=url)
+        )
     return result
 
 
@@ -139,15 +168,17 @@ def _annotate(build: BuildContext, body: str) -> bool:
     # The run exists now; a missing link must not fail the step (a retry would find the same run anyway).
     try:
         BuildkiteClient(org=build.organization, pipeline=build.pipeline).annotate(
-            build.number, body, context=ANNOTATION_CONTEXT, style="info")
+            build.number, body, context=ANNOTATION_CONTEXT, style="info"
+        )
         return True
     except BuildkiteError as e:
         log.warning("could not annotate build #%s with the flow run link: %s", build.number, e)
         return False
 
 
-def launch_from_env(params_file: str | Path | None, overrides: list[str], deployment: str,
-                    env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def launch_from_env(
+    params_file: str | Path | None, overrides: list[str], deployment: str, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     env = dict(os.environ) if env is None else env
     params = resolve_params(params_file, overrides, env)  # bad params: exit 2 before anything starts
     build = BuildContext.from_env(env)
@@ -159,9 +190,11 @@ def launch_from_env(params_file: str | Path | None, overrides: list[str], deploy
             build = build.model_copy(update={"commit": resolved})
             env = {**env, "BUILDKITE_COMMIT": resolved}
         if not env.get("PREFECT_API_URL"):
-            raise UserInputError("PREFECT_API_URL is not set: inside a build, training must go to the team's "
-                                 "Prefect server (set it, and PREFECT_API_AUTH_STRING or PREFECT_API_KEY, in "
-                                 "the agent environment)")
+            raise UserInputError(
+                "PREFECT_API_URL is not set: inside a build, training must go to the team's "
+                "Prefect server (set it, and PREFECT_API_AUTH_STRING or PREFECT_API_KEY, in "
+                "the agent environment)"
+            )
     else:
         from cli.prefect_server import ensure_api
 

@@ -121,10 +121,18 @@ def start(model_id: str, port: int, root: str | None) -> dict[str, Any]:
         cmd += ["--root", root]
     log_path = serving_dir() / f"{port}.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    rec = {"pid": proc.pid, "model_id": model_id, "port": port, "url": url, "log": str(log_path),
-           "root": root, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    rec = {
+        "pid": proc.pid,
+        "model_id": model_id,
+        "port": port,
+        "url": url,
+        "log": str(log_path),
+        "root": root,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     _record_path(port).write_text(json.dumps(rec, indent=2))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -135,8 +143,9 @@ def start(model_id: str, port: int, root: str | None) -> dict[str, Any]:
         time.sleep(0.3)
     stop_port(port)
     tail = log_path.read_text(errors="replace")[-1500:] if log_path.is_file() else ""
-    raise TrainkiteError(f"the local server for {model_id} on port {port} did not become healthy "
-                         f"(log {log_path}):\n{tail}")
+    raise TrainkiteError(
+        f"the local server for {model_id} on port {port} did not become healthy (log {log_path}):\n{tail}"
+    )
 
 
 def stop(

@@ -22,15 +22,24 @@ from rich.markup import escape
 from trainkite.errors import TrainkiteError, UserInputError
 from trainkite.home import configure_quiet_offline_env
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Reproducible text-classifier training on Prefect.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Reproducible text-classifier training on Prefect.",
+)
 server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server trainkite runs in the background.")
 app.add_typer(server_app, name="server")
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout; logs go to stderr.")]
-RootOpt = Annotated[str | None, typer.Option("--root", help="Artifact store root (folder or s3://...); "
-                                             "default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME/artifacts.")]
+RootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--root",
+        help="Artifact store root (folder or s3://...); default $TRAINKITE_ARTIFACTS or $TRAINKITE_HOME/artifacts.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -47,8 +56,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    _show_version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False,
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Reproducible text-classifier training on Prefect."""
 
@@ -69,7 +79,7 @@ def load_cli_params(path: Path | None, overrides: list[str] | None):
         return Params.model_validate(data)
     except ValidationError as e:
         from_set = sorted({".".join(str(p) for p in x["loc"][:2]) for x in e.errors()} & set(ov))
-        source = (f"--set {', '.join(from_set)} (over {source_file})" if from_set else str(source_file))
+        source = f"--set {', '.join(from_set)} (over {source_file})" if from_set else str(source_file)
         raise ParamsError(_format_validation_error(e, source)) from None
 
 
@@ -144,8 +154,9 @@ class _ProgressHandler(logging.Handler):
         done = (info["epoch"] - 1) * info["steps"] + info["step"]
         if self.task is None:
             self.task = self.progress.add_task("train", total=total)
-        self.progress.update(self.task, completed=done, total=total,
-                             description=f"train  epoch {info['epoch']}/{info['epochs']}")
+        self.progress.update(
+            self.task, completed=done, total=total, description=f"train  epoch {info['epoch']}/{info['epochs']}"
+        )
 
     def line(self, text: str) -> None:
         self.progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
@@ -175,8 +186,9 @@ class _TerminalView(logging.Filter):
         if record.levelno >= logging.WARNING:
             return True
         msg = record.getMessage()
-        if record.name.startswith("trainkite.train") and (msg.startswith("epoch ") or "early stopping" in msg
-                                                           or msg.startswith("resuming ")):
+        if record.name.startswith("trainkite.train") and (
+            msg.startswith("epoch ") or "early stopping" in msg or msg.startswith("resuming ")
+        ):
             self.view.line(f"  {msg}")
         elif record.name == "prefect.task_runs" and (m := _TASK_FINISHED.match(msg)):
             name = getattr(record, "task_name", None) or (getattr(record, "task_run_name", "") or "").rsplit("-", 1)[0]
@@ -189,8 +201,10 @@ class _TerminalView(logging.Filter):
 def _console_handlers() -> list[logging.Handler]:
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
     return list({id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}.values())
 
 
@@ -202,14 +216,21 @@ def _store(root: str | None):
 
 @app.command()
 def train(
-    params_file: Annotated[Path | None, typer.Option("--params", help="Params file (default params/sentiment.toml).")]
-    = None,
+    params_file: Annotated[
+        Path | None, typer.Option("--params", help="Params file (default params/sentiment.toml).")
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable.")] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="Resume/name this model ID.")] = None,
-    params_json: Annotated[str | None, typer.Option("--params-json", help="Resolved params as JSON (what a "
-                                                    "Batch job receives); replaces --params.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print Prefect's and the steps' log lines "
-                                          "here too, not only in the Prefect UI.")] = False,
+    params_json: Annotated[
+        str | None,
+        typer.Option("--params-json", help="Resolved params as JSON (what a Batch job receives); replaces --params."),
+    ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Print Prefect's and the steps' log lines here too, not only in the Prefect UI."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on the data the params file points at (local DuckDB by default)."""
@@ -245,9 +266,12 @@ def train(
             resume = _resume_command(params_file, overrides, params_json, mid)
             if as_json:
                 emit({"error": "interrupted", "model_id": mid, "resume": resume, "exit_code": 130}, True)
-            err.print(f"[yellow]interrupted:[/] model {mid} is not finished; resume it (finished steps are "
-                      f"reused, training restarts from its last checkpoint) with:\n  {resume}",
-                      highlight=False, soft_wrap=True)
+            err.print(
+                f"[yellow]interrupted:[/] model {mid} is not finished; resume it (finished steps are "
+                f"reused, training restarts from its last checkpoint) with:\n  {resume}",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(130) from None
         sample = None
         if not as_json:
@@ -269,8 +293,9 @@ def train(
         emit(result, as_json, human)
 
 
-def _resume_command(params_file: Path | None, overrides: list[str] | None, params_json: str | None,
-                    model_id: str) -> str:
+def _resume_command(
+    params_file: Path | None, overrides: list[str] | None, params_json: str | None, model_id: str
+) -> str:
     import shlex
 
     args = ["trainkite", "train"]
@@ -335,8 +360,15 @@ def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = Fals
     hide_user_error_tracebacks()
 
     progress_logger = logging.getLogger("trainkite_progress")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=as_json or not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as progress:
         handler = _ProgressHandler(progress)
         progress_logger.addHandler(handler)
         progress_logger.setLevel(logging.INFO)
@@ -357,9 +389,11 @@ def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = Fals
                 return train_flow(params=params, model_id=model_id, build=build)
         except Exception as e:
             if _api_gone(e):
-                raise TrainkiteError(f"the Prefect API at {os.environ.get('PREFECT_API_URL')} went away during the "
-                                     f"run ({type(e).__name__}: {str(e)[:200]}); was `trainkite server stop` run? "
-                                     "A published model is kept; re-run with the same --model-id to finish") from None
+                raise TrainkiteError(
+                    f"the Prefect API at {os.environ.get('PREFECT_API_URL')} went away during the "
+                    f"run ({type(e).__name__}: {str(e)[:200]}); was `trainkite server stop` run? "
+                    "A published model is kept; re-run with the same --model-id to finish"
+                ) from None
             raise
         finally:
             progress_logger.removeHandler(handler)
@@ -398,14 +432,25 @@ def predict(
             scored = predictor.predict(text)
             cli_predict.check_finite_predictions(scored, predictor.model_id)
             preds = [{"text": t, **p} for t, p in zip(text, scored, strict=True)]
-            emit({"model_id": predictor.model_id, "predictions": preds}, as_json,
-                 lambda: [print(json.dumps(p)) for p in preds])
+            emit(
+                {"model_id": predictor.model_id, "predictions": preds},
+                as_json,
+                lambda: [print(json.dumps(p)) for p in preds],
+            )
             return
-        done = cli_predict.score_csv(predictor, input_csv, output_csv, text_column,
-                                     None if as_json else cli_predict.progress_printer())
-        emit({"model_id": predictor.model_id, "rows": done["rows"], "output": str(output_csv),
-              "columns": done["columns"]}, as_json,
-             lambda: err.print(f"wrote {done['rows']} predictions to {output_csv}"))
+        done = cli_predict.score_csv(
+            predictor, input_csv, output_csv, text_column, None if as_json else cli_predict.progress_printer()
+        )
+        emit(
+            {
+                "model_id": predictor.model_id,
+                "rows": done["rows"],
+                "output": str(output_csv),
+                "columns": done["columns"],
+            },
+            as_json,
+            lambda: err.print(f"wrote {done['rows']} predictions to {output_csv}"),
+        )
 
 
 @app.command()
@@ -416,9 +461,16 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
 
         store = _store(root)
         ms, broken = list_models_report(store)  # a broken folder is reported, not fatal to the listing
-        rows = [{"model_id": m["model_id"], "model_name": m["model_name"], "created_at": m["created_at"],
-                 "metrics": m.get("metrics", {}), "uri": store.uri(f"{m['model_name']}/{m['model_id']}")}
-                for m in ms]
+        rows = [
+            {
+                "model_id": m["model_id"],
+                "model_name": m["model_name"],
+                "created_at": m["created_at"],
+                "metrics": m.get("metrics", {}),
+                "uri": store.uri(f"{m['model_name']}/{m['model_id']}"),
+            }
+            for m in ms
+        ]
 
         def human():
             from rich.table import Table
@@ -426,14 +478,19 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
             t = Table("model ID", "name", "created", "test acc", "test macro-F1", "eval acc")
             for r in rows:
                 m = r["metrics"]
-                t.add_row(r["model_id"], r["model_name"], r["created_at"],
-                          *(f"{m[k]:.4f}" if k in m else "-" for k in
-                            ("test_accuracy", "test_macro_f1", "evaluation_accuracy")))
+                t.add_row(
+                    r["model_id"],
+                    r["model_name"],
+                    r["created_at"],
+                    *(
+                        f"{m[k]:.4f}" if k in m else "-"
+                        for k in ("test_accuracy", "test_macro_f1", "evaluation_accuracy")
+                    ),
+                )
             print_table(t)
 
         for b in broken:  # on stderr in both modes: --json has them under "broken" too
-            err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False,
-                      soft_wrap=True)
+            err.print(f"[yellow]skipped[/] {escape(b['model'])}: {escape(b['error'])}", highlight=False, soft_wrap=True)
         emit({"root": store.root, "models": rows, "broken": broken}, as_json, human)
 
 
@@ -455,8 +512,13 @@ def server_start(as_json: JsonOpt = False) -> None:
         from cli.prefect_server import start
 
         s = start(quiet=as_json)
-        emit(s, as_json, lambda: err.print(f"Prefect server at {s['url'][:-4]} (pid {s['pid']}); "
-                                           "stop it with `trainkite server stop`"))
+        emit(
+            s,
+            as_json,
+            lambda: err.print(
+                f"Prefect server at {s['url'][:-4]} (pid {s['pid']}); stop it with `trainkite server stop`"
+            ),
+        )
 
 
 @server_app.command("prepare")
@@ -472,8 +534,9 @@ def server_prepare(as_json: JsonOpt = False) -> None:
 
 @server_app.command("stop")
 def server_stop(
-    force: Annotated[bool, typer.Option("--force", help="Stop even while flow runs are active (they are "
-                                        "marked Crashed first).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop even while flow runs are active (they are marked Crashed first).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop the local Prefect server (refused while flow runs are active, unless --force)."""

@@ -25,8 +25,10 @@ def check_finite_predictions(preds: list[dict], model_id: str) -> None:
     """NaN is not JSON and not a probability: a model whose weights hold NaN/inf is refused, not printed."""
     for p in preds:
         if not all(math.isfinite(v) for v in p["scores"].values()):
-            raise IntegrityError(f"model {model_id} produced non-finite scores (NaN/inf): its weights are broken "
-                                 "(a diverged training published before the divergence guard); retrain it")
+            raise IntegrityError(
+                f"model {model_id} produced non-finite scores (NaN/inf): its weights are broken "
+                "(a diverged training published before the divergence guard); retrain it"
+            )
 
 
 def check_output(output: Path) -> None:
@@ -60,14 +62,15 @@ def _chunks(input_csv: Path, text_column: str) -> Iterator:
     import pandas as pd
 
     try:
-        reader = pd.read_csv(input_csv, keep_default_na=False, dtype=str, chunksize=CHUNK_ROWS,
-                             encoding="utf-8-sig")
+        reader = pd.read_csv(input_csv, keep_default_na=False, dtype=str, chunksize=CHUNK_ROWS, encoding="utf-8-sig")
         with reader:
             first = True
             for chunk in reader:
                 if first and text_column not in chunk.columns:
-                    raise UserInputError(f"--input has no column {text_column!r} (columns: "
-                                         f"{', '.join(map(str, chunk.columns))}); use --text-column")
+                    raise UserInputError(
+                        f"--input has no column {text_column!r} (columns: "
+                        f"{', '.join(map(str, chunk.columns))}); use --text-column"
+                    )
                 first = False
                 yield chunk
     except pd.errors.EmptyDataError:
@@ -76,11 +79,13 @@ def _chunks(input_csv: Path, text_column: str) -> Iterator:
         raise UserInputError(f"--input {str(input_csv)!r} cannot be read as CSV: {e}") from None
 
 
-def score_csv(predictor, input_csv: Path, output_csv: Path, text_column: str,
-              on_progress: Callable[[int], None] | None = None) -> dict:
+def score_csv(
+    predictor, input_csv: Path, output_csv: Path, text_column: str, on_progress: Callable[[int], None] | None = None
+) -> dict:
     """Score `input_csv` into `output_csv` atomically: {"rows", "columns"}; `on_progress(rows so far)`."""
-    fd, tmp = tempfile.mkstemp(dir=output_csv.parent if str(output_csv.parent) else ".",
-                               prefix=f".{output_csv.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(
+        dir=output_csv.parent if str(output_csv.parent) else ".", prefix=f".{output_csv.name}.", suffix=".part"
+    )
     rows, cols = 0, None
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
@@ -108,8 +113,10 @@ def score_csv(predictor, input_csv: Path, output_csv: Path, text_column: str,
         os.replace(tmp, output_csv)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise TrainkiteError(f"writing --output {str(output_csv)!r} failed: {e.strerror or e}; "
-                             "nothing was written (an existing file is unchanged)") from None
+        raise TrainkiteError(
+            f"writing --output {str(output_csv)!r} failed: {e.strerror or e}; "
+            "nothing was written (an existing file is unchanged)"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

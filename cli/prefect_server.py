@@ -58,8 +58,14 @@ def prepare_database() -> Path:
     with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
         env = {**os.environ, "PREFECT_HOME": tmp, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
         env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-        done = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         if done.returncode != 0:
             raise TrainkiteError(f"preparing the Prefect database failed: {done.stderr.strip()[-800:]}")
         partial = Path(tmp) / "template.db"
@@ -129,8 +135,10 @@ def _start_lock(timeout: float = START_LOCK_TIMEOUT_S):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TrainkiteError(f"another trainkite command has been starting the local Prefect server "
-                                         f"for over {timeout:.0f}s (lock {ph / 'start.lock'})") from None
+                    raise TrainkiteError(
+                        f"another trainkite command has been starting the local Prefect server "
+                        f"for over {timeout:.0f}s (lock {ph / 'start.lock'})"
+                    ) from None
                 time.sleep(0.1)
         try:
             yield
@@ -180,20 +188,31 @@ def _spawn(quiet: bool) -> dict:
     ph = prefect_home()
     ph.mkdir(parents=True, exist_ok=True)
     seed_database(ph)
-    env = {**os.environ, "PREFECT_HOME": str(ph), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_API_URL": url}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(ph),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": url,
+    }
     with open(ph / "server.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     state = {"pid": proc.pid, "url": url, "port": port, "log": str(ph / "server.log")}
     partial = _state_file().with_name(f"server.json.{os.getpid()}.partial")
     partial.write_text(json.dumps(state))
     os.replace(partial, _state_file())  # a reader never sees half a state file
     if not quiet:
-        print(f"Starting a local Prefect server at {url[:-4]} (once; stop it with `trainkite server stop`)",
-              file=sys.stderr)
+        print(
+            f"Starting a local Prefect server at {url[:-4]} (once; stop it with `trainkite server stop`)",
+            file=sys.stderr,
+        )
     return state
 
 
@@ -232,7 +251,7 @@ def run_tag(pid: int | None = None) -> str:
 def _process_gone(tag: str) -> bool:
     """True when the tag names a process on this host that no longer runs (pid dead, or reused)."""
     try:
-        pid_part, host = tag[len(PID_TAG):].rsplit("@", 1)
+        pid_part, host = tag[len(PID_TAG) :].rsplit("@", 1)
         pid_s, started = pid_part.split(":", 1)
         pid = int(pid_s)
     except ValueError:
@@ -250,15 +269,25 @@ def _api(url: str, method: str, path: str, body: dict | None = None):
 
 def active_runs(url: str) -> list[dict]:
     """Flow runs not in a final state, with {"id", "name", "state", "tags"}."""
-    runs = _api(url, "POST", "/flow_runs/filter",
-                {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}, "limit": 200})
-    return [{"id": r["id"], "name": r["name"], "state": (r.get("state") or {}).get("type"),
-             "tags": r.get("tags") or []} for r in runs]
+    runs = _api(
+        url,
+        "POST",
+        "/flow_runs/filter",
+        {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}, "limit": 200},
+    )
+    return [
+        {"id": r["id"], "name": r["name"], "state": (r.get("state") or {}).get("type"), "tags": r.get("tags") or []}
+        for r in runs
+    ]
 
 
 def mark_crashed(url: str, run_id: str, message: str) -> None:
-    _api(url, "POST", f"/flow_runs/{run_id}/set_state",
-         {"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True})
+    _api(
+        url,
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        {"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True},
+    )
 
 
 def reap_orphans(url: str) -> list[dict]:
@@ -271,8 +300,9 @@ def reap_orphans(url: str) -> list[dict]:
     for run in active_runs(url):
         tag = next((t for t in run["tags"] if t.startswith(PID_TAG)), None)
         if tag and _process_gone(tag):
-            mark_crashed(url, run["id"], f"its process ({tag[len(PID_TAG):]}) is gone: killed before it "
-                                         "could report an end")
+            mark_crashed(
+                url, run["id"], f"its process ({tag[len(PID_TAG) :]}) is gone: killed before it could report an end"
+            )
             reaped.append(run)
     return reaped
 
@@ -290,12 +320,17 @@ def stop(force: bool = False) -> bool:
         active = active_runs(current["url"])
         if active and not force:
             names = ", ".join(f"{r['name']} ({r['state']})" for r in active[:5])
-            raise UserInputError(f"{len(active)} flow run(s) are active on the local Prefect server: {names}"
-                                 f"{' ...' if len(active) > 5 else ''}; stopping it would strand them. Wait for "
-                                 "them, cancel them in the UI, or run `trainkite server stop --force`")
+            raise UserInputError(
+                f"{len(active)} flow run(s) are active on the local Prefect server: {names}"
+                f"{' ...' if len(active) > 5 else ''}; stopping it would strand them. Wait for "
+                "them, cancel them in the UI, or run `trainkite server stop --force`"
+            )
         for run in active:
-            mark_crashed(current["url"], run["id"], "the local Prefect server was stopped (`trainkite server stop "
-                                                    "--force`) while this run was active")
+            mark_crashed(
+                current["url"],
+                run["id"],
+                "the local Prefect server was stopped (`trainkite server stop --force`) while this run was active",
+            )
     try:
         os.killpg(current["pid"], signal.SIGTERM)
     except OSError:

@@ -20,9 +20,12 @@ def _store(root):
     return open_store(root)
 
 
-def verify(model_id: str, root: RootOpt = None,
-           tolerance: Annotated[float, typer.Option(help="Max abs diff for GPU-trained models.")] = 1e-4,
-           as_json: JsonOpt = False) -> None:
+def verify(
+    model_id: str,
+    root: RootOpt = None,
+    tolerance: Annotated[float, typer.Option(help="Max abs diff for GPU-trained models.")] = 1e-4,
+    as_json: JsonOpt = False,
+) -> None:
     """Rebuild a model from its manifest alone and compare its weights (exit 0 identical, 1 different)."""
     with user_errors(as_json):
         from trainkite.manifest import fetch_model
@@ -33,16 +36,26 @@ def verify(model_id: str, root: RootOpt = None,
 
         r = verify_fetched(folder, manifest, model_id, tolerance)
         differing = {k: v for k, v in r.tensors.items() if not v["equal"]}
-        out = {"model_id": r.model_id, "ok": r.ok, "mode": r.mode, "identical": r.identical,
-               "equal_within_tolerance": r.equal_within_tolerance, "differing_tensors": differing,
-               "lineage_changes": r.lineage_changes, "params_changes": r.params_changes, "data": r.data_check}
+        out = {
+            "model_id": r.model_id,
+            "ok": r.ok,
+            "mode": r.mode,
+            "identical": r.identical,
+            "equal_within_tolerance": r.equal_within_tolerance,
+            "differing_tensors": differing,
+            "lineage_changes": r.lineage_changes,
+            "params_changes": r.params_changes,
+            "data": r.data_check,
+        }
 
         def human():
             if r.ok and r.mode == "bit-identical":
                 err.print(f"[green]bit-identical[/]: {model_id} rebuilt from its manifest ({r.data_check})")
             elif r.ok:
-                err.print(f"[green]equal within tolerance {tolerance}[/] (GPU-trained model, rebuilt on CPU; "
-                          "GPU kernels are not bit-reproducible)")
+                err.print(
+                    f"[green]equal within tolerance {tolerance}[/] (GPU-trained model, rebuilt on CPU; "
+                    "GPU kernels are not bit-reproducible)"
+                )
             else:
                 err.print(f"[red]not reproduced[/]: {model_id}")
                 for name, d in differing.items():
@@ -71,10 +84,12 @@ def _prediction_model_id(arg: str) -> str:
     return str(obj["model_id"])
 
 
-def lineage(model_id: Annotated[str | None, typer.Argument()] = None,
-            prediction: Annotated[str | None, typer.Option("--prediction", help="A prediction (JSON or file).")]
-            = None,
-            root: RootOpt = None, as_json: JsonOpt = False) -> None:
+def lineage(
+    model_id: Annotated[str | None, typer.Argument()] = None,
+    prediction: Annotated[str | None, typer.Option("--prediction", help="A prediction (JSON or file).")] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Where a model (or a prediction) came from: build, commit, params, data, W&B, packages, deployments."""
     with user_errors(as_json):
         if bool(model_id) == bool(prediction):
@@ -86,12 +101,22 @@ def lineage(model_id: Annotated[str | None, typer.Argument()] = None,
         m = read_manifest(store, find_model(store, model_id))
         lin = m["lineage"]
         out = {
-            "model_id": m["model_id"], "model_name": m["model_name"], "created_at": m["created_at"],
+            "model_id": m["model_id"],
+            "model_name": m["model_name"],
+            "created_at": m["created_at"],
             "artifact_uri": store.uri(f"{m['model_name']}/{m['model_id']}"),
-            "build": lin.get("build"), "git": lin.get("git"), "params_hash": lin.get("params_hash"),
-            "params": lin.get("params"), "data": lin.get("data"), "wandb": lin.get("wandb"),
-            "docker_image": lin.get("docker_image"), "packages": lin.get("packages"), "device": lin.get("device"),
-            "seed": lin.get("seed"), "code_version": lin.get("code_version"), "metrics": m.get("metrics"),
+            "build": lin.get("build"),
+            "git": lin.get("git"),
+            "params_hash": lin.get("params_hash"),
+            "params": lin.get("params"),
+            "data": lin.get("data"),
+            "wandb": lin.get("wandb"),
+            "docker_image": lin.get("docker_image"),
+            "packages": lin.get("packages"),
+            "device": lin.get("device"),
+            "seed": lin.get("seed"),
+            "code_version": lin.get("code_version"),
+            "metrics": m.get("metrics"),
             "deployments": _deployments_of(store, model_id),
         }
 
@@ -113,8 +138,13 @@ def lineage(model_id: Annotated[str | None, typer.Argument()] = None,
             t.add_row("device / seed", f"{out['device']} / {out['seed']}")
             t.add_row("packages", ", ".join(f"{k} {v}" for k, v in (out["packages"] or {}).items()))
             t.add_row("metrics", ", ".join(f"{k}={v}" for k, v in (out["metrics"] or {}).items()))
-            t.add_row("deployed", "; ".join(f"{x.get('target')} {x.get('endpoint') or ''} {x.get('time') or ''}"
-                                            for x in out["deployments"]) or "nowhere")
+            t.add_row(
+                "deployed",
+                "; ".join(
+                    f"{x.get('target')} {x.get('endpoint') or ''} {x.get('time') or ''}" for x in out["deployments"]
+                )
+                or "nowhere",
+            )
             Console().print(t)
 
         emit(out, as_json, human)

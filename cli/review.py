@@ -38,8 +38,9 @@ class AgentError(TrainkiteError):
 
 def agent(*args: str, stdin: str | None = None, cwd: str | Path | None = None) -> str:
     try:
-        out = subprocess.run(["buildkite-agent", *args], input=stdin, capture_output=True, text=True, cwd=cwd,
-                             timeout=AGENT_TIMEOUT_S)
+        out = subprocess.run(
+            ["buildkite-agent", *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=AGENT_TIMEOUT_S
+        )
     except FileNotFoundError:
         raise AgentError("buildkite-agent is not on PATH: the review step runs inside a Buildkite job") from None
     except subprocess.TimeoutExpired:
@@ -67,10 +68,13 @@ def _fetch(artifact_uri: str, model_id: str):
 
 def upload_images(folder: Path, comparison: dict | None, model_id: str) -> dict[str, str]:
     """Copy both confusion matrices under `trainkite-review/<model id>/` and upload them; artifact paths."""
-    split = (comparison or {}).get("split") or ("evaluation" if (folder / "plots/confusion_evaluation.png").is_file()
-                                                else "test")
-    sources = {"challenger": folder / "plots" / f"confusion_{split}.png",
-               "champion": folder / "plots" / "confusion_champion.png"}
+    split = (comparison or {}).get("split") or (
+        "evaluation" if (folder / "plots/confusion_evaluation.png").is_file() else "test"
+    )
+    sources = {
+        "challenger": folder / "plots" / f"confusion_{split}.png",
+        "champion": folder / "plots" / "confusion_champion.png",
+    }
     found = {who: path for who, path in sources.items() if path.is_file()}
     if not found:
         return {}
@@ -87,16 +91,32 @@ def upload_images(folder: Path, comparison: dict | None, model_id: str) -> dict[
         shutil.rmtree(work, ignore_errors=True)
 
 
-def review_markdown(*, model_id: str, artifacts: str, metrics: dict, wandb: str, comparison: dict | None,
-                    images: dict[str, str], override: str | None, blocked: str | None) -> str:
+def review_markdown(
+    *,
+    model_id: str,
+    artifacts: str,
+    metrics: dict,
+    wandb: str,
+    comparison: dict | None,
+    images: dict[str, str],
+    override: str | None,
+    blocked: str | None,
+) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, int | float))
     parts = [f"### Review: model `{model_id}`\n"]
     if blocked:
         parts.append(f"**{blocked}**\n")
     parts.append(f"| metric | value |\n|---|---|\n{rows}\n")
     parts.append(f"- W&B: {wandb}\n- artifacts: `{artifacts}`\n")
-    parts.append(tasks.notify.comparison_markdown(comparison or {"verdict": tasks.compare.NO_CHAMPION}, model_id,
-                                        challenger_wandb=wandb, images=images, override=override))
+    parts.append(
+        tasks.notify.comparison_markdown(
+            comparison or {"verdict": tasks.compare.NO_CHAMPION},
+            model_id,
+            challenger_wandb=wandb,
+            images=images,
+            override=override,
+        )
+    )
     if not blocked:
         parts.append("Press **Deploy?** to put it live.\n")
     return "\n".join(parts)
@@ -111,25 +131,38 @@ def run_review(strict: bool = True, env: Mapping[str, str] | None = None) -> int
     comparison = manifest.get("comparison")
     verdict = (comparison or {}).get("verdict") or reported
     if comparison and reported != verdict:
-        log.warning("the block field says %r, the manifest %r: the manifest is what was published", reported,
-                    verdict)
+        log.warning("the block field says %r, the manifest %r: the manifest is what was published", reported, verdict)
     images = upload_images(folder, comparison, model_id)
     lineage = (manifest.get("lineage") or {}).get("champion") or {}
     override = blocked = None
     if verdict == tasks.compare.WORSE:
         champ = ((comparison or {}).get("champion") or {}).get("model_id")
         if allow_worse(env):
-            recorded = "recorded in the lineage" if lineage.get("allow_worse") else (
-                "**not** in the lineage: the training run did not see it")
-            override = (f":warning: **Significantly worse than the champion `{champ}`, let through by "
-                        f"`{ALLOW_WORSE_ENV}=1`** ({recorded}).")
+            recorded = (
+                "recorded in the lineage"
+                if lineage.get("allow_worse")
+                else ("**not** in the lineage: the training run did not see it")
+            )
+            override = (
+                f":warning: **Significantly worse than the champion `{champ}`, let through by "
+                f"`{ALLOW_WORSE_ENV}=1`** ({recorded})."
+            )
         elif strict:
-            blocked = (f"Review failed: `{model_id}` is significantly worse than the champion `{champ}`. "
-                       f"Set `{ALLOW_WORSE_ENV}=1` on a new build to deploy it anyway.")
+            blocked = (
+                f"Review failed: `{model_id}` is significantly worse than the champion `{champ}`. "
+                f"Set `{ALLOW_WORSE_ENV}=1` on a new build to deploy it anyway."
+            )
     style = "error" if blocked else "warning" if override or verdict == tasks.compare.NOT_COMPARED else "success"
-    body = review_markdown(model_id=model_id, artifacts=artifacts, metrics=manifest.get("metrics") or {},
-                           wandb=tasks.notify.wandb_link(wandb_run, env=env), comparison=comparison, images=images,
-                           override=override, blocked=blocked)
+    body = review_markdown(
+        model_id=model_id,
+        artifacts=artifacts,
+        metrics=manifest.get("metrics") or {},
+        wandb=tasks.notify.wandb_link(wandb_run, env=env),
+        comparison=comparison,
+        images=images,
+        override=override,
+        blocked=blocked,
+    )
     agent("annotate", "--style", style, "--context", CONTEXT, stdin=body)
     print(f"--- :clipboard: {model_id}: {tasks.compare.evidence_line(comparison)}")
     if images:

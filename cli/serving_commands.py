@@ -28,8 +28,7 @@ def serve(
     model_id: Annotated[str, typer.Argument(help="Model ID (see `trainkite models`).")],
     port: PortOpt = 8080,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="uvicorn worker processes.")] = 1,
-    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 for other machines).")]
-    = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 for other machines).")] = "127.0.0.1",
     root: RootOpt = None,
 ) -> None:
     """Serve a model over HTTP locally: the same app and contract as the SageMaker container."""
@@ -56,8 +55,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as e:
-            raise UserInputError(f"cannot serve on {host}:{port}: {e.strerror or e} (something else is listening "
-                                 "there? choose another --port)") from None
+            raise UserInputError(
+                f"cannot serve on {host}:{port}: {e.strerror or e} (something else is listening "
+                "there? choose another --port)"
+            ) from None
 
 
 def _run(folder: Path, model_id: str, host: str, port: int, workers: int) -> None:
@@ -65,8 +66,9 @@ def _run(folder: Path, model_id: str, host: str, port: int, workers: int) -> Non
 
     with user_errors(False):
         check_port_free(host, port)
-    err.print(f"serving {model_id} at http://{host}:{port} (GET /ping, POST /invocations); Ctrl+C stops it",
-              highlight=False)
+    err.print(
+        f"serving {model_id} at http://{host}:{port} (GET /ping, POST /invocations); Ctrl+C stops it", highlight=False
+    )
     run_server(folder, host=host, port=port, workers=workers, expected_model_id=model_id)
 
 
@@ -94,17 +96,17 @@ def _preflight(params, model_id: str, target: str, port: int, allow_older: bool)
 
 def deploy(
     model_id: Annotated[str, typer.Argument(help="Model ID (see `trainkite models`).")],
-    target: Annotated[Literal["local", "sagemaker"], typer.Option("--target", help="Where to put it live.")]
-    = "local",
+    target: Annotated[Literal["local", "sagemaker"], typer.Option("--target", help="Where to put it live.")] = "local",
     params_file: Annotated[Path | None, typer.Option("--params", help="Params file (deploy.* settings).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="section.key=value, repeatable.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Serving image (default: the model's).")] = None,
-    allow_older: Annotated[bool, typer.Option("--allow-older", help="Deploy a model older than the live one.")]
-    = False,
+    allow_older: Annotated[bool, typer.Option("--allow-older", help="Deploy a model older than the live one.")] = False,
     approved_by: Annotated[str | None, typer.Option("--approved-by", help="Who approved it (logged).")] = None,
     port: PortOpt = 8080,
-    serve_now: Annotated[bool, typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) "
-                                            "instead of in the background.")] = False,
+    serve_now: Annotated[
+        bool,
+        typer.Option("--serve", help="local: serve in the foreground (Ctrl+C stops it) instead of in the background."),
+    ] = False,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -129,8 +131,14 @@ def deploy(
             served = cli_local.start(model_id, port, params.artifacts.root)
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                result = deploy_flow(model_id=model_id, target=target, params=params, approved_by=approved_by,
-                                     allow_older=allow_older, local_port=port)
+                result = deploy_flow(
+                    model_id=model_id,
+                    target=target,
+                    params=params,
+                    approved_by=approved_by,
+                    allow_older=allow_older,
+                    local_port=port,
+                )
             if not result.get("deployed"):
                 raise TrainkiteError(f"model {model_id} was not deployed ({result.get('status')})")
         except BaseException:
@@ -145,11 +153,17 @@ def deploy(
         def human():
             err.print(f"[bold green]deployed[/] {model_id} to {target} {result['endpoint']}", highlight=False)
             if result.get("endpoint_config"):
-                err.print(f"endpoint config {result['endpoint_config']} ({result.get('action')}); "
-                          f"model data {result.get('model_data_url')}", highlight=False)
+                err.print(
+                    f"endpoint config {result['endpoint_config']} ({result.get('action')}); "
+                    f"model data {result.get('model_data_url')}",
+                    highlight=False,
+                )
             if background:
-                err.print(f"serving in the background (pid {served['pid']}, log {served['log']}); stop it with "
-                          "`trainkite deployments stop`", highlight=False)
+                err.print(
+                    f"serving in the background (pid {served['pid']}, log {served['log']}); stop it with "
+                    "`trainkite deployments stop`",
+                    highlight=False,
+                )
                 print(result["endpoint"])
 
         emit(result, as_json, human)
@@ -196,8 +210,16 @@ def deployments_list(
             rows = records if all_records else live
             t = Table("target", "endpoint", "model ID", "status", "now", "time", "approved by", "previous")
             for r in rows:
-                t.add_row(r["target"], r["endpoint"], r["model_id"], r["status"], r.get("check", "-"), r["time"],
-                          r.get("approved_by") or "-", r.get("previous_model_id") or "-")
+                t.add_row(
+                    r["target"],
+                    r["endpoint"],
+                    r["model_id"],
+                    r["status"],
+                    r.get("check", "-"),
+                    r["time"],
+                    r.get("approved_by") or "-",
+                    r.get("previous_model_id") or "-",
+                )
             if rows:
                 print_table(t, whole=("model ID", "previous", "endpoint"))
             else:

@@ -59,8 +59,12 @@ class SweepView(logging.Filter):
         return t
 
     def _print(self, key: str, row: dict[str, str]) -> None:
-        err.print(f"  {row['config']:<4} {key}  {row['values']}  {row['state']}", highlight=False, markup=False,
-                  soft_wrap=True)
+        err.print(
+            f"  {row['config']:<4} {key}  {row['values']}  {row['state']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
     def _set(self, key: str, state: str | None = None, detail: str | None = None) -> None:
         with self.lock:

@@ -17,23 +17,46 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from deployments.specs import (DEPLOYMENTS, POOLS, RELEASE_DEPLOYMENT, RETIRED_DEPLOYMENTS, SCHEDULE_SLUG,
-                              DeploymentSpec, PoolSpec, form_schema)
+from deployments.specs import (
+    DEPLOYMENTS,
+    POOLS,
+    RELEASE_DEPLOYMENT,
+    RETIRED_DEPLOYMENTS,
+    SCHEDULE_SLUG,
+    DeploymentSpec,
+    PoolSpec,
+    form_schema,
+)
 from trainkite.errors import TrainkiteError
 
 log = logging.getLogger("trainkite.deployments")
 
 # The deployment fields apply owns; anything else (paused, schedules made in the UI) stays as is.
-MANAGED_FIELDS = ("description", "entrypoint", "path", "pull_steps", "work_pool_name", "job_variables",
-                  "parameter_openapi_schema", "tags", "concurrency_limit", "enforce_parameter_schema")
+MANAGED_FIELDS = (
+    "description",
+    "entrypoint",
+    "path",
+    "pull_steps",
+    "work_pool_name",
+    "job_variables",
+    "parameter_openapi_schema",
+    "tags",
+    "concurrency_limit",
+    "enforce_parameter_schema",
+)
 
 
 class ApplyError(TrainkiteError):
     pass
 
 
-def apply(*, dry_run: bool = False, specs: Iterable[DeploymentSpec] = DEPLOYMENTS,
-          pools: Iterable[PoolSpec] = POOLS, local_containers: bool = False) -> dict[str, Any]:
+def apply(
+    *,
+    dry_run: bool = False,
+    specs: Iterable[DeploymentSpec] = DEPLOYMENTS,
+    pools: Iterable[PoolSpec] = POOLS,
+    local_containers: bool = False,
+) -> dict[str, Any]:
     """Apply (or with dry_run, only compare) pools, deployments and automations; returns a report.
 
     `local_containers` adds the local container pool and its deployments (specs.LOCAL_CONTAINER_POOLS)."""
@@ -44,8 +67,13 @@ def apply(*, dry_run: bool = False, specs: Iterable[DeploymentSpec] = DEPLOYMENT
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL
 
-    report: dict[str, Any] = {"api_url": PREFECT_API_URL.value(), "dry_run": dry_run,
-                              "pools": [], "deployments": [], "automations": []}
+    report: dict[str, Any] = {
+        "api_url": PREFECT_API_URL.value(),
+        "dry_run": dry_run,
+        "pools": [],
+        "deployments": [],
+        "automations": [],
+    }
     with get_client(sync_client=True) as client:
         available = set()
         for pool in pools:
@@ -69,9 +97,11 @@ def apply(*, dry_run: bool = False, specs: Iterable[DeploymentSpec] = DEPLOYMENT
             log.warning("no %s deployment: the release-build automation is skipped", RELEASE_DEPLOYMENT)
         for automation in desired_automations(UUID(release_id) if release_id else None):
             report["automations"].append(_apply_automation(client, automation, dry_run))
-    report["changed"] = any(e["status"] in ("created", "updated", "deleted", "would create", "would update",
-                                            "would delete")
-                            for section in ("pools", "deployments", "automations") for e in report[section])
+    report["changed"] = any(
+        e["status"] in ("created", "updated", "deleted", "would create", "would update", "would delete")
+        for section in ("pools", "deployments", "automations")
+        for e in report[section]
+    )
     return report
 
 
@@ -105,13 +135,19 @@ def _apply_pool(client, pool: PoolSpec, dry_run: bool) -> dict[str, Any]:
         found = None
     if found is not None:
         if found.type != pool.type:
-            raise ApplyError(f"work pool {pool.name!r} exists with type {found.type!r}, not {pool.type!r}; "
-                             "delete it (`prefect work-pool delete`) or rename it")
+            raise ApplyError(
+                f"work pool {pool.name!r} exists with type {found.type!r}, not {pool.type!r}; "
+                "delete it (`prefect work-pool delete`) or rename it"
+            )
         return {**entry, "status": "unchanged", "detail": "exists; its base job template is left as is"}
     if dry_run:
         return {**entry, "status": "would create"}
-    client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description,
-                                           base_job_template=_base_job_template(pool)), overwrite=False)
+    client.create_work_pool(
+        WorkPoolCreate(
+            name=pool.name, type=pool.type, description=pool.description, base_job_template=_base_job_template(pool)
+        ),
+        overwrite=False,
+    )
     log.info("created work pool %s (%s)", pool.name, pool.type)
     return {**entry, "status": "created"}
 
@@ -123,11 +159,15 @@ def load_flow(spec: DeploymentSpec):
     module = importlib.import_module(spec.module)
     flow = getattr(module, spec.attribute, None)
     if flow is None or not hasattr(flow, "parameters"):
-        raise ApplyError(f"{spec.entrypoint} has no flow {spec.attribute!r}; fix the entry for "
-                         f"{spec.full_name} in deployments/specs.py")
+        raise ApplyError(
+            f"{spec.entrypoint} has no flow {spec.attribute!r}; fix the entry for "
+            f"{spec.full_name} in deployments/specs.py"
+        )
     if flow.name != spec.flow_name:
-        raise ApplyError(f"{spec.entrypoint} is flow {flow.name!r}, but deployments/specs.py calls it "
-                         f"{spec.flow_name!r}; make them agree")
+        raise ApplyError(
+            f"{spec.entrypoint} is flow {flow.name!r}, but deployments/specs.py calls it "
+            f"{spec.flow_name!r}; make them agree"
+        )
     return flow
 
 
@@ -171,8 +211,7 @@ def _retire_deployment(client, full_name: str, dry_run: bool) -> dict[str, Any] 
         found = client.read_deployment_by_name(full_name)
     except ObjectNotFound:
         return None
-    entry = {"name": full_name, "pool": found.work_pool_name, "entrypoint": found.entrypoint,
-             "detail": "retired name"}
+    entry = {"name": full_name, "pool": found.work_pool_name, "entrypoint": found.entrypoint, "detail": "retired name"}
     if dry_run:
         return {**entry, "status": "would delete"}
     client.delete_deployment(found.id)
@@ -234,7 +273,8 @@ def _apply_schedule(client, deployment_id, spec: DeploymentSpec, dry_run: bool) 
         client.update_deployment_schedule(deployment_id, ours[0].id, schedule=want, active=True)
     else:
         client.create_deployment_schedules(
-            deployment_id, [DeploymentScheduleCreate(schedule=want, active=True, slug=SCHEDULE_SLUG)])
+            deployment_id, [DeploymentScheduleCreate(schedule=want, active=True, slug=SCHEDULE_SLUG)]
+        )
     return True
 
 

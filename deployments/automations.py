@@ -34,12 +34,14 @@ STALE_AUTOMATION = "trainkite-stale-training-runs"
 UNSTARTED_AUTOMATION = "trainkite-unstarted-training-runs"
 
 # State *names*: TimedOut is a Failed-type state with its own event.
-FAILURE_EVENTS = frozenset({
-    "prefect.flow-run.Failed",
-    "prefect.flow-run.TimedOut",
-    "prefect.flow-run.Crashed",
-    "prefect.flow-run.Cancelled",
-})
+FAILURE_EVENTS = frozenset(
+    {
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.TimedOut",
+        "prefect.flow-run.Crashed",
+        "prefect.flow-run.Cancelled",
+    }
+)
 FINAL_EVENTS = FAILURE_EVENTS | {"prefect.flow-run.Completed"}
 
 
@@ -74,8 +76,9 @@ def release_build_automation(release_deployment_id: UUID) -> AutomationCore:
     )
 
 
-def _crash_when_silent(*, name: str, description: str, after: str, expect: set[str], seconds: int, message: str,
-                       tag: str = BUILDKITE_TAG) -> AutomationCore:
+def _crash_when_silent(
+    *, name: str, description: str, after: str, expect: set[str], seconds: int, message: str, tag: str = BUILDKITE_TAG
+) -> AutomationCore:
     """Proactive: after an `after` event of a run tagged `tag`, no `expect` event within `seconds` -> Crashed
     (whose event the release automation turns into a released build)."""
     return AutomationCore(
@@ -108,8 +111,9 @@ def stale_run_automation() -> AutomationCore:
     )
 
 
-def unstarted_run_automation(within_seconds: int = START_TIMEOUT_SECONDS, tag: str = BUILDKITE_TAG,
-                             name: str = UNSTARTED_AUTOMATION) -> AutomationCore:
+def unstarted_run_automation(
+    within_seconds: int = START_TIMEOUT_SECONDS, tag: str = BUILDKITE_TAG, name: str = UNSTARTED_AUTOMATION
+) -> AutomationCore:
     """(`tag` and `name` differ only in tests, which must not touch every Buildkite-tagged run.)"""
     return _crash_when_silent(
         name=name,

@@ -24,8 +24,10 @@ from deployments.specs import DEPLOYMENTS, DeploymentSpec
 from trainkite.home import REPO_ROOT
 
 PREFECT_YAML = REPO_ROOT / "prefect.yaml"
-HEADER = ("# Generated from deployments/specs.py by `python -m deployments.prefect_yaml`: edit specs.py, not this.\n"
-          "# `prefect deploy --all` and `trainkite deployments apply` create the same deployments.\n")
+HEADER = (
+    "# Generated from deployments/specs.py by `python -m deployments.prefect_yaml`: edit specs.py, not this.\n"
+    "# `prefect deploy --all` and `trainkite deployments apply` create the same deployments.\n"
+)
 
 
 def _deployment(spec: DeploymentSpec) -> dict[str, Any]:
@@ -37,8 +39,9 @@ def _deployment(spec: DeploymentSpec) -> dict[str, Any]:
         "concurrency_limit": spec.concurrency_limit,
         "enforce_parameter_schema": True,
         "work_pool": {"name": spec.pool, "job_variables": spec.job_variables},
-        "schedules": ([{"cron": spec.cron, "timezone": spec.timezone, "slug": "trainkite", "active": True}]
-                      if spec.cron else []),
+        "schedules": (
+            [{"cron": spec.cron, "timezone": spec.timezone, "slug": "trainkite", "active": True}] if spec.cron else []
+        ),
     }
     if spec.path != str(REPO_ROOT):
         # Code baked into an image: the flow-run process changes into that folder. Local deployments use
@@ -56,8 +59,13 @@ class _NoAliases(yaml.SafeDumper):
 
 def render(specs: tuple[DeploymentSpec, ...] = DEPLOYMENTS) -> str:
     present = [s for s in specs if not s.optional or (REPO_ROOT / s.entrypoint_file).is_file()]
-    doc = {"name": "trainkite", "prefect-version": ">=3.9,<4", "build": None, "push": None,
-           "deployments": [_deployment(s) for s in present]}
+    doc = {
+        "name": "trainkite",
+        "prefect-version": ">=3.9,<4",
+        "build": None,
+        "push": None,
+        "deployments": [_deployment(s) for s in present],
+    }
     return HEADER + yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, width=110, allow_unicode=True)
 
 

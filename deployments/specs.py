@@ -33,10 +33,18 @@ RETRAIN_DEPLOYMENT = "retrain/weekly-retrain"
 SWEEP_DEPLOYMENT = "sweep/hyperparameter-sweep"
 # Names this project used to apply (each named after its pool): `deployments apply` deletes them, so the
 # UI does not list every deployment twice after an upgrade.
-RETIRED_DEPLOYMENTS = tuple(f"{flow}/{pool}" for flow, pool in (
-    ("train", "trainkite-process"), ("train", "trainkite-gpu-ecs"), ("release-build", "trainkite-process"),
-    ("train-batch", "trainkite-process"), ("deploy", "trainkite-process"), ("retrain", "trainkite-process"),
-    ("sweep", "trainkite-process")))
+RETIRED_DEPLOYMENTS = tuple(
+    f"{flow}/{pool}"
+    for flow, pool in (
+        ("train", "trainkite-process"),
+        ("train", "trainkite-gpu-ecs"),
+        ("release-build", "trainkite-process"),
+        ("train-batch", "trainkite-process"),
+        ("deploy", "trainkite-process"),
+        ("retrain", "trainkite-process"),
+        ("sweep", "trainkite-process"),
+    )
+)
 # Flow runs started from Buildkite carry this tag; the release automations match on it.
 BUILDKITE_TAG = "buildkite"
 
@@ -110,8 +118,9 @@ class DeploymentSpec:
 
 
 POOLS: tuple[PoolSpec, ...] = (
-    PoolSpec(PROCESS_POOL, "process", "Local subprocesses: laptops, CI, and the release-build runs.",
-             template="process"),
+    PoolSpec(
+        PROCESS_POOL, "process", "Local subprocesses: laptops, CI, and the release-build runs.", template="process"
+    ),
     PoolSpec(ECS_POOL, "ecs", "ECS tasks on the GPU capacity provider (EC2, g5).", template="ecs_gpu"),
 )
 
@@ -123,7 +132,10 @@ _GPU_ENV = {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "online"}
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
-        "train", "train-local-cpu", "flows/train.py:train", PROCESS_POOL,
+        "train",
+        "train-local-cpu",
+        "flows/train.py:train",
+        PROCESS_POOL,
         "Train, evaluate and publish one text classifier in a local subprocess (CPU, W&B offline). "
         "Started by `trainkite launch` in Buildkite builds, or from this form.",
         job_variables={"env": _LOCAL_ENV},
@@ -133,7 +145,10 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         concurrency_limit=2,
     ),
     DeploymentSpec(
-        "train", "train-ecs-gpu", "flows/train.py:train", ECS_POOL,
+        "train",
+        "train-ecs-gpu",
+        "flows/train.py:train",
+        ECS_POOL,
         "Train one text classifier on an ECS GPU task (EC2 capacity provider), W&B online.",
         path=IMAGE_APP_DIR,
         job_variables={"env": _GPU_ENV},
@@ -142,33 +157,51 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         concurrency_limit=4,
     ),
     DeploymentSpec(
-        "release-build", "release-failed-build", "flows/release.py:release_build", PROCESS_POOL,
+        "release-build",
+        "release-failed-build",
+        "flows/release.py:release_build",
+        PROCESS_POOL,
         "Tell a Buildkite build that its training run failed, crashed or was cancelled: annotate it and "
         "release its `training_finished` step. Started by the `trainkite-release-build` automation.",
         job_variables={"env": {**_QUIET_OFFLINE_ENV, "WANDB_MODE": "disabled"}},
         tags=("trainkite-release",),
     ),
     DeploymentSpec(
-        BATCH_FLOW, "train-aws-batch-gpu", "flows/batch.py:train_on_batch", PROCESS_POOL,
+        BATCH_FLOW,
+        "train-aws-batch-gpu",
+        "flows/batch.py:train_on_batch",
+        PROCESS_POOL,
         "Train on an AWS Batch GPU queue (Spot first, retried on reclaim and resumed from the checkpoint); "
         "this run only submits the job and waits, so a CPU worker is enough.",
         job_variables={"env": _GPU_ENV},
     ),
     DeploymentSpec(
-        "deploy", "deploy-model", "flows/deploy.py:deploy", PROCESS_POOL,
+        "deploy",
+        "deploy-model",
+        "flows/deploy.py:deploy",
+        PROCESS_POOL,
         "Verify a published model and deploy it (local serving or SageMaker).",
         job_variables={"env": _LOCAL_ENV},
     ),
     DeploymentSpec(
-        "retrain", "weekly-retrain", "flows/retrain.py:retrain", PROCESS_POOL,
+        "retrain",
+        "weekly-retrain",
+        "flows/retrain.py:retrain",
+        PROCESS_POOL,
         "Scheduled retrain: skips when the data fingerprint is unchanged unless forced.",
-        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1,
-        cron=RETRAIN_CRON, timezone=RETRAIN_TIMEZONE,
+        job_variables={"env": _LOCAL_ENV},
+        concurrency_limit=1,
+        cron=RETRAIN_CRON,
+        timezone=RETRAIN_TIMEZONE,
     ),
     DeploymentSpec(
-        "sweep", "hyperparameter-sweep", "flows/sweep.py:sweep", PROCESS_POOL,
+        "sweep",
+        "hyperparameter-sweep",
+        "flows/sweep.py:sweep",
+        PROCESS_POOL,
         "Hyper-parameter sweep: many train runs, one champion.",
-        job_variables={"env": _LOCAL_ENV}, concurrency_limit=1,
+        job_variables={"env": _LOCAL_ENV},
+        concurrency_limit=1,
     ),
 )
 
@@ -198,8 +231,10 @@ def _escape_descriptions(node: Any) -> Any:
     """The UI renders descriptions as Markdown with HTML: "trainkite-<model name>" showed as "trainkite-".
     Angle brackets outside `code spans` become entities, which render as the brackets themselves."""
     if isinstance(node, dict):
-        return {k: (_escape_markdown(v) if k == "description" and isinstance(v, str) else _escape_descriptions(v))
-                for k, v in node.items()}
+        return {
+            k: (_escape_markdown(v) if k == "description" and isinstance(v, str) else _escape_descriptions(v))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_escape_descriptions(v) for v in node]
     return node
@@ -258,18 +293,28 @@ def _local_container_variables() -> dict[str, Any]:
 
 
 LOCAL_CONTAINER_POOLS: tuple[PoolSpec, ...] = (
-    PoolSpec(LOCAL_CONTAINERS_POOL, "docker", "Each flow run in the train image on this machine's container engine "
-             "(docker, or podman's Docker-compatible socket): the local twin of the ECS pool.", template="docker",
-             optional_module="prefect_docker"),
+    PoolSpec(
+        LOCAL_CONTAINERS_POOL,
+        "docker",
+        "Each flow run in the train image on this machine's container engine "
+        "(docker, or podman's Docker-compatible socket): the local twin of the ECS pool.",
+        template="docker",
+        optional_module="prefect_docker",
+    ),
 )
 
 
 def local_container_deployments() -> tuple[DeploymentSpec, ...]:
     return (
         DeploymentSpec(
-            "train", LOCAL_CONTAINERS_POOL, "flows/train.py:train", LOCAL_CONTAINERS_POOL,
+            "train",
+            LOCAL_CONTAINERS_POOL,
+            "flows/train.py:train",
+            LOCAL_CONTAINERS_POOL,
             "Train one text classifier in the train image on the local container engine (as the ECS pool does "
             "on AWS), W&B offline, artifacts in the host's TRAINKITE_HOME.",
-            path=IMAGE_APP_DIR, job_variables=_local_container_variables(), concurrency_limit=2,
+            path=IMAGE_APP_DIR,
+            job_variables=_local_container_variables(),
+            concurrency_limit=2,
         ),
     )

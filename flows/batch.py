@@ -11,8 +11,12 @@ from flows import batch_steps
 from trainkite.ids import resolve_model_id
 
 
-@flow(name="train-batch", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure],
-      on_cancellation=[release_build_on_failure])
+@flow(
+    name="train-batch",
+    on_failure=[release_build_on_failure],
+    on_crashed=[release_build_on_failure],
+    on_cancellation=[release_build_on_failure],
+)
 def train_on_batch(
     params: Params = load_params(DEFAULT_PARAMS_FILE),
     model_id: str | None = None,

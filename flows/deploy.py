@@ -58,8 +58,9 @@ def deploy(
             steps.record.fn(params, candidate, target, endpoint, "approval_timeout", live, approval)
             return {"deployed": False, "status": "approval_timeout"}
         if not answer.approve:
-            entry = steps.record(params, candidate, target, endpoint, "rejected", live,
-                                 {**approval, "approval_note": answer.note})
+            entry = steps.record(
+                params, candidate, target, endpoint, "rejected", live, {**approval, "approval_note": answer.note}
+            )
             return {"deployed": False, **entry}
         approval = {"approved_by": approved_by or "prefect-ui", "approval_note": answer.note}
     if target == "local":
@@ -71,15 +72,35 @@ def deploy(
         resources = steps.create_sagemaker_model(params, candidate, model_data)
         rollout = steps.roll_out(params, candidate, endpoint, resources)
     except Exception as err:
-        steps.record(params, candidate, target, endpoint, "failed", live,
-                     {**approval, "error": str(err), **getattr(err, "details", {})})
+        steps.record(
+            params,
+            candidate,
+            target,
+            endpoint,
+            "failed",
+            live,
+            {**approval, "error": str(err), **getattr(err, "details", {})},
+        )
         raise
     deleted = steps.delete_superseded(rollout["previous_config"], live)
-    entry = steps.record(params, candidate, target, endpoint, "deployed", live, {
-        **approval, "endpoint_config": resources["config"], "sagemaker_model": resources["model"],
-        "model_data_url": model_data["uri"], "model_data_sha256": model_data["sha256"],
-        "action": rollout["action"], "previous_config": rollout["previous_config"], "deleted": deleted,
-    })
+    entry = steps.record(
+        params,
+        candidate,
+        target,
+        endpoint,
+        "deployed",
+        live,
+        {
+            **approval,
+            "endpoint_config": resources["config"],
+            "sagemaker_model": resources["model"],
+            "model_data_url": model_data["uri"],
+            "model_data_sha256": model_data["sha256"],
+            "action": rollout["action"],
+            "previous_config": rollout["previous_config"],
+            "deleted": deleted,
+        },
+    )
     return {"deployed": True, **entry}
 
 

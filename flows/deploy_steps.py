@@ -77,10 +77,15 @@ def create_sagemaker_model(params: Params, candidate: tasks.deploy.Candidate, mo
     sm, _ = sagemaker_clients()
     name = tasks.deploy.resource_name(candidate.model_id)
     return tasks.deploy.create_model_and_config(
-        sm, name=name, image=tasks.deploy.docker_image(candidate, params.deploy.image),
-        role_arn=params.deploy.execution_role_arn, model_data_url=model_data["uri"],
-        env=tasks.deploy.serving_env(candidate.model_id, model_data["uri"]), tags=tasks.deploy.resource_tags(candidate),
-        instance_type=params.deploy.instance_type, instance_count=params.deploy.instance_count,
+        sm,
+        name=name,
+        image=tasks.deploy.docker_image(candidate, params.deploy.image),
+        role_arn=params.deploy.execution_role_arn,
+        model_data_url=model_data["uri"],
+        env=tasks.deploy.serving_env(candidate.model_id, model_data["uri"]),
+        tags=tasks.deploy.resource_tags(candidate),
+        instance_type=params.deploy.instance_type,
+        instance_count=params.deploy.instance_count,
     )
 
 
@@ -88,8 +93,16 @@ def create_sagemaker_model(params: Params, candidate: tasks.deploy.Candidate, mo
 def roll_out(params: Params, candidate: tasks.deploy.Candidate, endpoint: str, resources: dict) -> dict:
     sm, runtime = sagemaker_clients()
     delay = params.deploy.wait_delay_s
-    return tasks.deploy.roll_out(sm, runtime, endpoint=endpoint, config=resources["config"], model_id=candidate.model_id,
-                       tags=tasks.deploy.resource_tags(candidate), delay_s=delay, timeout_s=params.deploy.wait_timeout_s)
+    return tasks.deploy.roll_out(
+        sm,
+        runtime,
+        endpoint=endpoint,
+        config=resources["config"],
+        model_id=candidate.model_id,
+        tags=tasks.deploy.resource_tags(candidate),
+        delay_s=delay,
+        timeout_s=params.deploy.wait_timeout_s,
+    )
 
 
 @task(name="delete_superseded", cache_policy=NONE)
@@ -102,14 +115,28 @@ def delete_superseded(previous_config: str | None, live: dict | None) -> list[st
 
 
 @task(name="record_deployment", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def record(params: Params, candidate: tasks.deploy.Candidate, target: str, endpoint: str, status: str, live: dict | None,
-           fields: dict) -> dict:
+def record(
+    params: Params,
+    candidate: tasks.deploy.Candidate,
+    target: str,
+    endpoint: str,
+    status: str,
+    live: dict | None,
+    fields: dict,
+) -> dict:
     from prefect.runtime import flow_run
 
     entry = deploy_log.new_record(
-        model_id=candidate.model_id, model_name=candidate.model_name, target=target, endpoint=endpoint,
-        status=status, model_created_at=candidate.created_at, metrics=candidate.metrics,
-        previous_model_id=live["model_id"] if live else None, flow_run_id=flow_run.id, **fields,
+        model_id=candidate.model_id,
+        model_name=candidate.model_name,
+        target=target,
+        endpoint=endpoint,
+        status=status,
+        model_created_at=candidate.created_at,
+        metrics=candidate.metrics,
+        previous_model_id=live["model_id"] if live else None,
+        flow_run_id=flow_run.id,
+        **fields,
     )
     deploy_log.write(_store(params), entry)
     return entry

@@ -29,8 +29,12 @@ def release_build_on_failure(flow, flow_run, state) -> None:
     build = raw if isinstance(raw, BuildContext) else BuildContext.model_validate(raw)
     model_id = params.get("model_id") or build.model_id
     try:
-        notify_failure(build, model_id=model_id, flow_run=f"{flow_run.name} ({flow_run.id})",
-                       reason=failure_reason(state.type.value, state.message))
+        notify_failure(
+            build,
+            model_id=model_id,
+            flow_run=f"{flow_run.name} ({flow_run.id})",
+            reason=failure_reason(state.type.value, state.message),
+        )
     except Exception as err:  # never mask the run's own failure
         log.error("could not tell Buildkite about the failure: %s", err)
 
@@ -61,6 +65,10 @@ def stop_if_build_canceled(build: BuildContext | None) -> Iterator[None]:
         yield
         return
     client = client_for(build)
-    with BuildWatch(lambda: client.get_build(build.number), lambda why: _cancel_flow_run(run_id, why), interval,
-                    label=f"build #{build.number} of {build.organization}/{build.pipeline}"):
+    with BuildWatch(
+        lambda: client.get_build(build.number),
+        lambda why: _cancel_flow_run(run_id, why),
+        interval,
+        label=f"build #{build.number} of {build.organization}/{build.pipeline}",
+    ):
         yield

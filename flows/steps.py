@@ -74,8 +74,9 @@ def _evaluate_key(context, p) -> str:
     from tasks.champion import allow_worse, champion_id
 
     champion = champion_id(run.store, run.model_name) if p.get("dataset") is not None else None
-    return "evaluate-" + _key(run.store.root, run.model_id, p["trained"].weights_key, params.params_hash(),
-                              champion, allow_worse())
+    return "evaluate-" + _key(
+        run.store.root, run.model_id, p["trained"].weights_key, params.params_hash(), champion, allow_worse()
+    )
 
 
 def _track_key(context, p) -> str:
@@ -96,8 +97,14 @@ def check_code(build: BuildContext | None) -> dict:
     return provenance.check_code_commit(build)
 
 
-@task(name="fetch_data", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error,
-      cache_key_fn=_fetch_key, **_cached)
+@task(
+    name="fetch_data",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_not_user_error,
+    cache_key_fn=_fetch_key,
+    **_cached,
+)
 def fetch_data(run: Run, params: Params) -> DatasetRef:
     return data.fetch_dataset(params, run.workdir, run.store, run.prefix)
 
@@ -106,13 +113,18 @@ def fetch_data(run: Run, params: Params) -> DatasetRef:
 def resolve_defaults(run: Run, params: Params, dataset: DatasetRef) -> Params:
     # Cheap (one read of the snapshot's text column) and a pure function of params + rows, so a re-run or a
     # resumed run resolves the same values without a cache.
-    stats = defaults.dataset_stats(local_snapshot(dataset, run.store), params.preprocess.ngram_max,
-                                   len(dataset.labels))
+    stats = defaults.dataset_stats(local_snapshot(dataset, run.store), params.preprocess.ngram_max, len(dataset.labels))
     resolved, table = defaults.resolve_params(params, stats)
-    create_table_artifact(key="resolved-params", description="parameters used: set by the user or from the data",
-                          table=[{"key": k, **v} for k, v in table.items()])
-    create_markdown_artifact(key="data-statistics", description="what the defaults were resolved from",
-                             markdown="\n".join(f"- **{k}**: {v}" for k, v in stats.model_dump().items()))
+    create_table_artifact(
+        key="resolved-params",
+        description="parameters used: set by the user or from the data",
+        table=[{"key": k, **v} for k, v in table.items()],
+    )
+    create_markdown_artifact(
+        key="data-statistics",
+        description="what the defaults were resolved from",
+        markdown="\n".join(f"- **{k}**: {v}" for k, v in stats.model_dump().items()),
+    )
     return resolved
 
 
@@ -130,20 +142,31 @@ def train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(run: Run, trained: TrainedModel, features: FeaturesRef, params: Params,
-             dataset: DatasetRef | None = None) -> tasks.evaluate.EvalReport:
+def evaluate(
+    run: Run, trained: TrainedModel, features: FeaturesRef, params: Params, dataset: DatasetRef | None = None
+) -> tasks.evaluate.EvalReport:
     return tasks.evaluate.evaluate(trained, features, params, run.store, run.workdir, run.prefix, dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)
-def publish(run: Run, params: Params, dataset: DatasetRef, trained: TrainedModel, report: tasks.evaluate.EvalReport,
-            build: BuildContext | None) -> tasks.publish.Published:
+def publish(
+    run: Run,
+    params: Params,
+    dataset: DatasetRef,
+    trained: TrainedModel,
+    report: tasks.evaluate.EvalReport,
+    build: BuildContext | None,
+) -> tasks.publish.Published:
     # Idempotent by itself: re-publishing identical files returns the existing manifest.
-    return tasks.publish.publish_model(run=run, params=params, dataset=dataset, trained=trained, report=report, build=build)
+    return tasks.publish.publish_model(
+        run=run, params=params, dataset=dataset, trained=trained, report=report, build=build
+    )
 
 
 @task(name="track", cache_key_fn=_track_key, **_cached)
-def track(run: Run, params: Params, published: tasks.publish.Published, report: tasks.evaluate.EvalReport, tags: list[str]) -> dict | None:
+def track(
+    run: Run, params: Params, published: tasks.publish.Published, report: tasks.evaluate.EvalReport, tags: list[str]
+) -> dict | None:
     return tasks.track.track_run(params=params, published=published, report=report, store=run.store, tags=tags)
 
 
@@ -165,55 +188,89 @@ def _not_refused_by_buildkite(task, task_run, state) -> bool:
     return False
 
 
-@task(name="notify", retries=1, retry_delay_seconds=10, retry_condition_fn=_not_refused_by_buildkite,
-      cache_policy=NONE)
-def notify(build: BuildContext | None, published: tasks.publish.Published, report: tasks.evaluate.EvalReport,
-           tracking: dict | None) -> str:
+@task(name="notify", retries=1, retry_delay_seconds=10, retry_condition_fn=_not_refused_by_buildkite, cache_policy=NONE)
+def notify(
+    build: BuildContext | None,
+    published: tasks.publish.Published,
+    report: tasks.evaluate.EvalReport,
+    tracking: dict | None,
+) -> str:
     fields = tasks.notify.success_fields(
-        model_id=published.model_id, artifact_uri=published.artifact_uri,
+        model_id=published.model_id,
+        artifact_uri=published.artifact_uri,
         wandb_run_id=tracking["run_id"] if tracking else None,
-        docker_image=published.manifest["lineage"].get("docker_image"), metrics_line=tasks.evaluate.one_line(report.summary),
-        comparison=report.metrics.get("comparison"))
-    md = tasks.notify.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
-                                report.metrics.get("comparison"))
+        docker_image=published.manifest["lineage"].get("docker_image"),
+        metrics_line=tasks.evaluate.one_line(report.summary),
+        comparison=report.metrics.get("comparison"),
+    )
+    md = tasks.notify.annotation_markdown(
+        published.model_id,
+        published.artifact_uri,
+        report.summary,
+        _wandb_link(tracking),
+        report.metrics.get("comparison"),
+    )
     return tasks.notify.notify_success(build, fields, md)
 
 
 @task(name="report", cache_policy=NONE)
 def report(published: tasks.publish.Published, report: tasks.evaluate.EvalReport, tracking: dict | None) -> dict:
     comparison = report.metrics.get("comparison")
-    md = tasks.notify.annotation_markdown(published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking),
-                                comparison)
+    md = tasks.notify.annotation_markdown(
+        published.model_id, published.artifact_uri, report.summary, _wandb_link(tracking), comparison
+    )
     create_markdown_artifact(key="model-card", markdown=md, description=f"model {published.model_id}")
-    create_table_artifact(key="model-metrics", table=[{"metric": k, "value": v} for k, v in report.summary.items()],
-                          description=f"metrics of {published.model_id}")
+    create_table_artifact(
+        key="model-metrics",
+        table=[{"metric": k, "value": v} for k, v in report.summary.items()],
+        description=f"metrics of {published.model_id}",
+    )
     _report_evidence(published, report, comparison)
-    return {"model_id": published.model_id, "artifact_uri": published.artifact_uri, "metrics": report.summary,
-            "wandb": tracking}
+    return {
+        "model_id": published.model_id,
+        "artifact_uri": published.artifact_uri,
+        "metrics": report.summary,
+        "wandb": tracking,
+    }
 
 
-def _report_evidence(published: tasks.publish.Published, report: tasks.evaluate.EvalReport, comparison: dict | None) -> None:
+def _report_evidence(
+    published: tasks.publish.Published, report: tasks.evaluate.EvalReport, comparison: dict | None
+) -> None:
     """The comparison and the confusion matrices in the run's Artifacts tab (tables, and the images inline)."""
     import tasks.compare
 
     labels = published.manifest["labels"]
     rows = tasks.compare.comparison_table(comparison)
     if rows:
-        create_table_artifact(key="champion-comparison", table=rows, description=tasks.compare.evidence_line(comparison))
+        create_table_artifact(
+            key="champion-comparison", table=rows, description=tasks.compare.evidence_line(comparison)
+        )
     split = "evaluation" if "evaluation" in report.metrics else "test"
     if split not in report.metrics:
         return
     cm = report.metrics[split]["confusion"]
-    create_table_artifact(key="confusion-matrix", table=tasks.compare.confusion_table(cm, labels),
-                          description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)")
+    create_table_artifact(
+        key="confusion-matrix",
+        table=tasks.compare.confusion_table(cm, labels),
+        description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)",
+    )
     images = {"challenger": report.plots.get(split), "champion": report.plots.get("champion")}
-    md = [f"### Confusion matrices on the {split} split", "", f"**Verdict:** {tasks.compare.evidence_line(comparison)}", ""]
+    md = [
+        f"### Confusion matrices on the {split} split",
+        "",
+        f"**Verdict:** {tasks.compare.evidence_line(comparison)}",
+        "",
+    ]
     for who, path in images.items():
         if path and Path(path).is_file():
             data = base64.b64encode(Path(path).read_bytes()).decode()
             md += [f"**{who}**", "", f"![{who} confusion matrix](data:image/png;base64,{data})", ""]
-    create_markdown_artifact(key="confusion-matrices", markdown="\n".join(md),
-                             description=f"confusion matrices of {published.model_id}")
+    create_markdown_artifact(
+        key="confusion-matrices", markdown="\n".join(md), description=f"confusion matrices of {published.model_id}"
+    )
+
+
 @task(name="clean_up", cache_policy=NONE)
 def clean_up(run: Run) -> dict:
     """The model is published: its scratch in the store and its local run folder are no longer needed."""
@@ -226,6 +283,7 @@ def clean_up(run: Run) -> dict:
 def decide_retrain(params: Params, force: bool) -> RetrainDecision:
     d = retrain_decide(params, open_store(params.artifacts.root), force)
     verdict = "retrain" if d.retrain else "skip"
-    create_markdown_artifact(key="retrain-decision", markdown=f"**{verdict}**: {d.reason}",
-                             description="scheduled retrain decision")
+    create_markdown_artifact(
+        key="retrain-decision", markdown=f"**{verdict}**: {d.reason}", description="scheduled retrain decision"
+    )
     return d

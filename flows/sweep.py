@@ -40,8 +40,13 @@ def sweep(
     for wave in plan.waves:
         # Deployment runs wait on the server-side limit (adjustable in the UI), not on local threads.
         with ThreadPoolTaskRunner(max_workers=len(wave) if deployment else max_parallel) as runner:
-            futures = [runner.submit(steps.run_config, {"config": plan.config(i), "sweep_id": plan.sweep_id,
-                                                        "deployment": deployment, "limit": limit}) for i in wave]
+            futures = [
+                runner.submit(
+                    steps.run_config,
+                    {"config": plan.config(i), "sweep_id": plan.sweep_id, "deployment": deployment, "limit": limit},
+                )
+                for i in wave
+            ]
             outcomes += [f.result() for f in futures]
     if limit:
         steps.close_limit(limit)

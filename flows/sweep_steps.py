@@ -26,8 +26,9 @@ LEADERBOARD_KEY = "sweep-leaderboard"
 
 
 @task(name="plan_sweep", cache_policy=NONE)
-def plan_sweep(params: Params, grid: dict[str, list[Any]], random: int | None, seed: int, max_parallel: int,
-               sweep_id: str | None) -> tasks.sweep.SweepPlan:
+def plan_sweep(
+    params: Params, grid: dict[str, list[Any]], random: int | None, seed: int, max_parallel: int, sweep_id: str | None
+) -> tasks.sweep.SweepPlan:
     return tasks.sweep.plan_sweep(params, grid, random, seed, max_parallel, sweep_id, dict(os.environ))
 
 
@@ -51,8 +52,13 @@ def _describe(err: BaseException | Any) -> str:
 def _published(config: tasks.sweep.SweepConfig, flow_run_id: str) -> tasks.sweep.ConfigOutcome:
     run = Run.of(config.params, config.model_id)
     manifest = read_manifest(run.store, run.ref)
-    return tasks.sweep.ConfigOutcome(index=config.index, status="completed", metrics=manifest.get("metrics", {}),
-                            flow_run_id=flow_run_id, artifact_uri=run.store.uri(run.prefix))
+    return tasks.sweep.ConfigOutcome(
+        index=config.index,
+        status="completed",
+        metrics=manifest.get("metrics", {}),
+        flow_run_id=flow_run_id,
+        artifact_uri=run.store.uri(run.prefix),
+    )
 
 
 def _as_subflow(config: tasks.sweep.SweepConfig, sweep_id: str) -> tasks.sweep.ConfigOutcome:
@@ -60,20 +66,28 @@ def _as_subflow(config: tasks.sweep.SweepConfig, sweep_id: str) -> tasks.sweep.C
 
     with tags(sweep_id):
         state = train.with_options(flow_run_name=config.model_id)(
-            params=config.params, model_id=config.model_id, tags=[sweep_id], return_state=True)
+            params=config.params, model_id=config.model_id, tags=[sweep_id], return_state=True
+        )
     run_id = str(state.state_details.flow_run_id)
     if state.is_completed():
         return _published(config, run_id)
-    return tasks.sweep.ConfigOutcome(index=config.index, status="failed", flow_run_id=run_id,
-                            error=_describe(state.result(raise_on_failure=False)) or state.message)
+    return tasks.sweep.ConfigOutcome(
+        index=config.index,
+        status="failed",
+        flow_run_id=run_id,
+        error=_describe(state.result(raise_on_failure=False)) or state.message,
+    )
 
 
 def deployment_request(config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str) -> dict[str, Any]:
     """Keyword arguments of `run_deployment` for one configuration."""
     return {
         "name": deployment,
-        "parameters": {"params": config.params.model_dump(mode="json"), "model_id": config.model_id,
-                       "tags": [sweep_id]},
+        "parameters": {
+            "params": config.params.model_dump(mode="json"),
+            "model_id": config.model_id,
+            "tags": [sweep_id],
+        },
         "flow_run_name": config.model_id,
         "tags": [sweep_id],
         # A retried sweep gets the run it already started back instead of paying for a second GPU run.
@@ -82,7 +96,9 @@ def deployment_request(config: tasks.sweep.SweepConfig, sweep_id: str, deploymen
     }
 
 
-def _as_deployment_run(config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str, limit: str) -> tasks.sweep.ConfigOutcome:
+def _as_deployment_run(
+    config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str, limit: str
+) -> tasks.sweep.ConfigOutcome:
     from prefect.concurrency.sync import concurrency
     from prefect.deployments import run_deployment
 
@@ -90,13 +106,18 @@ def _as_deployment_run(config: tasks.sweep.SweepConfig, sweep_id: str, deploymen
         run = run_deployment(**deployment_request(config, sweep_id, deployment))
     if run.state is not None and run.state.is_completed():
         return _published(config, str(run.id))
-    return tasks.sweep.ConfigOutcome(index=config.index, status="failed", flow_run_id=str(run.id),
-                            error=f"{run.state.name if run.state else 'unknown'}: "
-                                  f"{(run.state.message if run.state else '') or ''}".strip())
+    return tasks.sweep.ConfigOutcome(
+        index=config.index,
+        status="failed",
+        flow_run_id=str(run.id),
+        error=f"{run.state.name if run.state else 'unknown'}: {(run.state.message if run.state else '') or ''}".strip(),
+    )
 
 
 @task(name="run_config", cache_policy=NONE)
-def run_config(config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str | None, limit: str | None) -> tasks.sweep.ConfigOutcome:
+def run_config(
+    config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str | None, limit: str | None
+) -> tasks.sweep.ConfigOutcome:
     # Never raises: one configuration's failure is a row of the leaderboard, not the end of the sweep.
     try:
         if deployment:
@@ -107,19 +128,24 @@ def run_config(config: tasks.sweep.SweepConfig, sweep_id: str, deployment: str |
 
 
 @task(name="record_sweep", cache_policy=NONE)
-def record_sweep(plan: tasks.sweep.SweepPlan, outcomes: list[tasks.sweep.ConfigOutcome], deployment: str | None) -> dict:
+def record_sweep(
+    plan: tasks.sweep.SweepPlan, outcomes: list[tasks.sweep.ConfigOutcome], deployment: str | None
+) -> dict:
     store = open_store(plan.artifacts_root)
     record = tasks.sweep.sweep_record(plan, outcomes, deployment)
     record["record_uri"] = store.uri(tasks.sweep.record_key(plan.sweep_id))
     tasks.sweep.save_record(store, record)
-    create_table_artifact(key=LEADERBOARD_KEY, table=tasks.sweep.flat_rows(record),
-                          description=tasks.sweep.leaderboard_markdown(record))
+    create_table_artifact(
+        key=LEADERBOARD_KEY, table=tasks.sweep.flat_rows(record), description=tasks.sweep.leaderboard_markdown(record)
+    )
     return record
 
 
 @task(name="require_candidate", cache_policy=NONE)
 def require_candidate(record: dict) -> str:
     if record["candidate"] is None:
-        raise tasks.sweep.NoCandidate(f"no configuration of sweep {record['sweep_id']} completed; "
-                             f"see the leaderboard at {record.get('record_uri')}")
+        raise tasks.sweep.NoCandidate(
+            f"no configuration of sweep {record['sweep_id']} completed; "
+            f"see the leaderboard at {record.get('record_uri')}"
+        )
     return record["candidate"]["model_id"]

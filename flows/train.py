@@ -13,8 +13,12 @@ from trainkite.ids import resolve_model_id
 from trainkite.run import Run
 
 
-@flow(name="train", on_failure=[release_build_on_failure], on_crashed=[release_build_on_failure],
-      on_cancellation=[release_build_on_failure])
+@flow(
+    name="train",
+    on_failure=[release_build_on_failure],
+    on_crashed=[release_build_on_failure],
+    on_cancellation=[release_build_on_failure],
+)
 def train(
     params: Params = load_params(DEFAULT_PARAMS_FILE),
     model_id: str | None = None,

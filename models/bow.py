@@ -29,8 +29,7 @@ class BowClassifier(nn.Module):
         # sparse=True: one step touches a few hundred rows of a table with up to millions.
         # _weight=empty skips the default N(0,1) init of a table that reset_parameters or a
         # state dict overwrites anyway (seconds for a 2M-row table).
-        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True,
-                                         _weight=torch.empty(buckets, dim))
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", sparse=True, _weight=torch.empty(buckets, dim))
         self.fc = nn.Linear(dim, n_classes)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
@@ -60,8 +59,9 @@ def batch_slices(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.
 
 
 @torch.inference_mode()
-def predict_proba(model: BowClassifier, ids: np.ndarray, offsets: np.ndarray, batch: int = 4096,
-                  device: str = "cpu") -> np.ndarray:
+def predict_proba(
+    model: BowClassifier, ids: np.ndarray, offsets: np.ndarray, batch: int = 4096, device: str = "cpu"
+) -> np.ndarray:
     if model.training:  # eval() walks every submodule: a tenth of a one-text request
         model.eval()
     n = len(offsets)
@@ -88,8 +88,9 @@ def build_model(params: Params, n_classes: int, generator: torch.Generator) -> B
 class BowTrainer:
     """bow's part of the fit loop: plain SGD on the per-example mean cross-entropy (+ L2 on the linear layer)."""
 
-    def __init__(self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str,
-                 generator: torch.Generator):
+    def __init__(
+        self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str, generator: torch.Generator
+    ):
         self.tp, self.arrays, self.labels, self.device = params.train, arrays, labels, device
         self.n_classes = len(labels)
         self.model = build_model(params, self.n_classes, generator).to(device)
@@ -123,8 +124,9 @@ class BowTrainer:
         return score(a["validation_y"], probs, self.labels)
 
 
-def train_bow(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-              workdir: Path) -> TrainedModel:
+def train_bow(
+    features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef, workdir: Path
+) -> TrainedModel:
     params.require_resolved()
     device = pick_device(params.train.device)
     gen = make_deterministic(params.train.seed, params.train.threads, device)
@@ -139,8 +141,9 @@ def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> Bo
     try:
         model.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError) as err:
-        raise IntegrityError(f"{Path(path).name} is not a safetensors file of this model ({str(err)[:200]}); "
-                             "refusing to load it") from None
+        raise IntegrityError(
+            f"{Path(path).name} is not a safetensors file of this model ({str(err)[:200]}); refusing to load it"
+        ) from None
     model.eval()
     return model
 
@@ -150,26 +153,35 @@ def features_key(fingerprint: str, params: Params) -> str:
     return bow_features.cache_key(fingerprint, params.preprocess)
 
 
-def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
-              feature_schema: int | None = None) -> FeaturesRef:
+def featurize(
+    dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
+) -> FeaturesRef:
     # An older model's schema rebuilds its features with its own featurizer (verify).
-    return bow_features.preprocess(dataset, params.preprocess, store, workdir,
-                                   schema=FEATURE_SCHEMA if feature_schema is None else feature_schema)
+    return bow_features.preprocess(
+        dataset, params.preprocess, store, workdir, schema=FEATURE_SCHEMA if feature_schema is None else feature_schema
+    )
 
 
 train = train_bow
 
 
-def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
-                 store: ArtifactStore) -> Callable[[str], np.ndarray]:
-    model = load_weights(local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim,
-                         n_classes)
+def split_scorer(
+    trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int, store: ArtifactStore
+) -> Callable[[str], np.ndarray]:
+    model = load_weights(
+        local_weights(trained, store), params.preprocess.buckets, params.model.embedding_dim, n_classes
+    )
     return lambda split: predict_proba(model, arrays[f"{split}_ids"], arrays[f"{split}_offsets"])
 
 
 def feature_config(params: Params, labels: list[str]) -> dict:
-    return {"model_type": "bow", "labels": labels, "preprocess": params.preprocess.model_dump(mode="json"),
-            "feature_schema": FEATURE_SCHEMA, "embedding_dim": params.model.embedding_dim}
+    return {
+        "model_type": "bow",
+        "labels": labels,
+        "preprocess": params.preprocess.model_dump(mode="json"),
+        "feature_schema": FEATURE_SCHEMA,
+        "embedding_dim": params.model.embedding_dim,
+    }
 
 
 class Scorer:
@@ -179,8 +191,9 @@ class Scorer:
         self.preprocess = PreprocessParams.model_validate(cfg["preprocess"])
         # A model is asked in the features it was trained on (older models: schema 1).
         self._encode = bow_features.encoder_for(cfg.get("feature_schema"))
-        self.model = load_weights(folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"],
-                                  len(cfg["labels"]))
+        self.model = load_weights(
+            folder / "weights.safetensors", self.preprocess.buckets, cfg["embedding_dim"], len(cfg["labels"])
+        )
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> np.ndarray:

@@ -67,8 +67,11 @@ def installed_version() -> str:
 def reference() -> dict:
     """What a published model records about the encoder it was built on."""
     folder = require()
-    return {"package": PACKAGE, "version": metadata.version(PACKAGE),
-            "weights_sha256": file_sha256(folder / "model.safetensors")}
+    return {
+        "package": PACKAGE,
+        "version": metadata.version(PACKAGE),
+        "weights_sha256": file_sha256(folder / "model.safetensors"),
+    }
 
 
 # What a model's features are: "mean" = unit-length mean of the last layer (fine-tuning, and frozen
@@ -122,8 +125,7 @@ def layer_means(hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> 
 
 def pooled(backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "layers":
-        return layer_means(backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states,
-                           mask)
+        return layer_means(backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states, mask)
     return mean_pool(backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
@@ -178,7 +180,7 @@ def pad_batch(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[t
     out = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
-        out[i, :n] = ids[offsets[r]:offsets[r] + n]
+        out[i, :n] = ids[offsets[r] : offsets[r] + n]
         mask[i, :n] = 1
     return torch.from_numpy(out), torch.from_numpy(mask)
 
@@ -190,14 +192,15 @@ def _length_order(offsets: np.ndarray, n_ids: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def run_batches(fn, ids: np.ndarray, offsets: np.ndarray, width: int, device: str,
-                batch: int = INFER_BATCH, log=None) -> np.ndarray:
+def run_batches(
+    fn, ids: np.ndarray, offsets: np.ndarray, width: int, device: str, batch: int = INFER_BATCH, log=None
+) -> np.ndarray:
     """`fn(ids, mask)` over every text in length-sorted batches; rows come back in input order."""
     n = len(offsets)
     out = np.zeros((n, width), dtype=np.float32)
     order = _length_order(offsets, len(ids))
     for b, start in enumerate(range(0, n, batch)):
-        rows = order[start:start + batch]
+        rows = order[start : start + batch]
         x, m = pad_batch(ids, offsets, rows)
         out[rows] = fn(x.to(device), m.to(device)).float().cpu().numpy()
         if log is not None and b % 100 == 0:
@@ -205,12 +208,14 @@ def run_batches(fn, ids: np.ndarray, offsets: np.ndarray, width: int, device: st
     return out
 
 
-def embed(backbone: nn.Module, ids: np.ndarray, offsets: np.ndarray, device: str, log=None,
-          pooling: str = POOLING["frozen"]) -> np.ndarray:
+def embed(
+    backbone: nn.Module, ids: np.ndarray, offsets: np.ndarray, device: str, log=None, pooling: str = POOLING["frozen"]
+) -> np.ndarray:
     """The frozen encoder's features of every text (computed once, then reused by every head)."""
     backbone.eval().to(device)
-    return run_batches(lambda x, m: pooled(backbone, x, m, pooling), ids, offsets, pooled_width(backbone, pooling),
-                       device, log=log)
+    return run_batches(
+        lambda x, m: pooled(backbone, x, m, pooling), ids, offsets, pooled_width(backbone, pooling), device, log=log
+    )
 
 
 def feature_config(max_length: int, mode: str) -> dict:

@@ -21,8 +21,7 @@ from models.fit import make_deterministic, pick_device
 from trainkite.store import ArtifactStore
 
 log = logging.getLogger("trainkite.encoder")
-CODE_VERSION = hashlib.sha256(
-    Path(__file__).read_bytes() + Path(enc.__file__).read_bytes()).hexdigest()[:12]
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes() + Path(enc.__file__).read_bytes()).hexdigest()[:12]
 
 
 def cache_key(fingerprint: str, params: Params) -> str:
@@ -42,8 +41,9 @@ def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir
     tokenizer, backbone = enc.load_backbone()
     label_index = {lab: i for i, lab in enumerate(dataset.labels)}
     arrays: dict[str, np.ndarray] = {}
-    for split, ids, offsets, labels in _tokenized_splits(local_snapshot(dataset, store), tokenizer,
-                                                         params.model.encoder_max_length):
+    for split, ids, offsets, labels in _tokenized_splits(
+        local_snapshot(dataset, store), tokenizer, params.model.encoder_max_length
+    ):
         if frozen:
             arrays[f"{split}_x"] = enc.embed(backbone, ids, offsets, device, log=log)
         else:
@@ -70,6 +70,9 @@ def _tokenized_splits(snapshot: Path, tokenizer, max_length: int):
             yield split, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64), []
             continue
         starts = np.cumsum([0] + [len(c[0]) for c in chunks[:-1]])
-        yield (split, np.concatenate([c[0] for c in chunks]),
-               np.concatenate([c[1] + start for c, start in zip(chunks, starts, strict=True)]),
-               [lab for c in chunks for lab in c[2]])
+        yield (
+            split,
+            np.concatenate([c[0] for c in chunks]),
+            np.concatenate([c[1] + start for c, start in zip(chunks, starts, strict=True)]),
+            [lab for c in chunks for lab in c[2]],
+        )

@@ -28,13 +28,13 @@ from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
 
 
-
 def is_frozen(params: Params) -> bool:
     return params.model.encoder_mode == "frozen"
 
 
-def build_model(params: Params, n_classes: int, dim: int, generator: torch.Generator,
-                train_x: np.ndarray | None = None) -> nn.Module:
+def build_model(
+    params: Params, n_classes: int, dim: int, generator: torch.Generator, train_x: np.ndarray | None = None
+) -> nn.Module:
     if is_frozen(params):
         model: nn.Module = enc.Head(dim, n_classes, enc.POOLING["frozen"])
         if train_x is not None:
@@ -58,33 +58,40 @@ def _inputs(arrays: dict[str, np.ndarray], split: str, rows: np.ndarray, frozen:
 
 
 @torch.inference_mode()
-def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, frozen: bool,
-                device: str) -> np.ndarray:
+def split_probs(model: nn.Module, arrays: dict[str, np.ndarray], split: str, frozen: bool, device: str) -> np.ndarray:
     model.eval()
     if frozen:
         x = torch.from_numpy(arrays[f"{split}_x"]).to(device)
         return torch.softmax(model(x).float(), dim=-1).cpu().numpy()
     n_classes = model.head.out_features
-    return enc.run_batches(lambda x, m: torch.softmax(model(x, m).float(), dim=-1), arrays[f"{split}_ids"],
-                           arrays[f"{split}_offsets"], n_classes, device)
+    return enc.run_batches(
+        lambda x, m: torch.softmax(model(x, m).float(), dim=-1),
+        arrays[f"{split}_ids"],
+        arrays[f"{split}_offsets"],
+        n_classes,
+        device,
+    )
 
 
 class EncoderTrainer:
     """The encoder's part of the fit loop: AdamW on the per-example mean cross-entropy (its moments are
     checkpointed with the weights)."""
 
-    def __init__(self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str,
-                 generator: torch.Generator):
+    def __init__(
+        self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str, generator: torch.Generator
+    ):
         tp = params.train
         self.arrays, self.labels, self.device = arrays, labels, device
         self.n_classes = len(labels)
         self.frozen = is_frozen(params)
         dim = arrays["train_x"].shape[1] if self.frozen else 0
-        self.model = build_model(params, self.n_classes, dim, generator,
-                                 arrays["train_x"] if self.frozen else None).to(device)
+        self.model = build_model(params, self.n_classes, dim, generator, arrays["train_x"] if self.frozen else None).to(
+            device
+        )
         self.n_train = len(arrays["train_y"])
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                           lr=tp.learning_rate, weight_decay=tp.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=tp.learning_rate, weight_decay=tp.weight_decay
+        )
         self.use_amp = device == "cuda" and tp.amp
 
     def step(self, rows: np.ndarray, lr: float) -> float:
@@ -105,8 +112,9 @@ class EncoderTrainer:
         return score(self.arrays["validation_y"], probs, self.labels)
 
 
-def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-                  workdir: Path) -> TrainedModel:
+def train_encoder(
+    features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef, workdir: Path
+) -> TrainedModel:
     params.require_resolved()
     device = pick_device(params.train.device)
     gen = make_deterministic(params.train.seed, params.train.threads, device)
@@ -114,8 +122,9 @@ def train_encoder(features: FeaturesRef, params: Params, store: ArtifactStore, r
     return fit(trainer, features, params, store, ref, workdir, device)
 
 
-def load_trained(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
-                 store: ArtifactStore) -> nn.Module:
+def load_trained(
+    trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int, store: ArtifactStore
+) -> nn.Module:
     """The best weights of a finished training, ready to score the cached features."""
     frozen = is_frozen(params)
     dim = arrays["train_x"].shape[1] if frozen else 0
@@ -131,8 +140,9 @@ def features_key(fingerprint: str, params: Params) -> str:
     return cache_key(fingerprint, params)
 
 
-def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
-              feature_schema: int | None = None) -> FeaturesRef:
+def featurize(
+    dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
+) -> FeaturesRef:
     enc.require()
     from models.encoder_features import featurize as encoder_featurize
 
@@ -142,16 +152,20 @@ def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir
 train = train_encoder
 
 
-def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
-                 store: ArtifactStore) -> Callable[[str], np.ndarray]:
+def split_scorer(
+    trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int, store: ArtifactStore
+) -> Callable[[str], np.ndarray]:
     device = pick_device(params.train.device)
     model = load_trained(trained, params, arrays, n_classes, store).to(device)
     return lambda split: split_probs(model, arrays, split, is_frozen(params), device)
 
 
 def feature_config(params: Params, labels: list[str]) -> dict:
-    return {"model_type": "encoder", "labels": labels,
-            "encoder": enc.feature_config(params.model.encoder_max_length, params.model.encoder_mode)}
+    return {
+        "model_type": "encoder",
+        "labels": labels,
+        "encoder": enc.feature_config(params.model.encoder_max_length, params.model.encoder_mode),
+    }
 
 
 def load_scorer(folder: Path, cfg: dict, model_id: str) -> Callable[[list[str]], np.ndarray]:

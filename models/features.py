@@ -135,7 +135,7 @@ def encode_int32(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         for k in range(1, k_max):
             grams[:-k, k] = grams[:-k, k - 1] * _GRAM + h[k:]
-            grams[len(h) - k:, k] = 0
+            grams[len(h) - k :, k] = 0
         valid = left[:, None] > np.arange(k_max)[None, :]
         salted = grams ^ np.arange(1, k_max + 1, dtype=np.uint64)[None, :]
         ids = (_mix(salted[valid]) % np.uint64(p.buckets)).astype(np.int32)
@@ -165,8 +165,10 @@ def tokenize(text: str, p: PreprocessParams) -> list[str]:
 
 
 def bucket(gram: str, buckets: int) -> int:
-    return int.from_bytes(hashlib.blake2b(gram.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                          "little") % buckets
+    return (
+        int.from_bytes(hashlib.blake2b(gram.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+        % buckets
+    )
 
 
 def featurize_v1(text: str, p: PreprocessParams) -> list[int]:
@@ -216,9 +218,16 @@ def worker_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, workdir: Path, *,
-               batch_rows: int | None = None, threads: int | None = None,
-               schema: int = FEATURE_SCHEMA) -> FeaturesRef:
+def preprocess(
+    dataset: DatasetRef,
+    p: PreprocessParams,
+    store: ArtifactStore,
+    workdir: Path,
+    *,
+    batch_rows: int | None = None,
+    threads: int | None = None,
+    schema: int = FEATURE_SCHEMA,
+) -> FeaturesRef:
     """Encode every split and keep the arrays in the store's feature cache (reused across runs).
 
     The snapshot is read in batches, encoded on `threads` worker threads (Arrow and numpy release the
@@ -234,14 +243,18 @@ def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, w
 
         def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
             return v1(texts.to_pylist(), p)
+
     if store.exists(ref.store_key):
         return ref
     snap = local_snapshot(dataset, store)
     label_index = pa.array(dataset.labels, type=pa.string())
     out = workdir / "features"
     out.mkdir(parents=True, exist_ok=True)
-    writers = {f"{split}_{part}": NpyAppender(out / f"{split}_{part}.npy", dtype)
-               for split in SPLITS for part, dtype in (("ids", np.int32), ("offsets", np.int64), ("y", np.int64))}
+    writers = {
+        f"{split}_{part}": NpyAppender(out / f"{split}_{part}.npy", dtype)
+        for split in SPLITS
+        for part, dtype in (("ids", np.int32), ("offsets", np.int64), ("y", np.int64))
+    }
     ids_so_far = dict.fromkeys(SPLITS, 0)
 
     def work(batch: pa.RecordBatch) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -257,6 +270,7 @@ def preprocess(dataset: DatasetRef, p: PreprocessParams, store: ArtifactStore, w
     threads = threads or worker_threads()
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=threads) as pool:
+
         def drain(keep: int) -> None:
             while len(pending) > keep:
                 for split, ids, offsets, y in pending.popleft().result():
@@ -306,8 +320,13 @@ class NpyAppender:
 def features_ref(key: str, dataset: DatasetRef) -> FeaturesRef:
     """Where the features for `key` live in the store's cache (any model type): one .npy per array, and an
     index.json written last that names them (no index = no features)."""
-    return FeaturesRef(key=key, store_key=f"_cache/features/{key}/index.json", labels=dataset.labels,
-                       counts=dataset.counts, fingerprint=dataset.fingerprint)
+    return FeaturesRef(
+        key=key,
+        store_key=f"_cache/features/{key}/index.json",
+        labels=dataset.labels,
+        counts=dataset.counts,
+        fingerprint=dataset.fingerprint,
+    )
 
 
 def publish_features(folder: Path, names: list[str], ref: FeaturesRef, store: ArtifactStore) -> FeaturesRef:

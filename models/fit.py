@@ -98,8 +98,15 @@ def _ckpt_keys(ref: ModelRef) -> tuple[str, str]:
     return checkpoint_key(ref.prefix, "last.safetensors"), checkpoint_key(ref.prefix, "last.json")
 
 
-def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: torch.nn.Module,
-                    best: dict[str, torch.Tensor], state: dict, optimizer: torch.optim.Optimizer | None = None) -> None:
+def save_checkpoint(
+    store: ArtifactStore,
+    ref: ModelRef,
+    workdir: Path,
+    model: torch.nn.Module,
+    best: dict[str, torch.Tensor],
+    state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """The current weights, the best ones (unless they are the current), the optimizer's moments when it has
     any, and the tracker's state: every model type's checkpoint, in the artifact store."""
     weights_key, state_key = _ckpt_keys(ref)
@@ -119,8 +126,14 @@ def save_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, model: t
     store.put_bytes(json.dumps(state).encode(), state_key)
 
 
-def load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict[str, torch.Tensor]] | None:
+def load_checkpoint(
+    store: ArtifactStore,
+    ref: ModelRef,
+    workdir: Path,
+    identity: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """Restore `model` (and `optimizer`) from the last checkpoint made with the same inputs: (state, best
     weights), or None when there is none."""
     weights_key, state_key = _ckpt_keys(ref)
@@ -135,9 +148,9 @@ def load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
         local = workdir / "resume.safetensors"
         store.download(weights_key, local)
     tensors = load_file(str(local))
-    current = {k[len("current."):]: v for k, v in tensors.items() if k.startswith("current.")}
+    current = {k[len("current.") :]: v for k, v in tensors.items() if k.startswith("current.")}
     model.load_state_dict(current)
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
     if state.get("best_is_current"):
         best = {k: v.clone() for k, v in current.items()}
     if optimizer is not None:
@@ -152,9 +165,15 @@ def load_checkpoint(store: ArtifactStore, ref: ModelRef, workdir: Path, identity
     return state, best
 
 
-def resume_or_start(store: ArtifactStore, ref: ModelRef, workdir: Path, identity: dict, model: torch.nn.Module,
-                    params: Params, optimizer: torch.optim.Optimizer | None = None,
-                    ) -> tuple[EpochTracker, int, int | None]:
+def resume_or_start(
+    store: ArtifactStore,
+    ref: ModelRef,
+    workdir: Path,
+    identity: dict,
+    model: torch.nn.Module,
+    params: Params,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[EpochTracker, int, int | None]:
     """(tracker, first epoch, epoch resumed from): from the last checkpoint made with the same inputs, which
     restores `model` and `optimizer` too, else from scratch. Every model type's trainer starts here."""
     metric = params.evaluation.primary_metric
@@ -181,15 +200,23 @@ class KindTrainer(Protocol):
         """Scores on the validation split (`accuracy`, `macro_f1`, ...)."""
 
 
-def fit(trainer: KindTrainer, features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-        workdir: Path, device: str) -> TrainedModel:
+def fit(
+    trainer: KindTrainer,
+    features: FeaturesRef,
+    params: Params,
+    store: ArtifactStore,
+    ref: ModelRef,
+    workdir: Path,
+    device: str,
+) -> TrainedModel:
     """The one epoch loop every model kind trains with: resume from the last checkpoint, the shared batch order and
     learning-rate schedule, the divergence guard, per-epoch validation, early stopping, a checkpoint in the store,
     the best weights."""
     tp = params.train
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
-    tracker, start_epoch, resumed = resume_or_start(store, ref, workdir, identity, trainer.model, params,
-                                                    trainer.optimizer)
+    tracker, start_epoch, resumed = resume_or_start(
+        store, ref, workdir, identity, trainer.model, params, trainer.optimizer
+    )
     started = time.perf_counter()
     seen = 0
     for epoch in range(start_epoch, tp.epochs + 1):
@@ -203,11 +230,29 @@ def fit(trainer: KindTrainer, features: FeaturesRef, params: Params, store: Arti
             epoch_seen += len(rows)
             check_divergence(epoch, loss_sum / epoch_seen, trainer.n_classes)
         if tracker.end_epoch(epoch, trainer.model, trainer.validate(), loss_sum / trainer.n_train, lr):
-            save_checkpoint(store, ref, workdir, trainer.model, tracker.best_state,
-                            tracker.checkpoint_state(epoch, identity), trainer.optimizer)
+            save_checkpoint(
+                store,
+                ref,
+                workdir,
+                trainer.model,
+                tracker.best_state,
+                tracker.checkpoint_state(epoch, identity),
+                trainer.optimizer,
+            )
     elapsed = time.perf_counter() - started
-    return finish_training(store, ref, workdir, tracker.best_state, labels=features.labels, history=tracker.history,
-                           best_epoch=tracker.best_epoch, device=device, resumed=resumed, elapsed=elapsed, seen=seen)
+    return finish_training(
+        store,
+        ref,
+        workdir,
+        tracker.best_state,
+        labels=features.labels,
+        history=tracker.history,
+        best_epoch=tracker.best_epoch,
+        device=device,
+        resumed=resumed,
+        elapsed=elapsed,
+        seen=seen,
+    )
 
 
 # A model whose mean loss per row is this many times a uniform guess's (ln of the class count) is not
@@ -222,14 +267,18 @@ def check_divergence(epoch: int, mean_loss: float, n_classes: int) -> None:
     before any checkpoint or weights file of the epoch is written, means a diverged run publishes nothing.
     """
     if not math.isfinite(mean_loss):
-        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {mean_loss}): the weights are no longer "
-                               "finite numbers; lower train.learning_rate or train.weight_decay. Nothing was "
-                               "published")
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch} (loss {mean_loss}): the weights are no longer "
+            "finite numbers; lower train.learning_rate or train.weight_decay. Nothing was "
+            "published"
+        )
     limit = DIVERGED_LOSS_FACTOR * math.log(max(2, n_classes))
     if mean_loss > limit:
-        raise TrainingDiverged(f"training diverged at epoch {epoch} (loss {mean_loss:.4g} per row, over "
-                               f"{limit:.4g} = {DIVERGED_LOSS_FACTOR:g} x a uniform guess's); lower "
-                               "train.learning_rate or train.batch_size. Nothing was published")
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch} (loss {mean_loss:.4g} per row, over "
+            f"{limit:.4g} = {DIVERGED_LOSS_FACTOR:g} x a uniform guess's); lower "
+            "train.learning_rate or train.batch_size. Nothing was published"
+        )
 
 
 def non_finite_tensors(tensors: dict) -> list[str]:
@@ -252,8 +301,10 @@ def check_finite_weights(path: str | Path) -> None:
         raise IntegrityError(f"{Path(path).name} is not a safetensors file ({str(err)[:200]})") from None
     bad = non_finite_tensors({k: v for k, v in tensors.items() if v.dtype.kind == "f"})
     if bad:
-        raise TrainingDiverged(f"{Path(path).name} holds non-finite values (NaN/inf) in {', '.join(bad[:5])}: the "
-                               "training diverged; refusing to publish it")
+        raise TrainingDiverged(
+            f"{Path(path).name} holds non-finite values (NaN/inf) in {', '.join(bad[:5])}: the "
+            "training diverged; refusing to publish it"
+        )
 
 
 def learning_rate(tp, step: int, total_steps: int) -> float:
@@ -281,8 +332,12 @@ def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
         lr = learning_rate(tp, (epoch - 1) * steps_per_epoch + b, total_steps)
         yield order[b * tp.batch_size : (b + 1) * tp.batch_size], lr
         if b % 50 == 0 or b == steps_per_epoch - 1:
-            progress.info("step", extra={"trainkite_progress": {"epoch": epoch, "epochs": tp.epochs,
-                                                                "step": b + 1, "steps": steps_per_epoch}})
+            progress.info(
+                "step",
+                extra={
+                    "trainkite_progress": {"epoch": epoch, "epochs": tp.epochs, "step": b + 1, "steps": steps_per_epoch}
+                },
+            )
 
 
 class EpochTracker:
@@ -298,8 +353,13 @@ class EpochTracker:
 
     def end_epoch(self, epoch: int, model: torch.nn.Module, val: dict, train_loss: float, lr: float) -> bool:
         """Record the epoch; True when a checkpoint is due."""
-        row = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": val["accuracy"],
-               "val_macro_f1": val["macro_f1"], "lr": lr}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_accuracy": val["accuracy"],
+            "val_macro_f1": val["macro_f1"],
+            "lr": lr,
+        }
         self.history.append(row)
         improved = val[self.metric] > self.best_metric
         if improved:
@@ -307,34 +367,71 @@ class EpochTracker:
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         tp = self.tp
         self.stopped = bool(tp.patience) and epoch - self.best_epoch >= tp.patience
-        log.info("epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s", epoch, tp.epochs, train_loss,
-                 val["accuracy"], val["macro_f1"], "  (best)" if improved else "")
+        log.info(
+            "epoch %d/%d  loss %.4f  val_accuracy %.4f  val_macro_f1 %.4f%s",
+            epoch,
+            tp.epochs,
+            train_loss,
+            val["accuracy"],
+            val["macro_f1"],
+            "  (best)" if improved else "",
+        )
         if self.stopped:
-            log.info("early stopping at epoch %d (best %d): no %s improvement for %d epochs", epoch,
-                     self.best_epoch, self.metric, tp.patience)
+            log.info(
+                "early stopping at epoch %d (best %d): no %s improvement for %d epochs",
+                epoch,
+                self.best_epoch,
+                self.metric,
+                tp.patience,
+            )
         return epoch % tp.checkpoint_every == 0 or self.stopped or epoch == tp.epochs
 
     def checkpoint_state(self, epoch: int, identity: dict) -> dict:
-        return {"epoch": epoch, "history": self.history, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "identity": identity, "stopped": self.stopped,
-                "best_is_current": self.best_epoch == epoch}
+        return {
+            "epoch": epoch,
+            "history": self.history,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "identity": identity,
+            "stopped": self.stopped,
+            "best_is_current": self.best_epoch == epoch,
+        }
 
 
-def finish_training(store: ArtifactStore, ref: ModelRef, workdir: Path, best_state: dict[str, torch.Tensor], *,
-                    labels: list[str], history: list[dict], best_epoch: int, device: str, resumed: int | None,
-                    elapsed: float, seen: int) -> TrainedModel:
+def finish_training(
+    store: ArtifactStore,
+    ref: ModelRef,
+    workdir: Path,
+    best_state: dict[str, torch.Tensor],
+    *,
+    labels: list[str],
+    history: list[dict],
+    best_epoch: int,
+    device: str,
+    resumed: int | None,
+    elapsed: float,
+    seen: int,
+) -> TrainedModel:
     """Save the best weights, stage them in the store for re-runs, and describe the result (any model type)."""
     bad = non_finite_tensors(best_state)
     if bad:
-        raise TrainingDiverged(f"training diverged (best epoch {best_epoch}): non-finite values in "
-                               f"{', '.join(bad[:5])}; lower train.learning_rate. Nothing was published")
+        raise TrainingDiverged(
+            f"training diverged (best epoch {best_epoch}): non-finite values in "
+            f"{', '.join(bad[:5])}; lower train.learning_rate. Nothing was published"
+        )
     weights = workdir / "weights.safetensors"
     with local_write(f"write {weights}"):
         save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
     weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
     return TrainedModel(
-        weights_path=str(weights), weights_key=weights_key, labels=labels, history=history,
-        best_epoch=best_epoch, epochs_run=len(history), device=device, resumed_from_epoch=resumed,
+        weights_path=str(weights),
+        weights_key=weights_key,
+        labels=labels,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        device=device,
+        resumed_from_epoch=resumed,
         train_seconds=round(elapsed, 3),
         samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
     )

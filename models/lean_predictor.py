@@ -64,8 +64,10 @@ class BowNumpy:
             raise IntegrityError(f"model {model_id}: weights.safetensors has no tensor {err.args[0]!r}") from None
         want = (self.preprocess.buckets, int(cfg["embedding_dim"]))
         if self.table.shape != want or self.w.shape != (n_classes, want[1]):
-            raise IntegrityError(f"model {model_id}: weights.safetensors shapes {self.table.shape}, {self.w.shape} "
-                                 f"do not match features.json ({want}, {n_classes} labels)")
+            raise IntegrityError(
+                f"model {model_id}: weights.safetensors shapes {self.table.shape}, {self.w.shape} "
+                f"do not match features.json ({want}, {n_classes} labels)"
+            )
         self.w_t = np.ascontiguousarray(self.w.T)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
@@ -85,8 +87,9 @@ class OnnxEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, tokenizer_path: Path, max_length: int, n_classes: int,
-                 threads: int | None = None):
+    def __init__(
+        self, onnx_path: Path, tokenizer_path: Path, max_length: int, n_classes: int, threads: int | None = None
+    ):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -106,13 +109,13 @@ class OnnxEncoder:
         # Length-sorted batches (stable), as the torch scorer does: little compute spent on padding.
         order = np.argsort([len(e) for e in encoded], kind="stable")
         for start in range(0, len(order), ENCODER_BATCH):
-            rows = order[start:start + ENCODER_BATCH]
+            rows = order[start : start + ENCODER_BATCH]
             width = max(1, max(len(encoded[r]) for r in rows))
             ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
             for i, r in enumerate(rows):
-                ids[i, :len(encoded[r])] = encoded[r]
-                mask[i, :len(encoded[r])] = 1
+                ids[i, : len(encoded[r])] = encoded[r]
+                mask[i, : len(encoded[r])] = 1
             out[rows] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
@@ -129,11 +132,14 @@ class LeanPredictor:
         if self.model_type == "bow":
             self._scorer = BowNumpy(folder, cfg, len(self.labels), self.model_id)
         elif self.model_type == "encoder" and lean_encoder_files(manifest):
-            self._scorer = OnnxEncoder(folder / ONNX_FILE, folder / TOKENIZER_FILE, int(cfg["encoder"]["max_length"]),
-                                       len(self.labels))
+            self._scorer = OnnxEncoder(
+                folder / ONNX_FILE, folder / TOKENIZER_FILE, int(cfg["encoder"]["max_length"]), len(self.labels)
+            )
         else:
-            raise IntegrityError(f"model {self.model_id}: a {self.model_type} model without {ONNX_FILE} in its "
-                                 "manifest needs torch to serve")
+            raise IntegrityError(
+                f"model {self.model_id}: a {self.model_type} model without {ONNX_FILE} in its "
+                "manifest needs torch to serve"
+            )
         self.backend = self._scorer.backend
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
@@ -143,11 +149,13 @@ class LeanPredictor:
         out = []
         for row in self.predict_proba(texts):
             best = int(row.argmax())
-            out.append({
-                "label": self.labels[best],
-                "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
-                "model_id": self.model_id,
-            })
+            out.append(
+                {
+                    "label": self.labels[best],
+                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
+                    "model_id": self.model_id,
+                }
+            )
         return out
 
 
@@ -171,13 +179,17 @@ def load_predictor(folder: Path, manifest: dict, backend: str | None = None):
         if cfg.get("model_type", "bow") == "bow" or lean_encoder_files(manifest):
             return LeanPredictor(folder, manifest)
         if backend == "lean":
-            raise IntegrityError(f"model {manifest.get('model_id')}: {BACKEND_ENV}=lean, but the model has no "
-                                 f"{ONNX_FILE} (published before ONNX export, or without onnx installed)")
+            raise IntegrityError(
+                f"model {manifest.get('model_id')}: {BACKEND_ENV}=lean, but the model has no "
+                f"{ONNX_FILE} (published before ONNX export, or without onnx installed)"
+            )
     try:
         from models.predictor import Predictor
     except ImportError as err:
-        raise IntegrityError(f"model {manifest.get('model_id')} needs torch to serve ({err.name} is not installed "
-                             "in this image): serve it with the train image, or republish it with ONNX") from None
+        raise IntegrityError(
+            f"model {manifest.get('model_id')} needs torch to serve ({err.name} is not installed "
+            "in this image): serve it with the train image, or republish it with ONNX"
+        ) from None
     predictor = Predictor(folder, manifest)
     predictor.backend = "torch"
     return predictor

@@ -27,8 +27,12 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
         "accuracy": float(tp.sum() / len(y_true)),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {
-            lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                  "support": int(cm[i].sum())}
+            lab: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(cm[i].sum()),
+            }
             for i, lab in enumerate(labels)
         },
         "confusion": cm.tolist(),

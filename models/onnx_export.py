@@ -36,20 +36,38 @@ TOLERANCE = 1e-4
 # accents, digits, mixed case, repeated words, non-Latin script. Batched together, so padding and
 # the attention mask are exercised too.
 PROBE_TEXTS = [
-    "", "a", "Fine.", "I loved it!", "Not good, not bad: just boring.",
+    "",
+    "a",
+    "Fine.",
+    "I loved it!",
+    "Not good, not bad: just boring.",
     "The service was slow and the food was cold, but the staff apologised twice.",
-    "Excellent value; would buy again without hesitation.", "Terrible. Never again.",
-    "Café crème, naïve résumé, façade — déjà vu?", "1234 5678 90", "ALL CAPS AND SHOUTING!!!",
-    "mixed CaSe wOrDs here", "Das ist wirklich nicht so gut gewesen.", "これはとても良い製品です。",
-    "Отличный сервис, спасибо!", "emoji 🙂🙃 and symbols #@$%^&*()",
+    "Excellent value; would buy again without hesitation.",
+    "Terrible. Never again.",
+    "Café crème, naïve résumé, façade — déjà vu?",
+    "1234 5678 90",
+    "ALL CAPS AND SHOUTING!!!",
+    "mixed CaSe wOrDs here",
+    "Das ist wirklich nicht so gut gewesen.",
+    "これはとても良い製品です。",
+    "Отличный сервис, спасибо!",
+    "emoji 🙂🙃 and symbols #@$%^&*()",
     "the the the the the the the the the the the the the the the the",
-    " ".join(["long"] * 600), " ".join(f"word{i}" for i in range(300)),
+    " ".join(["long"] * 600),
+    " ".join(f"word{i}" for i in range(300)),
     "It's not that I didn't like it; it's that it wasn't what I'd expected.",
-    "Shipping took three weeks and the box arrived crushed.", "Meh.",
+    "Shipping took three weeks and the box arrived crushed.",
+    "Meh.",
     "Best purchase this year, hands down, and I've bought a lot of gadgets.",
-    "The manager never listens, but the pay is fine.", "?", "\t\n  spaced   out  \n",
-    "A" * 500, "Questions? Answers! Ellipses... Dashes -- and 'quotes'.",
-    "quite good actually", "not quite good actually", "could have been worse", "could not have been better",
+    "The manager never listens, but the pay is fine.",
+    "?",
+    "\t\n  spaced   out  \n",
+    "A" * 500,
+    "Questions? Answers! Ellipses... Dashes -- and 'quotes'.",
+    "quite good actually",
+    "not quite good actually",
+    "could have been worse",
+    "could not have been better",
 ]
 
 
@@ -102,31 +120,52 @@ def export_encoder(weights: Path, cfg: dict, n_classes: int, model_id: str, out_
     axes = {0: "batch", 1: "tokens"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(module, example, str(onnx_path), input_names=["input_ids", "attention_mask"],
-                          output_names=["probs"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "probs": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            example,
+            str(onnx_path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["probs"],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "probs": {0: "batch"}},
+        )
     lean = OnnxEncoder(onnx_path, tok_path, int(cfg["encoder"]["max_length"]), n_classes)(PROBE_TEXTS)
     reference = enc.EncoderScorer(weights, cfg, n_classes, model_id)(PROBE_TEXTS)
     diff = float(abs(lean - reference).max())
     if not diff <= TOLERANCE:
-        raise IntegrityError(f"model {model_id}: the ONNX export's probabilities differ from torch's by {diff:.3g} "
-                             f"(more than {TOLERANCE}) on the probe texts; not publishing it")
+        raise IntegrityError(
+            f"model {model_id}: the ONNX export's probabilities differ from torch's by {diff:.3g} "
+            f"(more than {TOLERANCE}) on the probe texts; not publishing it"
+        )
     log.info("exported %s: max abs difference to torch %.3g over %d probe texts", ONNX_FILE, diff, len(PROBE_TEXTS))
-    entry = {"backend": "onnxruntime", "file": ONNX_FILE, "tokenizer": TOKENIZER_FILE, "opset": OPSET,
-             "exporter": f"torch.onnx (TorchScript) torch {torch.__version__}",
-             "onnxruntime": metadata.version("onnxruntime"), "checked_texts": len(PROBE_TEXTS),
-             "max_abs_diff": diff, "tolerance": TOLERANCE}
+    entry = {
+        "backend": "onnxruntime",
+        "file": ONNX_FILE,
+        "tokenizer": TOKENIZER_FILE,
+        "opset": OPSET,
+        "exporter": f"torch.onnx (TorchScript) torch {torch.__version__}",
+        "onnxruntime": metadata.version("onnxruntime"),
+        "checked_texts": len(PROBE_TEXTS),
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+    }
     return {ONNX_FILE: onnx_path, TOKENIZER_FILE: tok_path}, entry
 
 
-def serving_files(model_type: str, weights: Path, cfg: dict, n_classes: int, model_id: str,
-                  out_dir: Path) -> tuple[dict, dict]:
+def serving_files(
+    model_type: str, weights: Path, cfg: dict, n_classes: int, model_id: str, out_dir: Path
+) -> tuple[dict, dict]:
     """The extra files a model type needs for torch-free serving, and the manifest's `serving` entry."""
     if model_type != "encoder":
         return {}, {"backend": "numpy"}
     missing = available()
     if missing:
-        log.warning("model %s: %s is not installed, so no %s: this model serves with torch only (the full image)",
-                    model_id, missing, ONNX_FILE)
+        log.warning(
+            "model %s: %s is not installed, so no %s: this model serves with torch only (the full image)",
+            model_id,
+            missing,
+            ONNX_FILE,
+        )
         return {}, {"backend": "torch", "onnx": f"not exported: {missing} is not installed"}
     return export_encoder(weights, cfg, n_classes, model_id, out_dir)

@@ -41,9 +41,11 @@ class Predictor:
         out = []
         for row in probs:
             best = int(row.argmax())
-            out.append({
-                "label": self.labels[best],
-                "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
-                "model_id": self.model_id,
-            })
+            out.append(
+                {
+                    "label": self.labels[best],
+                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
+                    "model_id": self.model_id,
+                }
+            )
         return out

@@ -43,20 +43,21 @@ def features_key(fingerprint: str, params: Params) -> str:
     return _of(params).features_key(fingerprint, params)
 
 
-def featurize(dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path,
-              feature_schema: int | None = None) -> FeaturesRef:
+def featurize(
+    dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
+) -> FeaturesRef:
     """The features of every split, in the store's cache; `feature_schema` rebuilds an older model's."""
     params.require_resolved()
     return _of(params).featurize(dataset, params, store, workdir, feature_schema)
 
 
-def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef,
-          workdir: Path) -> TrainedModel:
+def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef, workdir: Path) -> TrainedModel:
     return _of(params).train(features, params, store, ref, workdir)
 
 
-def split_scorer(trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int,
-                 store: ArtifactStore) -> Callable[[str], np.ndarray]:
+def split_scorer(
+    trained: TrainedModel, params: Params, arrays: dict[str, np.ndarray], n_classes: int, store: ArtifactStore
+) -> Callable[[str], np.ndarray]:
     """`probs(split)` for the trained model over its cached features."""
     return _of(params).split_scorer(trained, params, arrays, n_classes, store)
 

@@ -77,8 +77,10 @@ class DataParams(_Section):
         if self.validation_fraction + self.test_fraction >= 0.8:
             raise ValueError("validation_fraction + test_fraction must leave at least 20% for training")
         if self.text_column == self.label_column:
-            raise ValueError(f"data.text_column and data.label_column are both {self.text_column!r}; "
-                             "they must name two different columns")
+            raise ValueError(
+                f"data.text_column and data.label_column are both {self.text_column!r}; "
+                "they must name two different columns"
+            )
         return self
 
 
@@ -89,8 +91,11 @@ class PreprocessParams(_Section):
     )
     ngram_max: int = Field(2, ge=1, le=5, description="Word n-grams from 1 up to this length.")
     buckets: int | None = Field(
-        None, ge=2**8, le=2**24, description="Number of hash buckets for n-gram features (embedding rows). "
-        "Unset = chosen from the data (vocabulary size) after fetch."
+        None,
+        ge=2**8,
+        le=2**24,
+        description="Number of hash buckets for n-gram features (embedding rows). "
+        "Unset = chosen from the data (vocabulary size) after fetch.",
     )
     max_tokens: int = Field(256, ge=1, le=100_000, description="Words kept per text (longer texts are cut).")
 
@@ -110,8 +115,9 @@ class ModelParams(_Section):
         None, ge=2, le=1024, description="Embedding size (bow). Unset = chosen from the data (label count)."
     )
     encoder_mode: Literal["frozen", "finetune"] = Field(
-        "frozen", description="encoder: train only the head on the mean of every encoder layer (frozen) or the "
-        "whole encoder on its sentence embedding (finetune)."
+        "frozen",
+        description="encoder: train only the head on the mean of every encoder layer (frozen) or the "
+        "whole encoder on its sentence embedding (finetune).",
     )
     encoder_max_length: int = Field(
         128, ge=8, le=512, description="encoder: word pieces kept per text (longer texts are cut)."
@@ -122,21 +128,27 @@ class TrainParams(_Section):
     # Unset (None) keys are resolved once after fetch from the data's statistics (tasks/defaults.py); a value
     # set here, in a params file, with --set, in the UI form or in --params-json passes through unchanged.
     epochs: int | None = Field(None, ge=1, le=1000, description="Maximum epochs. Unset = from the row count.")
-    batch_size: int | None = Field(
-        None, ge=1, le=65_536, description="Examples per step. Unset = from the row count."
-    )
+    batch_size: int | None = Field(None, ge=1, le=65_536, description="Examples per step. Unset = from the row count.")
     learning_rate: float | None = Field(
-        None, gt=0, le=LR_MAX, allow_inf_nan=False,
+        None,
+        gt=0,
+        le=LR_MAX,
+        allow_inf_nan=False,
         description="Initial learning rate (linear decay to 0) for the per-example mean loss. Unset = per model type.",
     )
     warmup_fraction: float | None = Field(
-        None, ge=0, lt=1, allow_inf_nan=False,
+        None,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
         description="Share of all steps over which the rate rises linearly from 0 to learning_rate "
         "before it decays (fine-tuning a pretrained encoder wants ~0.06). Unset = per model type.",
     )
     weight_decay: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="L2 on the dense layer.")
     patience: int | None = Field(
-        None, ge=0, le=1000,
+        None,
+        ge=0,
+        le=1000,
         description="Early stopping: epochs without validation improvement (0 = off). Unset = from the epochs.",
     )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
@@ -145,7 +157,10 @@ class TrainParams(_Section):
     amp: bool = Field(True, description="Mixed precision on CUDA.")
     checkpoint_every: int = Field(1, ge=1, le=1000, description="Write a checkpoint every N epochs.")
     memory_limit_gib: float = Field(
-        8.0, gt=0, le=1024, allow_inf_nan=False,
+        8.0,
+        gt=0,
+        le=1024,
+        allow_inf_nan=False,
         description="Refuse parameters whose weights and training state are estimated to need more than this.",
     )
 
@@ -169,7 +184,10 @@ class ArtifactsParams(_Section):
 class TrackingParams(_Section):
     backend: Literal["wandb", "none"] = Field("wandb", description="Experiment tracking.")
     project: str = Field(
-        "trainkite", min_length=1, max_length=128, pattern=r"^[^/\\#?%:]+$",
+        "trainkite",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^/\\#?%:]+$",
         description="W&B project (at most 128 characters, none of / \\ # ? % :).",
     )
     entity: str | None = Field(None, description="W&B entity (team).")
@@ -181,9 +199,7 @@ class DeployParams(_Section):
     instance_count: int = Field(1, ge=1, le=100, description="SageMaker instance count.")
     production_root: str | None = Field(None, description="Production artifact root (s3://bucket/prefix).")
     execution_role_arn: str | None = Field(None, description="SageMaker execution role ARN.")
-    image: str | None = Field(
-        None, description="Serving image URI; default the model manifest's lineage.docker_image."
-    )
+    image: str | None = Field(None, description="Serving image URI; default the model manifest's lineage.docker_image.")
     wait_delay_s: float = Field(
         30, ge=0, le=600, description="Seconds between endpoint status polls while it is Creating/Updating."
     )
@@ -215,20 +231,22 @@ class Params(BaseModel):
                 f"preprocess.buckets x model.embedding_dim = {self.preprocess.buckets} x {self.model.embedding_dim} "
                 f"is a {need / 3 / GIB:.1f} GiB table, about {need / GIB:.1f} GiB with its training state (more than "
                 f"train.memory_limit_gib = {self.train.memory_limit_gib:g}); lower preprocess.buckets or "
-                "model.embedding_dim, or raise train.memory_limit_gib")
+                "model.embedding_dim, or raise train.memory_limit_gib"
+            )
         return self
 
     def unresolved(self) -> list[str]:
         """The keys still unset (None), to be resolved from the data after fetch."""
-        return [f"{section}.{key}" for section, key in AUTO_KEYS
-                if getattr(getattr(self, section), key) is None]
+        return [f"{section}.{key}" for section, key in AUTO_KEYS if getattr(getattr(self, section), key) is None]
 
     def require_resolved(self) -> None:
         """Trainers and featurizers need every key: a `Params` straight from a file must be resolved first."""
         missing = self.unresolved()
         if missing:
-            raise ParamsError(f"parameters {', '.join(missing)} are unset: resolve them from the data first "
-                              "(tasks.defaults.resolve_params), or set them")
+            raise ParamsError(
+                f"parameters {', '.join(missing)} are unset: resolve them from the data first "
+                "(tasks.defaults.resolve_params), or set them"
+            )
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -245,8 +263,13 @@ class Params(BaseModel):
 
 
 AUTO_KEYS: tuple[tuple[str, str], ...] = (
-    ("preprocess", "buckets"), ("model", "embedding_dim"), ("train", "epochs"), ("train", "batch_size"),
-    ("train", "learning_rate"), ("train", "warmup_fraction"), ("train", "patience"),
+    ("preprocess", "buckets"),
+    ("model", "embedding_dim"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "learning_rate"),
+    ("train", "warmup_fraction"),
+    ("train", "patience"),
 )
 
 
@@ -341,9 +364,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def load_params(
-    path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
-) -> Params:
+def load_params(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Params:
     """Read a params file, apply `section.key=value` overrides, validate."""
     path = Path(path) if path else DEFAULT_PARAMS_FILE
     data = read_params_file(path)

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --dev
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # tests/test_images.py builds and runs the images: set a container engine up where none answers (podman and a
 # local base image, as root on Debian; about 2.5 min the first time, seconds after). TRAINKITE_IMAGE_TESTS=0 skips
 # both; where the set-up cannot run, the image tests skip and say why.

@@ -86,8 +86,12 @@ class ModelSlot:
         if self.ready_dir:
             (Path(self.ready_dir) / str(os.getpid())).write_text(_started(os.getpid()))
         self.status = "ready"
-        log.info("model %s loaded from %s (%s); ready", predictor.model_id, predictor.folder,
-                 getattr(predictor, "backend", "torch"))
+        log.info(
+            "model %s loaded from %s (%s); ready",
+            predictor.model_id,
+            predictor.folder,
+            getattr(predictor, "backend", "torch"),
+        )
 
 
 def _started(pid: int) -> str:
@@ -135,8 +139,10 @@ def _loader(model_dir, model_id, store_root, expected_model_id):
             folder, manifest = fetch_model(open_store(store_root), model_id)
         predictor = load_predictor(folder, manifest)
         if expected_model_id and predictor.model_id != expected_model_id:
-            raise TrainkiteError(f"this container was deployed for model {expected_model_id} (TRAINKITE_MODEL_ID) "
-                                 f"but the model files are {predictor.model_id}; refusing to serve them")
+            raise TrainkiteError(
+                f"this container was deployed for model {expected_model_id} (TRAINKITE_MODEL_ID) "
+                f"but the model files are {predictor.model_id}; refusing to serve them"
+            )
         return predictor
 
     return load
@@ -166,8 +172,9 @@ async def _receive_body(receive, cap: int, timeout: float = DEFAULT_BODY_TIMEOUT
         try:
             message = await asyncio.wait_for(receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
         except TimeoutError:
-            raise PayloadError(408, f"request body not received within {timeout:g} s ({BODY_TIMEOUT_ENV}); "
-                                    f"{total} bytes arrived") from None
+            raise PayloadError(
+                408, f"request body not received within {timeout:g} s ({BODY_TIMEOUT_ENV}); {total} bytes arrived"
+            ) from None
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
@@ -198,10 +205,18 @@ class ServingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(model_dir: str | Path | None = None, model_id: str | None = None, store_root: str | None = None,
-               max_instances: int | None = None, *, expected_model_id: str | None = None,
-               torch_threads: int | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               ready_dir: str | None = None, workers: int = 1) -> Starlette:
+def create_app(
+    model_dir: str | Path | None = None,
+    model_id: str | None = None,
+    store_root: str | None = None,
+    max_instances: int | None = None,
+    *,
+    expected_model_id: str | None = None,
+    torch_threads: int | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    ready_dir: str | None = None,
+    workers: int = 1,
+) -> Starlette:
     """The serving app for one model: a folder (SageMaker's /opt/ml/model) or a model ID in a store.
 
     With neither, the folder is `$SM_MODEL_DIR` or /opt/ml/model. `max_instances` defaults to
@@ -226,8 +241,9 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
             return not_ready()
         if slot.ready_dir and (loaded := loaded_workers(slot.ready_dir)) < slot.workers:
             # Healthy only when every worker can answer: SageMaker sends traffic after the first 200.
-            return _json({"status": "loading", "error": f"{loaded} of {slot.workers} workers have loaded the model"},
-                         503)
+            return _json(
+                {"status": "loading", "error": f"{loaded} of {slot.workers} workers have loaded the model"}, 503
+            )
         return _json({"status": "ok", "model_id": slot.model_id}, headers={"X-Model-Id": slot.model_id})
 
     def score(body: bytes, content_type: str | None, answer: tuple[str, bool] = ("json", False)) -> bytes:
@@ -239,8 +255,10 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
             # NaN is not JSON: a model whose weights hold NaN (published before the divergence guard) must not
             # answer 200 with an unparseable body.
             log.error("model %s produced non-finite scores; its weights are broken", slot.model_id)
-            raise PayloadError(500, f"model {slot.model_id} produced non-finite scores (its weights are broken; "
-                                    "retrain and redeploy it)") from None
+            raise PayloadError(
+                500,
+                f"model {slot.model_id} produced non-finite scores (its weights are broken; retrain and redeploy it)",
+            ) from None
         if answer[0] == "csv":
             return render_csv(preds, slot.predictor.labels, header=answer[1])
         return json.dumps({"model_id": slot.model_id, "predictions": preds}, separators=(",", ":")).encode()
@@ -283,9 +301,13 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
         except Exception:
             log.exception("POST /invocations failed")
             status, out = 500, b'{"error":"internal error"}'
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", media),
-                                (b"content-length", str(len(out)).encode()), *extra]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", media), (b"content-length", str(len(out)).encode()), *extra],
+            }
+        )
         await send({"type": "http.response.body", "body": out})
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -313,7 +335,10 @@ def create_app(model_dir: str | Path | None = None, model_id: str | None = None,
 def app_from_env() -> Starlette:
     """uvicorn factory for every worker process: the container's environment says what to serve."""
     threads = os.environ.get("TRAINKITE_TORCH_THREADS", "1")
-    return create_app(model_dir=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
-                      expected_model_id=os.environ.get("TRAINKITE_MODEL_ID") or None,
-                      torch_threads=int(threads) if threads.isdigit() and int(threads) > 0 else 1,
-                      ready_dir=os.environ.get(READY_DIR_ENV) or None, workers=int(os.environ.get(WORKERS_ENV, "1")))
+    return create_app(
+        model_dir=os.environ.get("SM_MODEL_DIR") or DEFAULT_MODEL_DIR,
+        expected_model_id=os.environ.get("TRAINKITE_MODEL_ID") or None,
+        torch_threads=int(threads) if threads.isdigit() and int(threads) > 0 else 1,
+        ready_dir=os.environ.get(READY_DIR_ENV) or None,
+        workers=int(os.environ.get(WORKERS_ENV, "1")),
+    )

@@ -43,8 +43,9 @@ def _exit_cleanly(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
-               expected_model_id: str | None = None) -> None:
+def run_server(
+    model_dir: str | Path, *, host: str, port: int, workers: int = 1, expected_model_id: str | None = None
+) -> None:
     """uvicorn over `serving.app:app_from_env`; each worker process reads the model folder from the env."""
     import uvicorn
 
@@ -66,13 +67,21 @@ def run_server(model_dir: str | Path, *, host: str, port: int, workers: int = 1,
     if expected_model_id:
         os.environ["TRAINKITE_MODEL_ID"] = expected_model_id
     try:
-        uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, log_config=log_config(),
-                    access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1", server_header=False,
-                    lifespan="on",
-                    # An import string, not the class: each worker imports it after its health-check pipe is up
-                    # (a class would be unpickled, uvicorn imported with it, first: seconds on a loaded host).
-                    http="serving.http_timeouts:PROTOCOL")
+        uvicorn.run(
+            "serving.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            log_config=log_config(),
+            access_log=os.environ.get("TRAINKITE_ACCESS_LOG", "") == "1",
+            server_header=False,
+            lifespan="on",
+            # An import string, not the class: each worker imports it after its health-check pipe is up
+            # (a class would be unpickled, uvicorn imported with it, first: seconds on a loaded host).
+            http="serving.http_timeouts:PROTOCOL",
+        )
     finally:
         if workers > 1:
             shutil.rmtree(os.environ[READY_DIR_ENV], ignore_errors=True)
@@ -107,10 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if args else 2)
     if args[0] == "serve":
         if len(args) > 1:
-            print(f"trainkite-container: `serve` takes no arguments (got {' '.join(args[1:])}); "
-                  "configure it with SM_MODEL_DIR, SAGEMAKER_BIND_TO_PORT, TRAINKITE_SERVE_WORKERS "
-                  "(default: one per CPU, at most 8)",
-                  file=sys.stderr)
+            print(
+                f"trainkite-container: `serve` takes no arguments (got {' '.join(args[1:])}); "
+                "configure it with SM_MODEL_DIR, SAGEMAKER_BIND_TO_PORT, TRAINKITE_SERVE_WORKERS "
+                "(default: one per CPU, at most 8)",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         serve()
         return

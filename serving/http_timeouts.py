@@ -34,15 +34,21 @@ def timeout_from_env(name: str, default: float, env: dict[str, str] | None = Non
 
 def check_timeouts(env: dict[str, str] | None = None) -> tuple[float, float]:
     """(header, body) timeouts from the environment; UserInputError naming a bad one."""
-    return (timeout_from_env(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S, env),
-            timeout_from_env(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, env))
+    return (
+        timeout_from_env(HEADER_TIMEOUT_ENV, DEFAULT_HEADER_TIMEOUT_S, env),
+        timeout_from_env(BODY_TIMEOUT_ENV, DEFAULT_BODY_TIMEOUT_S, env),
+    )
 
 
 def _timeout_body(seconds: float) -> bytes:
-    body = (f'{{"error":"request headers not received within {seconds:g} s '
-            f'({HEADER_TIMEOUT_ENV}); send the whole request at once"}}').encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = (
+        f'{{"error":"request headers not received within {seconds:g} s '
+        f'({HEADER_TIMEOUT_ENV}); send the whole request at once"}}'
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 class _HeaderTimeout:
@@ -108,10 +114,12 @@ except ImportError:  # httptools not installed: uvicorn's "auto" would pick h11 
     HttpToolsProtocol = None
 
 if HttpToolsProtocol is not None:
+
     class HttpToolsWithHeaderTimeout(_HeaderTimeout, HttpToolsProtocol):
         def on_headers_complete(self) -> None:
             self._disarm_header_timer()
             super().on_headers_complete()
+
 
 # What uvicorn's http="auto" would choose (httptools when installed: ~20-25 % less CPU per request), plus the
 # header deadline. uvicorn.run(http="serving.http_timeouts:PROTOCOL") imports it in every worker.

@@ -18,8 +18,10 @@ from trainkite.errors import UserInputError
 MAX_BODY_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_INSTANCES = 256
 MAX_INSTANCES_ENV = "TRAINKITE_MAX_INSTANCES"
-ACCEPTED = ("application/json ({\"instances\": [\"text\", ...]}) or text/csv (one text per record, UTF-8; "
-            "a first record `text` is a header)")
+ACCEPTED = (
+    'application/json ({"instances": ["text", ...]}) or text/csv (one text per record, UTF-8; '
+    "a first record `text` is a header)"
+)
 ANSWERS = "application/json or text/csv"
 
 
@@ -42,8 +44,9 @@ def max_instances_from_env(env: dict[str, str] | None = None) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise UserInputError(f"{MAX_INSTANCES_ENV}={raw!r}: must be a whole number >= 1 "
-                             f"(default {DEFAULT_MAX_INSTANCES})")
+        raise UserInputError(
+            f"{MAX_INSTANCES_ENV}={raw!r}: must be a whole number >= 1 (default {DEFAULT_MAX_INSTANCES})"
+        )
     return value
 
 
@@ -60,8 +63,10 @@ def check_declared_length(header: str | None, cap: int = MAX_BODY_BYTES) -> None
 
 
 def too_large(size: int | str, cap: int = MAX_BODY_BYTES) -> str:
-    return (f"request body is {size} bytes; the limit is {cap} bytes (6 MiB, SageMaker's real-time cap): "
-            "send fewer or shorter texts per request")
+    return (
+        f"request body is {size} bytes; the limit is {cap} bytes (6 MiB, SageMaker's real-time cap): "
+        "send fewer or shorter texts per request"
+    )
 
 
 def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
@@ -93,8 +98,11 @@ def parse_instances(body: bytes, content_type: str | None, max_instances: int) -
     if not texts:
         raise PayloadError(400, "instances is empty: send at least one text")
     if len(texts) > max_instances:
-        raise PayloadError(413, f"{len(texts)} instances in one request; the limit is {max_instances} "
-                                f"({MAX_INSTANCES_ENV}): split the batch")
+        raise PayloadError(
+            413,
+            f"{len(texts)} instances in one request; the limit is {max_instances} "
+            f"({MAX_INSTANCES_ENV}): split the batch",
+        )
     return texts
 
 
@@ -116,13 +124,13 @@ def _from_json(body: bytes) -> list[str]:
     try:
         doc = json.loads(body)
     except RecursionError:
-        raise PayloadError(400, "malformed JSON: nested too deeply; send {\"instances\": [\"text\", ...]}") from None
+        raise PayloadError(400, 'malformed JSON: nested too deeply; send {"instances": ["text", ...]}') from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise PayloadError(400, f"malformed JSON: {err}") from None
     if not isinstance(doc, dict):
-        raise PayloadError(400, f"the body is {_json_type(doc)}; send a JSON object {{\"instances\": [\"text\", ...]}}")
+        raise PayloadError(400, f'the body is {_json_type(doc)}; send a JSON object {{"instances": ["text", ...]}}')
     if "instances" not in doc:
-        raise PayloadError(400, "missing key 'instances'; send {\"instances\": [\"text\", ...]}")
+        raise PayloadError(400, 'missing key \'instances\'; send {"instances": ["text", ...]}')
     extra = sorted(k for k in doc if k != "instances")
     if extra:
         raise PayloadError(400, f"unknown key(s) {', '.join(map(repr, extra))}; the body takes only 'instances'")
@@ -137,8 +145,9 @@ def _from_json(body: bytes) -> list[str]:
     except UnicodeEncodeError:
         # JSON can spell lone surrogates ("\ud800"); they are not text and cannot be featurized.
         bad = next(i for i, item in enumerate(instances) if not _is_utf8(item))
-        raise PayloadError(400, f"instances[{bad}] contains an unpaired UTF-16 surrogate escape; "
-                                "send valid Unicode text") from None
+        raise PayloadError(
+            400, f"instances[{bad}] contains an unpaired UTF-16 surrogate escape; send valid Unicode text"
+        ) from None
     return instances
 
 
@@ -183,8 +192,11 @@ def _csv_records(text: str) -> list[str]:
             end = _line_end(text, i)
             if text[i:end].removesuffix("\r"):
                 fields = next(csv.reader(io.StringIO(text[start:end], newline="")), [])
-                raise PayloadError(400, f"text/csv record {record} has {len(fields)} fields; send one text per "
-                                        "record (quote it, doubling any quote inside)")
+                raise PayloadError(
+                    400,
+                    f"text/csv record {record} has {len(fields)} fields; send one text per "
+                    "record (quote it, doubling any quote inside)",
+                )
         else:
             end = _line_end(text, i)
             value = text[i:end].removesuffix("\r")

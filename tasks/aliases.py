@@ -54,8 +54,16 @@ def who(env: Mapping[str, str] | None = None) -> str:
         return "unknown"
 
 
-def set_alias(store: ArtifactStore, alias: str, model_id: str, *, target: str, set_by: str,
-              reason: str | None = None, time: str | None = None) -> dict[str, Any]:
+def set_alias(
+    store: ArtifactStore,
+    alias: str,
+    model_id: str,
+    *,
+    target: str,
+    set_by: str,
+    reason: str | None = None,
+    time: str | None = None,
+) -> dict[str, Any]:
     """Record that `model_id` is `alias` on `target`; the model must be published in `store`."""
     check_alias(alias)
     check_target(target)
@@ -91,16 +99,32 @@ def read_aliases(store: ArtifactStore) -> list[dict[str, Any]]:
 
 
 def _from_deploy(record: dict[str, Any]) -> dict[str, Any]:
-    return {"alias": "champion", "model_id": record["model_id"], "model_name": record.get("model_name"),
-            "target": record.get("target"), "endpoint": record.get("endpoint"), "since": record.get("time"),
-            "set_by": record.get("approved_by"), "source": "deployment", "record": record.get("id")}
+    return {
+        "alias": "champion",
+        "model_id": record["model_id"],
+        "model_name": record.get("model_name"),
+        "target": record.get("target"),
+        "endpoint": record.get("endpoint"),
+        "since": record.get("time"),
+        "set_by": record.get("approved_by"),
+        "source": "deployment",
+        "record": record.get("id"),
+    }
 
 
 def _from_alias(record: dict[str, Any]) -> dict[str, Any]:
-    return {"alias": record["alias"], "model_id": record["model_id"], "model_name": record.get("model_name"),
-            "target": record.get("target"), "endpoint": None, "since": record.get("time"),
-            "set_by": record.get("set_by"), "source": "alias set", "reason": record.get("reason"),
-            "record": record.get("id")}
+    return {
+        "alias": record["alias"],
+        "model_id": record["model_id"],
+        "model_name": record.get("model_name"),
+        "target": record.get("target"),
+        "endpoint": None,
+        "since": record.get("time"),
+        "set_by": record.get("set_by"),
+        "source": "alias set",
+        "reason": record.get("reason"),
+        "record": record.get("id"),
+    }
 
 
 def all_champions(store: ArtifactStore) -> list[dict[str, Any]]:
@@ -117,13 +141,14 @@ def champion(store: ArtifactStore, model_name: str, target: str) -> dict[str, An
     return next((c for c in all_champions(store) if c["model_name"] == model_name and c["target"] == target), None)
 
 
-def champion_for_training(store: ArtifactStore, model_name: str,
-                          env: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+def champion_for_training(
+    store: ArtifactStore, model_name: str, env: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
     """The model a new one is compared with: on TRAINKITE_CHAMPION_TARGET or TRAINKITE_DEPLOY_TARGET when
     set, else the production (sagemaker) champion, else the local one."""
     env = os.environ if env is None else env
     chosen = env.get("TRAINKITE_CHAMPION_TARGET") or env.get("TRAINKITE_DEPLOY_TARGET")
-    for target in ([chosen] if chosen else TARGETS):
+    for target in [chosen] if chosen else TARGETS:
         found = champion(store, model_name, target)
         if found:
             return found

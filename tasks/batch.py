@@ -63,9 +63,7 @@ class BatchJobTimeout(BatchJobError, TimeoutError):
         self.job_id = job_id
         self.last_status = last_status
         self.timeout_seconds = timeout_seconds
-        super().__init__(
-            f"AWS Batch job {job_id} still {last_status} after {timeout_seconds:g}s"
-        )
+        super().__init__(f"AWS Batch job {job_id} still {last_status} after {timeout_seconds:g}s")
 
 
 @dataclass(frozen=True)
@@ -206,8 +204,17 @@ def job_definition_spec(
 
 
 # What register_job_definition takes back from a described definition (the rest is status, ARN, revision...).
-_REGISTERABLE = ("type", "parameters", "schedulingPriority", "containerProperties", "retryStrategy",
-                 "propagateTags", "timeout", "tags", "platformCapabilities")
+_REGISTERABLE = (
+    "type",
+    "parameters",
+    "schedulingPriority",
+    "containerProperties",
+    "retryStrategy",
+    "propagateTags",
+    "timeout",
+    "tags",
+    "platformCapabilities",
+)
 
 
 def job_definition_for_image(base: str, image: str, *, client: Any | None = None) -> str:
@@ -388,22 +395,40 @@ def wait_for_job(
     if poll_seconds <= 0 or timeout_seconds < 0:
         raise ValueError("poll_seconds must be > 0 and timeout_seconds >= 0")
     try:
-        return _wait(job_id, client=client, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds,
-                     logs_client=logs_client, log_tail_lines=log_tail_lines, sleep=sleep)
+        return _wait(
+            job_id,
+            client=client,
+            poll_seconds=poll_seconds,
+            timeout_seconds=timeout_seconds,
+            logs_client=logs_client,
+            log_tail_lines=log_tail_lines,
+            sleep=sleep,
+        )
     except BatchJobNotFound:
         raise
     except BaseException as stopped:
         if terminate_if_abandoned:
             try:
-                terminate_job(job_id, f"trainkite: the run waiting for this job stopped "
-                                      f"({type(stopped).__name__}: {str(stopped)[:300]})", client=client)
+                terminate_job(
+                    job_id,
+                    f"trainkite: the run waiting for this job stopped ({type(stopped).__name__}: {str(stopped)[:300]})",
+                    client=client,
+                )
             except Exception as err:  # never mask why the wait ended
                 log.error("could not terminate AWS Batch job %s: %s", job_id, err)
         raise
 
 
-def _wait(job_id: str, *, client: Any | None, poll_seconds: float, timeout_seconds: float, logs_client: Any | None,
-          log_tail_lines: int, sleep: Callable[[float], None]) -> BatchJobResult:
+def _wait(
+    job_id: str,
+    *,
+    client: Any | None,
+    poll_seconds: float,
+    timeout_seconds: float,
+    logs_client: Any | None,
+    log_tail_lines: int,
+    sleep: Callable[[float], None],
+) -> BatchJobResult:
     batch = _client("batch", client)
     max_polls = math.floor(timeout_seconds / poll_seconds) + 1
     deadline = time.monotonic() + timeout_seconds

@@ -38,7 +38,8 @@ def watch_interval(env: Mapping[str, str] | None = None) -> float:
         seconds = float(raw)
     except ValueError:
         raise UserInputError(
-            f"{WATCH_SECONDS_ENV}={raw!r} is not a number of seconds (0 turns the watch off)") from None
+            f"{WATCH_SECONDS_ENV}={raw!r} is not a number of seconds (0 turns the watch off)"
+        ) from None
     if not seconds >= 0 or seconds == float("inf"):
         raise UserInputError(f"{WATCH_SECONDS_ENV}={raw!r} must be 0 (off) or a positive number of seconds")
     return seconds
@@ -58,8 +59,13 @@ def canceled_reason(build: Mapping[str, Any]) -> str | None:
 class BuildWatch:
     """Looks at a build every `interval` seconds in a daemon thread; calls `on_canceled(reason)` at most once."""
 
-    def __init__(self, get_build: Callable[[], Mapping[str, Any]], on_canceled: Callable[[str], None],
-                 interval: float, label: str = "the build"):
+    def __init__(
+        self,
+        get_build: Callable[[], Mapping[str, Any]],
+        on_canceled: Callable[[str], None],
+        interval: float,
+        label: str = "the build",
+    ):
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._get_build, self._on_canceled, self.interval, self.label = get_build, on_canceled, interval, label

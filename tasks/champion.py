@@ -36,22 +36,45 @@ def _wandb_of(manifest: dict) -> dict | None:
     return {k: w.get(k) for k in ("run_id", "project", "entity")} if w else None
 
 
-def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: str, split: str,
-                          y: np.ndarray, challenger_probs: np.ndarray, labels: list[str], texts: list[str],
-                          primary_metric: str, seed: int = tasks.compare.DEFAULT_SEED) -> dict:
+def compare_with_champion(
+    *,
+    store: ArtifactStore,
+    model_name: str,
+    model_id: str,
+    split: str,
+    y: np.ndarray,
+    challenger_probs: np.ndarray,
+    labels: list[str],
+    texts: list[str],
+    primary_metric: str,
+    seed: int = tasks.compare.DEFAULT_SEED,
+) -> dict:
     """The comparison dict stored in metrics.json and the manifest; never raises for a missing champion."""
     base = {"split": split, "challenger": {"model_id": model_id}, "allow_worse": allow_worse()}
     found = aliases.champion_for_training(store, model_name)
     if found is None:
-        return {**base, "verdict": tasks.compare.NO_CHAMPION, "champion": None,
-                "reason": f"no model named {model_name!r} has been deployed or set as champion yet"}
+        return {
+            **base,
+            "verdict": tasks.compare.NO_CHAMPION,
+            "champion": None,
+            "reason": f"no model named {model_name!r} has been deployed or set as champion yet",
+        }
     champ = {k: found.get(k) for k in ("model_id", "target", "endpoint", "since", "set_by", "source")}
     if found["model_id"] == model_id:
-        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ, "reason": "this model is the champion"}
+        return {
+            **base,
+            "verdict": tasks.compare.NOT_COMPARED,
+            "champion": champ,
+            "reason": "this model is the champion",
+        }
     if len(texts) != len(y):
         # The texts come from the data snapshot, the labels from the features: they must be the same rows.
-        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ,
-                "reason": f"{len(texts)} texts for {len(y)} labelled {split} rows: not the same rows"}
+        return {
+            **base,
+            "verdict": tasks.compare.NOT_COMPARED,
+            "champion": champ,
+            "reason": f"{len(texts)} texts for {len(y)} labelled {split} rows: not the same rows",
+        }
     try:
         from models.predictor import Predictor
 
@@ -60,7 +83,12 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
     except TrainkiteError as err:
         # Its artifacts may be gone or refused (tampered): the reviewers are told, the run goes on.
         log.warning("champion %s could not be scored: %s", found["model_id"], err)
-        return {**base, "verdict": tasks.compare.NOT_COMPARED, "champion": champ, "reason": f"champion not scored: {err}"}
+        return {
+            **base,
+            "verdict": tasks.compare.NOT_COMPARED,
+            "champion": champ,
+            "reason": f"champion not scored: {err}",
+        }
     champ["wandb"] = _wandb_of(predictor.manifest)
     champ["metrics"] = predictor.manifest.get("metrics", {})
     # Map the champion's label names onto ours; one we do not have gets a negative index (never right).
@@ -68,7 +96,15 @@ def compare_with_champion(*, store: ArtifactStore, model_name: str, model_id: st
     unknown = {-(j + 1): lab for j, lab in enumerate(predictor.labels) if lab not in index}
     mapping = np.array([index.get(lab, -(j + 1)) for j, lab in enumerate(predictor.labels)], dtype=np.int64)
     champion_pred = mapping[np.asarray(probs).argmax(axis=1)]
-    result = tasks.compare.compare(y, champion_pred, np.asarray(challenger_probs).argmax(axis=1), labels,
-                        primary_metric=primary_metric, texts=texts, seed=seed, unknown_labels=unknown)
+    result = tasks.compare.compare(
+        y,
+        champion_pred,
+        np.asarray(challenger_probs).argmax(axis=1),
+        labels,
+        primary_metric=primary_metric,
+        texts=texts,
+        seed=seed,
+        unknown_labels=unknown,
+    )
     log.info("champion comparison: %s", tasks.compare.evidence_line({**result, "champion": champ}))
     return {**base, **result, "champion": champ}

@@ -56,9 +56,9 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
 
 def _counts(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int):
     """tp, fp, fn per class for each row of `weights` (how often each example is in that resample)."""
-    truth = np.eye(n_classes)[y]                       # (n, K)
+    truth = np.eye(n_classes)[y]  # (n, K)
     guess = np.zeros((len(pred), n_classes))
-    valid = (pred >= 0) & (pred < n_classes)           # a label the challenger does not know is never right
+    valid = (pred >= 0) & (pred < n_classes)  # a label the challenger does not know is never right
     guess[np.flatnonzero(valid), pred[valid]] = 1.0
     tp = weights @ (truth * guess)
     fp = weights @ guess - tp
@@ -66,9 +66,16 @@ def _counts(weights: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int
     return tp, fp, fn
 
 
-def paired_bootstrap_macro_f1(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, n_classes: int, *,
-                              resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                              confidence: float = 0.95) -> dict:
+def paired_bootstrap_macro_f1(
+    y: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    n_classes: int,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    confidence: float = 0.95,
+) -> dict:
     """Percentile interval of macro-F1(challenger) - macro-F1(champion) over paired resamples of the rows."""
     n = len(y)
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -82,12 +89,18 @@ def paired_bootstrap_macro_f1(y: np.ndarray, champion: np.ndarray, challenger: n
         np.add.at(weights, (np.repeat(np.arange(size), n), idx.ravel()), 1.0)
         a = _macro_f1_from_counts(*_counts(weights, y, champion, n_classes))
         b = _macro_f1_from_counts(*_counts(weights, y, challenger, n_classes))
-        deltas[start:start + size] = b - a
+        deltas[start : start + size] = b - a
     tail = (1 - confidence) / 2
     low, high = np.quantile(deltas, [tail, 1 - tail])
-    return {"metric": "macro_f1", "delta": macro_f1(y, challenger, n_classes) - macro_f1(y, champion, n_classes),
-            "ci_low": float(low), "ci_high": float(high), "confidence": confidence, "resamples": resamples,
-            "seed": seed}
+    return {
+        "metric": "macro_f1",
+        "delta": macro_f1(y, challenger, n_classes) - macro_f1(y, champion, n_classes),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "resamples": resamples,
+        "seed": seed,
+    }
 
 
 def _per_class_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -113,8 +126,12 @@ def _flipped(idx: np.ndarray, y, a, b, labels, texts, cap: int, rng, unknown) ->
     chosen = np.sort(rng.choice(idx, size=min(cap, len(idx)), replace=False)) if len(idx) else idx
     out = []
     for i in chosen.tolist():
-        row = {"row": i, "label": labels[y[i]], "champion": _label(labels, int(a[i]), unknown),
-               "challenger": _label(labels, int(b[i]), unknown)}
+        row = {
+            "row": i,
+            "label": labels[y[i]],
+            "champion": _label(labels, int(a[i]), unknown),
+            "challenger": _label(labels, int(b[i]), unknown),
+        }
         if texts is not None:
             text = str(texts[i])
             row["text"] = text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
@@ -122,10 +139,20 @@ def _flipped(idx: np.ndarray, y, a, b, labels, texts, cap: int, rng, unknown) ->
     return out
 
 
-def compare(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, labels: list[str], *,
-            primary_metric: str = "macro_f1", alpha: float = 0.05, texts: list[str] | None = None,
-            resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, flipped_cap: int = FLIPPED_CAP,
-            unknown_labels: dict[int, str] | None = None) -> dict:
+def compare(
+    y: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    labels: list[str],
+    *,
+    primary_metric: str = "macro_f1",
+    alpha: float = 0.05,
+    texts: list[str] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    flipped_cap: int = FLIPPED_CAP,
+    unknown_labels: dict[int, str] | None = None,
+) -> dict:
     """Everything the reviewers see, as JSON-able values. `champion` / `challenger` are predicted class
     indices into `labels` (-1 or another index outside it: a label the champion has and these data lack)."""
     y, a, b = (np.asarray(v, dtype=np.int64) for v in (y, champion, challenger))
@@ -137,7 +164,7 @@ def compare(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, labels:
         raise ValueError(f"primary_metric {primary_metric!r}: accuracy or macro_f1")
     k = len(labels)
     right_a, right_b = a == y, b == y
-    fixed = np.flatnonzero(~right_a & right_b)   # champion wrong, challenger right
+    fixed = np.flatnonzero(~right_a & right_b)  # champion wrong, challenger right
     broken = np.flatnonzero(right_a & ~right_b)  # champion right, challenger wrong
     p = mcnemar_exact(len(broken), len(fixed))
     boot = paired_bootstrap_macro_f1(y, a, b, k, resamples=resamples, seed=seed, confidence=1 - alpha)
@@ -157,18 +184,25 @@ def compare(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, labels:
         "primary_metric": primary_metric,
         "alpha": alpha,
         "n": int(len(y)),
-        "metrics": {"champion": {"accuracy": acc_a, "macro_f1": f1_a},
-                    "challenger": {"accuracy": acc_b, "macro_f1": f1_b}},
+        "metrics": {
+            "champion": {"accuracy": acc_a, "macro_f1": f1_a},
+            "challenger": {"accuracy": acc_b, "macro_f1": f1_b},
+        },
         "deltas": {"accuracy": acc_b - acc_a, "macro_f1": f1_b - f1_a},
-        "per_class_f1": {lab: {"champion": float(pc_a[i]), "challenger": float(pc_b[i]),
-                               "delta": float(pc_b[i] - pc_a[i])} for i, lab in enumerate(labels)},
-        "mcnemar": {"champion_only_right": int(len(broken)), "challenger_only_right": int(len(fixed)),
-                    "p_value": p},
+        "per_class_f1": {
+            lab: {"champion": float(pc_a[i]), "challenger": float(pc_b[i]), "delta": float(pc_b[i] - pc_a[i])}
+            for i, lab in enumerate(labels)
+        },
+        "mcnemar": {"champion_only_right": int(len(broken)), "challenger_only_right": int(len(fixed)), "p_value": p},
         "bootstrap": boot,
         "confusion": {"champion": _confusion(y, a, k), "challenger": _confusion(y, b, k)},
-        "flipped": {"cap": flipped_cap, "fixed_total": int(len(fixed)), "broken_total": int(len(broken)),
-                    "fixed": _flipped(fixed, y, a, b, labels, texts, flipped_cap, rng, unknown_labels),
-                    "broken": _flipped(broken, y, a, b, labels, texts, flipped_cap, rng, unknown_labels)},
+        "flipped": {
+            "cap": flipped_cap,
+            "fixed_total": int(len(fixed)),
+            "broken_total": int(len(broken)),
+            "fixed": _flipped(fixed, y, a, b, labels, texts, flipped_cap, rng, unknown_labels),
+            "broken": _flipped(broken, y, a, b, labels, texts, flipped_cap, rng, unknown_labels),
+        },
     }
 
 
@@ -182,10 +216,12 @@ def evidence_line(comparison: dict | None) -> str:
         reason = comparison.get("reason")
         return verdict + (f": {reason}" if reason else "")
     m, bt = comparison["mcnemar"], comparison["bootstrap"]
-    return (f"{verdict} vs champion {champ} on {comparison['n']} rows: "
-            f"accuracy {comparison['deltas']['accuracy']:+.4f} (McNemar p={m['p_value']:.3g}), "
-            f"macro-F1 {comparison['deltas']['macro_f1']:+.4f} "
-            f"({bt['confidence']:.0%} CI [{bt['ci_low']:+.4f}, {bt['ci_high']:+.4f}])")
+    return (
+        f"{verdict} vs champion {champ} on {comparison['n']} rows: "
+        f"accuracy {comparison['deltas']['accuracy']:+.4f} (McNemar p={m['p_value']:.3g}), "
+        f"macro-F1 {comparison['deltas']['macro_f1']:+.4f} "
+        f"({bt['confidence']:.0%} CI [{bt['ci_low']:+.4f}, {bt['ci_high']:+.4f}])"
+    )
 
 
 def comparison_table(comparison: dict | None) -> list[dict]:
@@ -193,16 +229,36 @@ def comparison_table(comparison: dict | None) -> list[dict]:
     if not comparison or "metrics" not in comparison:
         return []
     champ = comparison["champion"]["model_id"]
-    rows = [{"metric": m, "champion": comparison["metrics"]["champion"][m],
-             "challenger": comparison["metrics"]["challenger"][m], "delta": comparison["deltas"][m]}
-            for m in ("accuracy", "macro_f1")]
-    rows += [{"metric": f"f1 {lab}", "champion": v["champion"], "challenger": v["challenger"], "delta": v["delta"]}
-             for lab, v in comparison.get("per_class_f1", {}).items()]
+    rows = [
+        {
+            "metric": m,
+            "champion": comparison["metrics"]["champion"][m],
+            "challenger": comparison["metrics"]["challenger"][m],
+            "delta": comparison["deltas"][m],
+        }
+        for m in ("accuracy", "macro_f1")
+    ]
+    rows += [
+        {"metric": f"f1 {lab}", "champion": v["champion"], "challenger": v["challenger"], "delta": v["delta"]}
+        for lab, v in comparison.get("per_class_f1", {}).items()
+    ]
     m, bt = comparison["mcnemar"], comparison["bootstrap"]
-    rows.append({"metric": "McNemar exact p (accuracy)", "champion": m["champion_only_right"],
-                 "challenger": m["challenger_only_right"], "delta": m["p_value"]})
-    rows.append({"metric": f"macro_f1 delta {bt['confidence']:.0%} CI", "champion": bt["ci_low"],
-                 "challenger": bt["ci_high"], "delta": bt["delta"]})
+    rows.append(
+        {
+            "metric": "McNemar exact p (accuracy)",
+            "champion": m["champion_only_right"],
+            "challenger": m["challenger_only_right"],
+            "delta": m["p_value"],
+        }
+    )
+    rows.append(
+        {
+            "metric": f"macro_f1 delta {bt['confidence']:.0%} CI",
+            "champion": bt["ci_low"],
+            "challenger": bt["ci_high"],
+            "delta": bt["delta"],
+        }
+    )
     for row in rows:
         row["champion_id"] = champ
     return rows
@@ -210,5 +266,6 @@ def comparison_table(comparison: dict | None) -> list[dict]:
 
 def confusion_table(cm: list[list[int]], labels: list[str]) -> list[dict]:
     """One row per true label, one column per predicted label."""
-    return [{"true \\ predicted": labels[i], **{labels[j]: int(v) for j, v in enumerate(row)}}
-            for i, row in enumerate(cm)]
+    return [
+        {"true \\ predicted": labels[i], **{labels[j]: int(v) for j, v in enumerate(row)}} for i, row in enumerate(cm)
+    ]

@@ -37,8 +37,16 @@ def resolve_data_path(path: str) -> Path:
 
 RAW_BATCH_ROWS = 65_536
 # The snapshot's layout and fingerprint: 2 = checked and ordered in DuckDB, fingerprint over Arrow buffers.
-_NESTED = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_struct,
-           pa.types.is_map, pa.types.is_union, pa.types.is_list_view, pa.types.is_large_list_view)
+_NESTED = (
+    pa.types.is_list,
+    pa.types.is_large_list,
+    pa.types.is_fixed_size_list,
+    pa.types.is_struct,
+    pa.types.is_map,
+    pa.types.is_union,
+    pa.types.is_list_view,
+    pa.types.is_large_list_view,
+)
 
 
 def _ident(name: str) -> str:
@@ -74,8 +82,7 @@ def open_local(folder: Path):
     import duckdb
 
     files = _table_files(folder)
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                             "autoload_known_extensions": False})
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         tables = []
         for name, f in files:
@@ -113,8 +120,7 @@ def one_select(sql: str, what: str) -> None:
         raise DataError(f"{what} must be a SELECT statement, not {kind.name}; only reads of data.path are run")
 
 
-def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query",
-                   batch_rows: int | None = None) -> None:
+def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query", batch_rows: int | None = None) -> None:
     """Run `sql` over the tables in `folder` and stream its result to the Parquet file `out`."""
     import duckdb
 
@@ -152,16 +158,24 @@ def _duckdb_message(err: Exception) -> str:
     """DuckDB's first line plus the one that says what is wrong; not the quoted row (it may be a 10 MB text,
     or data that has no place in a log), the reader settings or the SQL caret."""
     lines = [line.strip() for line in str(err).splitlines()]
-    detail = next((line for line in lines[1:] if line and len(line) < 300 and " = " not in line
-                   and not line.startswith(("Original Line", "Possible Solution", "LINE ", "^"))), "")
+    detail = next(
+        (
+            line
+            for line in lines[1:]
+            if line
+            and len(line) < 300
+            and " = " not in line
+            and not line.startswith(("Original Line", "Possible Solution", "LINE ", "^"))
+        ),
+        "",
+    )
     return f"{lines[0]} {detail}".strip()[:500] if lines else type(err).__name__
 
 
 ATHENA_CHUNK_ROWS = 100_000
 
 
-def query_athena_to(data: DataParams, sql: str, out: Path,
-                    chunk_rows: int | None = None) -> dict[str, str | None]:
+def query_athena_to(data: DataParams, sql: str, out: Path, chunk_rows: int | None = None) -> dict[str, str | None]:
     """The production twin: the same SQL through awswrangler (Athena), read in chunks into `out`. Athena's
     own controls (the workgroup's) govern what the SQL may do."""
     import awswrangler as wr
@@ -198,8 +212,12 @@ def query_athena_to(data: DataParams, sql: str, out: Path,
     finally:
         if writer is not None:
             writer.close()
-    return {"query_execution_id": qid, "s3_output": data.athena_s3_output, "database": data.athena_database,
-            "workgroup": data.athena_workgroup}
+    return {
+        "query_execution_id": qid,
+        "s3_output": data.athena_s3_output,
+        "database": data.athena_database,
+        "workgroup": data.athena_workgroup,
+    }
 
 
 def query_athena(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str | None]]:
@@ -226,8 +244,7 @@ def _engine(tmp: Path):
     """DuckDB for our own SQL over the fetched rows (never the user's): bounded memory, spills to `tmp`."""
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                             "autoload_known_extensions": False})
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(f"SET temp_directory = {_literal(str(tmp / 'spill'))}")
     con.execute("SET memory_limit = '512MB'")
     con.execute("SET preserve_insertion_order = false")
@@ -237,8 +254,10 @@ def _engine(tmp: Path):
 def _column_expr(schema: pa.Schema, column: str, what: str, role: str, name: str) -> str:
     t = schema.field(column).type
     if any(test(t) for test in _NESTED):
-        raise DataError(f"{what}: the {role} column {column!r} is of type {t}, not a plain value; a {role} must be "
-                        "a string (or a number for labels): pick a field or join the list in the SQL")
+        raise DataError(
+            f"{what}: the {role} column {column!r} is of type {t}, not a plain value; a {role} must be "
+            "a string (or a number for labels): pick a field or join the list in the SQL"
+        )
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
         return f"decode({name})"
     return f"CAST({name} AS VARCHAR)"
@@ -265,46 +284,56 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
     text_expr = _column_expr(schema, tc, what, "text", "t")
     label_expr = _column_expr(schema, lc, what, "label", "l")
     src = f"read_parquet({_literal(str(raw))}, file_row_number=true)"
-    con.execute(f"CREATE VIEW {view}_in AS SELECT file_row_number AS rn, {_ident(tc)} AS t, {_ident(lc)} AS l "
-                f"FROM {src}")
+    con.execute(
+        f"CREATE VIEW {view}_in AS SELECT file_row_number AS rn, {_ident(tc)} AS t, {_ident(lc)} AS l FROM {src}"
+    )
     n, null_t, first_null_t, null_l, first_null_l = con.execute(
         f"SELECT count(*), count(*) FILTER (t IS NULL), min(rn) FILTER (t IS NULL), "
-        f"count(*) FILTER (l IS NULL), min(rn) FILTER (l IS NULL) FROM {view}_in").fetchone()
+        f"count(*) FILTER (l IS NULL), min(rn) FILTER (l IS NULL) FROM {view}_in"
+    ).fetchone()
     if n == 0:
         raise DataError(f"{what}: the query returned no rows; check the SQL and the tables it reads")
     if null_t:
-        raise DataError(f"{what}: {null_t:,} row(s) have a null text (e.g. {_row(first_null_t)}); "
-                        "filter them in the SQL")
+        raise DataError(
+            f"{what}: {null_t:,} row(s) have a null text (e.g. {_row(first_null_t)}); filter them in the SQL"
+        )
     if null_l:
-        raise DataError(f"{what}: {null_l:,} row(s) have a null label (e.g. {_row(first_null_l)}); "
-                        "filter them in the SQL")
+        raise DataError(
+            f"{what}: {null_l:,} row(s) have a null label (e.g. {_row(first_null_l)}); filter them in the SQL"
+        )
     con.execute(f"CREATE VIEW {view} AS SELECT rn, {text_expr} AS text, trim({label_expr}) AS label FROM {view}_in")
     try:
         empty, first_empty, long, first_long = con.execute(
             f"SELECT count(*) FILTER (e), min(rn) FILTER (e), count(*) FILTER (g), min(rn) FILTER (g) FROM "
             f"(SELECT rn, regexp_full_match(text, '[\\s\\p{{Z}}\\x{{85}}\\x{{1c}}-\\x{{1f}}]*') AS e, "
-            f"length(text) > {MAX_TEXT_CHARS} AS g FROM {view})").fetchone()
+            f"length(text) > {MAX_TEXT_CHARS} AS g FROM {view})"
+        ).fetchone()
     except duckdb.Error as err:
         if "UTF" in str(err) or "utf" in str(err):
             raise DataError(f"{what}: a text value is not valid UTF-8; fix the encoding in the source") from None
         raise
     if empty:
-        raise DataError(f"{what}: {empty:,} row(s) have an empty text (e.g. {_row(first_empty)}); "
-                        "filter them in the SQL")
+        raise DataError(
+            f"{what}: {empty:,} row(s) have an empty text (e.g. {_row(first_empty)}); filter them in the SQL"
+        )
     if long:
-        raise DataError(f"{what}: {long:,} text(s) are longer than {MAX_TEXT_CHARS:,} characters "
-                        f"(e.g. {_row(first_long)})")
+        raise DataError(
+            f"{what}: {long:,} text(s) are longer than {MAX_TEXT_CHARS:,} characters (e.g. {_row(first_long)})"
+        )
     if data.labels is not None:
         allowed = ", ".join(_literal(v) for v in data.labels)
-        bad = con.execute(f"SELECT label, min(rn) FROM {view} WHERE label NOT IN ({allowed}) GROUP BY label "
-                          "ORDER BY label").fetchall()
+        bad = con.execute(
+            f"SELECT label, min(rn) FROM {view} WHERE label NOT IN ({allowed}) GROUP BY label ORDER BY label"
+        ).fetchall()
         if bad:
-            raise DataError(f"{what}: label(s) {[b[0] for b in bad]} are not in data.labels {data.labels} "
-                            f"(e.g. {_row(min(b[1] for b in bad))})")
+            raise DataError(
+                f"{what}: label(s) {[b[0] for b in bad]} are not in data.labels {data.labels} "
+                f"(e.g. {_row(min(b[1] for b in bad))})"
+            )
     warnings = []
     n_conf, example = con.execute(
-        f"SELECT count(*), min(text) FROM (SELECT text FROM {view} GROUP BY text "
-        "HAVING count(DISTINCT label) > 1)").fetchone()
+        f"SELECT count(*), min(text) FROM (SELECT text FROM {view} GROUP BY text HAVING count(DISTINCT label) > 1)"
+    ).fetchone()
     if n_conf:
         msg = f"{what}: {n_conf} text(s) appear with conflicting labels (e.g. {example!r})"
         log.warning(msg)
@@ -320,8 +349,10 @@ def thin_class_warnings(label_counts: dict[str, int], what: str) -> list[str]:
     """Warn (not refuse) about a class with fewer rows than splits: its F1, likely 0, still counts in macro-F1."""
     out = []
     for label, n in sorted((lab, n) for lab, n in label_counts.items() if n < MIN_CLASS_ROWS):
-        msg = (f"{what}: class {label!r} has only {int(n)} row(s), too few to be in the train, validation and test "
-               "splits; its F1 (likely 0) is averaged into macro-F1")
+        msg = (
+            f"{what}: class {label!r} has only {int(n)} row(s), too few to be in the train, validation and test "
+            "splits; its F1 (likely 0) is averaged into macro-F1"
+        )
         log.warning(msg)
         out.append(msg)
     return out
@@ -384,11 +415,11 @@ class _Fingerprint:
             else:
                 arr = arr.cast(pa.string())
                 off_type = np.int32
-            offsets = np.frombuffer(arr.buffers()[1], dtype=off_type)[arr.offset: arr.offset + len(arr) + 1]
+            offsets = np.frombuffer(arr.buffers()[1], dtype=off_type)[arr.offset : arr.offset + len(arr) + 1]
             self._h[(c, "len")].update(np.diff(offsets).astype("<i8").tobytes())
             data = arr.buffers()[2]
             if data is not None and len(arr):
-                self._h[(c, "data")].update(memoryview(data)[int(offsets[0]): int(offsets[-1])])
+                self._h[(c, "data")].update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
     def hexdigest(self) -> str:
         top = hashlib.sha256(f"trainkite.snapshot/{SNAPSHOT_SCHEMA}\n".encode())
@@ -415,8 +446,9 @@ def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
 SNAPSHOT_ROW_GROUP = 131_072
 
 
-def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = None,
-                  prefix: str | None = None) -> DatasetRef:
+def fetch_dataset(
+    params: Params, workdir: Path, store: ArtifactStore | None = None, prefix: str | None = None
+) -> DatasetRef:
     """Run the queries, check and split the rows, write the snapshot (Parquet) and fingerprint it.
 
     The rows never sit in Python objects: the query result streams to Parquet, DuckDB checks, splits and
@@ -432,15 +464,20 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
         con = _engine(tmp)
         warnings = check_raw(con, raw, data, "data.query", "q0")
         # The training rows only: they are what gets split.
-        warnings += thin_class_warnings(dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()),
-                                        "data.query")
+        warnings += thin_class_warnings(
+            dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()), "data.query"
+        )
         seed, test = data.split_seed, data.test_fraction
         upto_validation = data.test_fraction + data.validation_fraction
         # split_of, in SQL: the first 8 bytes of sha256("<seed>\x1f<text>") as a fraction of 2**64.
-        h = f"(('0x' || left(sha256({_literal(str(seed))} || chr(31) || text), 16))::UBIGINT::DOUBLE " \
+        h = (
+            f"(('0x' || left(sha256({_literal(str(seed))} || chr(31) || text), 16))::UBIGINT::DOUBLE "
             "/ 18446744073709551616.0)"
-        parts = [f"SELECT CASE WHEN {h} < {test!r} THEN 'test' WHEN {h} < {upto_validation!r} THEN 'validation' "
-                 "ELSE 'train' END AS split, text, label FROM q0"]
+        )
+        parts = [
+            f"SELECT CASE WHEN {h} < {test!r} THEN 'test' WHEN {h} < {upto_validation!r} THEN 'validation' "
+            "ELSE 'train' END AS split, text, label FROM q0"
+        ]
         if params.evaluation.query:
             eraw = tmp / "eval.parquet"
             run_query_to(data, params.evaluation.query, eraw, "evaluation.query")
@@ -448,17 +485,31 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
             parts.append("SELECT 'evaluation' AS split, text, label FROM q1")
         snap_tmp = tmp / "snapshot.parquet"
         # Binary (code point) order of split, text, label: the canonical order.
-        con.execute(f"COPY (SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY split, text, label) TO "
-                    f"{_literal(str(snap_tmp))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})")
+        con.execute(
+            f"COPY (SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY split, text, label) TO "
+            f"{_literal(str(snap_tmp))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})"
+        )
         snap_sql = f"read_parquet({_literal(str(snap_tmp))})"
         counts = dict.fromkeys(SPLITS, 0)
         counts.update(dict(con.execute(f"SELECT split, count(*) FROM {snap_sql} GROUP BY split").fetchall()))
-        seen = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split <> 'evaluation' "
-                                          "ORDER BY label").fetchall()]
-        train_labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split = 'train' "
-                                                  "ORDER BY label").fetchall()]
-        eval_labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {snap_sql} WHERE split = "
-                                                 "'evaluation' ORDER BY label").fetchall()]
+        seen = [
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT label FROM {snap_sql} WHERE split <> 'evaluation' ORDER BY label"
+            ).fetchall()
+        ]
+        train_labels = [
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT label FROM {snap_sql} WHERE split = 'train' ORDER BY label"
+            ).fetchall()
+        ]
+        eval_labels = [
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT label FROM {snap_sql} WHERE split = 'evaluation' ORDER BY label"
+            ).fetchall()
+        ]
         con.close()
         con = None
         if len(seen) < 2:
@@ -470,8 +521,9 @@ def fetch_dataset(params: Params, workdir: Path, store: ArtifactStore | None = N
         if unknown_eval:
             raise DataError(f"evaluation.query: label(s) {unknown_eval} never occur in the training data {labels}")
         if counts["validation"] == 0:
-            raise DataError("data.query: too few rows for a validation split; add rows or raise "
-                            "data.validation_fraction")
+            raise DataError(
+                "data.query: too few rows for a validation split; add rows or raise data.validation_fraction"
+            )
         fp = snapshot_fingerprint(snap_tmp)
         snap = workdir / "data" / "snapshot.parquet"
         snap.parent.mkdir(parents=True, exist_ok=True)

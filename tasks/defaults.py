@@ -64,9 +64,15 @@ def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
             grams.update(" ".join(toks[i : i + k]) for i in range(len(toks) - k + 1))
     m = len(sample)
     labels = rows.loc[rows["split"] != "evaluation", "label"].nunique()
-    return DataStats(train_rows=n, validation_rows=int((rows["split"] == "validation").sum()), labels=int(labels),
-                     vocabulary=_heaps(len(words), m, n), ngrams=_heaps(len(words) + len(grams), m, n),
-                     mean_tokens=round(tokens / m, 3) if m else 0.0, sampled_rows=m)
+    return DataStats(
+        train_rows=n,
+        validation_rows=int((rows["split"] == "validation").sum()),
+        labels=int(labels),
+        vocabulary=_heaps(len(words), m, n),
+        ngrams=_heaps(len(words) + len(grams), m, n),
+        mean_tokens=round(tokens / m, 3) if m else 0.0,
+        sampled_rows=m,
+    )
 
 
 def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = None) -> DataStats:
@@ -111,9 +117,15 @@ def bow_rules(st: DataStats) -> dict[str, int | float]:
     # touched by few examples of a batch).
     lr = round(0.75 * math.sqrt(batch), 4)
     patience = 0 if epochs <= 5 else _clip(epochs // 3, 3, 10)
-    return {"preprocess.buckets": buckets, "model.embedding_dim": dim, "train.batch_size": batch,
-            "train.epochs": epochs, "train.learning_rate": lr, "train.warmup_fraction": 0.0,
-            "train.patience": patience}
+    return {
+        "preprocess.buckets": buckets,
+        "model.embedding_dim": dim,
+        "train.batch_size": batch,
+        "train.epochs": epochs,
+        "train.learning_rate": lr,
+        "train.warmup_fraction": 0.0,
+        "train.patience": patience,
+    }
 
 
 def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float]:
@@ -122,20 +134,29 @@ def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float]:
         # The recipe of the encoder benchmarks: AdamW 3e-5, a short warm-up, few passes over large data.
         batch = 32
         epochs = _clip(math.ceil(100_000 / max(1, n)), 2, 10)
-        return {"train.batch_size": batch, "train.epochs": epochs, "train.learning_rate": 3e-5,
-                "train.warmup_fraction": 0.06, "train.patience": 0 if epochs <= 3 else 2}
+        return {
+            "train.batch_size": batch,
+            "train.epochs": epochs,
+            "train.learning_rate": 3e-5,
+            "train.warmup_fraction": 0.06,
+            "train.patience": 0 if epochs <= 3 else 2,
+        }
     batch = _clip(_pow2_at_most(n / 200), 8, 64)
     epochs = _clip(math.ceil(ENCODER_EXAMPLES / max(1, n)), 10, 100)
-    return {"train.batch_size": batch, "train.epochs": epochs, "train.learning_rate": 1e-3,
-            "train.warmup_fraction": 0.0, "train.patience": 0 if epochs <= 10 else _clip(epochs // 4, 3, 10)}
+    return {
+        "train.batch_size": batch,
+        "train.epochs": epochs,
+        "train.learning_rate": 1e-3,
+        "train.warmup_fraction": 0.0,
+        "train.patience": 0 if epochs <= 10 else _clip(epochs // 4, 3, 10),
+    }
 
 
 def rules(params: Params, st: DataStats) -> dict[str, int | float]:
     """Every rule's value for these statistics (set keys are not consulted)."""
     if params.model.type == "encoder":
         # The encoder has no hash table: buckets and embedding_dim only need a value to be fully resolved.
-        return {"preprocess.buckets": 2**14, "model.embedding_dim": 16,
-                **encoder_rules(st, params.model.encoder_mode)}
+        return {"preprocess.buckets": 2**14, "model.embedding_dim": 16, **encoder_rules(st, params.model.encoder_mode)}
     return bow_rules(st)
 
 

@@ -123,8 +123,10 @@ def resource_name(model_id: str, stamp: str | None = None) -> str:
 def endpoint_name(configured: str | None, model_name: str) -> str:
     if configured:
         if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", configured):
-            raise UserInputError(f"deploy.endpoint_name {configured!r}: letters, digits and '-' only, at most 63, "
-                                 "starting and ending with a letter or digit")
+            raise UserInputError(
+                f"deploy.endpoint_name {configured!r}: letters, digits and '-' only, at most 63, "
+                "starting and ending with a letter or digit"
+            )
         return configured
     return sagemaker_name(f"trainkite-{model_name}")
 
@@ -166,15 +168,19 @@ def resource_tags(candidate: Candidate) -> list[dict[str, str]]:
 def docker_image(candidate: Candidate, override: str | None) -> str:
     image = override or (candidate.manifest.get("lineage") or {}).get("docker_image")
     if not image:
-        raise UserInputError(f"model {candidate.model_id} has no lineage.docker_image (it was trained outside "
-                             "an image); set deploy.image (--image) to the serving image URI")
+        raise UserInputError(
+            f"model {candidate.model_id} has no lineage.docker_image (it was trained outside "
+            "an image); set deploy.image (--image) to the serving image URI"
+        )
     return image
 
 
 def production_store(root: str | None) -> S3Store:
     if not root or not root.startswith("s3://"):
-        raise UserInputError(f"deploy.production_root is {root!r}: set it to the production bucket "
-                             "(s3://bucket/prefix) SageMaker reads model.tar.gz from")
+        raise UserInputError(
+            f"deploy.production_root is {root!r}: set it to the production bucket "
+            "(s3://bucket/prefix) SageMaker reads model.tar.gz from"
+        )
     return S3Store(root)
 
 
@@ -187,26 +193,50 @@ def upload_archive(prod: ArtifactStore, archive: dict, candidate: Candidate) -> 
         prod.download(key, copy)
         size, digest = copy.stat().st_size, file_sha256(copy)
     if size != archive["size"] or digest != archive["sha256"]:
-        raise DeployError(f"{prod.uri(key)} does not match the archive built here (size {size} vs "
-                          f"{archive['size']}, sha256 {digest[:12]} vs {archive['sha256'][:12]}); not deploying it")
+        raise DeployError(
+            f"{prod.uri(key)} does not match the archive built here (size {size} vs "
+            f"{archive['size']}, sha256 {digest[:12]} vs {archive['sha256'][:12]}); not deploying it"
+        )
     return {"uri": prod.uri(key), "sha256": digest, "size": size}
 
 
-def create_model_and_config(sm, *, name: str, image: str, role_arn: str | None, model_data_url: str,
-                            env: dict[str, str], tags: list[dict[str, str]], instance_type: str,
-                            instance_count: int) -> dict[str, str]:
+def create_model_and_config(
+    sm,
+    *,
+    name: str,
+    image: str,
+    role_arn: str | None,
+    model_data_url: str,
+    env: dict[str, str],
+    tags: list[dict[str, str]],
+    instance_type: str,
+    instance_count: int,
+) -> dict[str, str]:
     if not role_arn:
-        raise UserInputError("deploy.execution_role_arn is not set: the IAM role SageMaker assumes to pull the "
-                             "image and read the production bucket")
+        raise UserInputError(
+            "deploy.execution_role_arn is not set: the IAM role SageMaker assumes to pull the "
+            "image and read the production bucket"
+        )
     with aws_errors(f"create SageMaker model {name}"):
-        sm.create_model(ModelName=name, ExecutionRoleArn=role_arn, Tags=tags,
-                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": env})
+        sm.create_model(
+            ModelName=name,
+            ExecutionRoleArn=role_arn,
+            Tags=tags,
+            PrimaryContainer={"Image": image, "ModelDataUrl": model_data_url, "Environment": env},
+        )
     with aws_errors(f"create endpoint config {name}"):
         sm.create_endpoint_config(
-            EndpointConfigName=name, Tags=tags,
-            ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name,
-                                 "InitialInstanceCount": instance_count, "InstanceType": instance_type,
-                                 "InitialVariantWeight": 1.0}],
+            EndpointConfigName=name,
+            Tags=tags,
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": name,
+                    "InitialInstanceCount": instance_count,
+                    "InstanceType": instance_type,
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
         )
     return {"model": name, "config": name}
 
@@ -217,8 +247,9 @@ def describe(sm, endpoint: str) -> dict | None:
     try:
         return sm.describe_endpoint(EndpointName=endpoint)
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") == "ValidationException" and \
-                "Could not find" in err.response.get("Error", {}).get("Message", ""):
+        if err.response.get("Error", {}).get("Code") == "ValidationException" and "Could not find" in err.response.get(
+            "Error", {}
+        ).get("Message", ""):
             return None
         raise
 
@@ -237,13 +268,15 @@ def wait_in_service(sm, endpoint: str, *, delay_s: float, timeout_s: float, slee
             reason = desc.get("FailureReason") or "no FailureReason given"
             raise DeployError(f"endpoint {endpoint} is {status}: {reason}", endpoint_status=status)
         if time.monotonic() >= deadline:
-            raise DeployError(f"endpoint {endpoint} still {status} after {timeout_s:.0f}s; check the SageMaker "
-                              "console, it may still finish", endpoint_status=status)
+            raise DeployError(
+                f"endpoint {endpoint} still {status} after {timeout_s:.0f}s; check the SageMaker "
+                "console, it may still finish",
+                endpoint_status=status,
+            )
         sleep(delay_s)
 
 
-def _switch(sm, endpoint: str, config: str, *, create: bool, tags, delay_s: float, timeout_s: float,
-            sleep) -> None:
+def _switch(sm, endpoint: str, config: str, *, create: bool, tags, delay_s: float, timeout_s: float, sleep) -> None:
     if create:
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config, Tags=tags)
     else:
@@ -253,8 +286,11 @@ def _switch(sm, endpoint: str, config: str, *, create: bool, tags, delay_s: floa
     actual = desc.get("EndpointConfigName")
     if actual != config:
         reason = desc.get("FailureReason") or "no FailureReason given"
-        raise DeployError(f"endpoint {endpoint} is InService on config {actual}, not {config}: SageMaker rolled "
-                          f"the update back ({reason})", endpoint_config=actual)
+        raise DeployError(
+            f"endpoint {endpoint} is InService on config {actual}, not {config}: SageMaker rolled "
+            f"the update back ({reason})",
+            endpoint_config=actual,
+        )
 
 
 def smoke_test(runtime, endpoint: str, model_id: str, text: str = SMOKE_TEXT) -> dict:
@@ -262,9 +298,12 @@ def smoke_test(runtime, endpoint: str, model_id: str, text: str = SMOKE_TEXT) ->
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        resp = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json",
-                                       Accept="application/json",
-                                       Body=json.dumps({"instances": [text]}).encode())
+        resp = runtime.invoke_endpoint(
+            EndpointName=endpoint,
+            ContentType="application/json",
+            Accept="application/json",
+            Body=json.dumps({"instances": [text]}).encode(),
+        )
         raw = resp["Body"].read()
     except (ClientError, BotoCoreError) as err:
         raise DeployError(f"smoke test of {endpoint} failed: {err}") from None
@@ -275,23 +314,44 @@ def smoke_test(runtime, endpoint: str, model_id: str, text: str = SMOKE_TEXT) ->
         if not isinstance(pred, dict) or "label" not in pred or pred.get("model_id") != served:
             raise ValueError("predictions[0] has no label or a different model_id")
     except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise DeployError(f"smoke test of {endpoint}: the reply is not a trainkite prediction ({err}): "
-                          f"{raw[:200]!r}") from None
+        raise DeployError(
+            f"smoke test of {endpoint}: the reply is not a trainkite prediction ({err}): {raw[:200]!r}"
+        ) from None
     if served != model_id:
         raise DeployError(f"smoke test of {endpoint}: it serves model {served}, not {model_id}")
     return pred
 
 
-def roll_out(sm, runtime, *, endpoint: str, config: str, model_id: str, tags: list[dict[str, str]],
-             delay_s: float = 30, timeout_s: float = 3600, smoke_text: str = SMOKE_TEXT,
-             sleep=time.sleep) -> dict:
+def roll_out(
+    sm,
+    runtime,
+    *,
+    endpoint: str,
+    config: str,
+    model_id: str,
+    tags: list[dict[str, str]],
+    delay_s: float = 30,
+    timeout_s: float = 3600,
+    smoke_text: str = SMOKE_TEXT,
+    sleep=time.sleep,
+) -> dict:
     """Create the endpoint on `config`, or update it; confirm, smoke-test, roll back to the old config on failure.
 
     Returns {"action": "created"|"updated", "previous_config": ..., "smoke": prediction}.
     """
     with aws_errors(f"roll out endpoint {endpoint}"):
-        return _roll_out(sm, runtime, endpoint=endpoint, config=config, model_id=model_id, tags=tags,
-                         delay_s=delay_s, timeout_s=timeout_s, smoke_text=smoke_text, sleep=sleep)
+        return _roll_out(
+            sm,
+            runtime,
+            endpoint=endpoint,
+            config=config,
+            model_id=model_id,
+            tags=tags,
+            delay_s=delay_s,
+            timeout_s=timeout_s,
+            smoke_text=smoke_text,
+            sleep=sleep,
+        )
 
 
 def _roll_out(sm, runtime, *, endpoint, config, model_id, tags, delay_s, timeout_s, smoke_text, sleep) -> dict:
@@ -300,27 +360,33 @@ def _roll_out(sm, runtime, *, endpoint, config, model_id, tags, delay_s, timeout
     if current and current["EndpointStatus"] != "InService":
         reason = f" ({current['FailureReason']})" if current.get("FailureReason") else ""
         hint = "wait for it to finish" if current["EndpointStatus"] in _BUSY else "delete it or deploy to another name"
-        raise DeployError(f"endpoint {endpoint} is {current['EndpointStatus']}{reason}; {hint}",
-                          previous_config=previous)
+        raise DeployError(
+            f"endpoint {endpoint} is {current['EndpointStatus']}{reason}; {hint}", previous_config=previous
+        )
     action = "updated" if current else "created"
     log.info("%s endpoint %s on config %s", "updating" if current else "creating", endpoint, config)
-    _switch(sm, endpoint, config, create=current is None, tags=tags, delay_s=delay_s, timeout_s=timeout_s,
-            sleep=sleep)
+    _switch(sm, endpoint, config, create=current is None, tags=tags, delay_s=delay_s, timeout_s=timeout_s, sleep=sleep)
     try:
         pred = smoke_test(runtime, endpoint, model_id, smoke_text)
     except DeployError as err:
         if previous is None:
-            raise DeployError(f"{err}; endpoint {endpoint} was just created, so there is no previous config "
-                              "to roll back to: inspect or delete it", previous_config=None) from None
+            raise DeployError(
+                f"{err}; endpoint {endpoint} was just created, so there is no previous config "
+                "to roll back to: inspect or delete it",
+                previous_config=None,
+            ) from None
         log.warning("%s; rolling %s back to %s", err, endpoint, previous)
         try:
-            _switch(sm, endpoint, previous, create=False, tags=tags, delay_s=delay_s, timeout_s=timeout_s,
-                    sleep=sleep)
+            _switch(sm, endpoint, previous, create=False, tags=tags, delay_s=delay_s, timeout_s=timeout_s, sleep=sleep)
         except DeployError as rollback_err:
-            raise DeployError(f"{err}; rolling back to {previous} ALSO failed: {rollback_err}",
-                              previous_config=previous, rolled_back=False) from None
-        raise DeployError(f"{err}; rolled endpoint {endpoint} back to config {previous}",
-                          previous_config=previous, rolled_back=True) from None
+            raise DeployError(
+                f"{err}; rolling back to {previous} ALSO failed: {rollback_err}",
+                previous_config=previous,
+                rolled_back=False,
+            ) from None
+        raise DeployError(
+            f"{err}; rolled endpoint {endpoint} back to config {previous}", previous_config=previous, rolled_back=True
+        ) from None
     return {"action": action, "previous_config": previous, "smoke": pred}
 
 
@@ -330,8 +396,7 @@ def delete_superseded(sm, config: str) -> list[str]:
 
     deleted = []
     try:
-        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)
-                  ["ProductionVariants"]]
+        models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]]
         sm.delete_endpoint_config(EndpointConfigName=config)
         deleted.append(f"endpoint-config/{config}")
         for model in models:
@@ -348,7 +413,9 @@ def approval_markdown(candidate: Candidate, live: dict | None, champion: dict, t
     champ_id = live["model_id"] if live else "none"
     rows = "\n".join(
         f"| {k} | {candidate.metrics.get(k, float('nan')):.4f} | "
-        + (f"{champion[k]:.4f}" if k in champion else "-") + " |" for k in names
+        + (f"{champion[k]:.4f}" if k in champion else "-")
+        + " |"
+        for k in names
     )
     where = f"`{target}` endpoint `{endpoint}`"
     head = f"### Deploy `{candidate.model_id}` to {where}?\n\n"

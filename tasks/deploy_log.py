@@ -23,8 +23,9 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def new_record(*, model_id: str, model_name: str, target: str, endpoint: str, status: str,
-               **fields: Any) -> dict[str, Any]:
+def new_record(
+    *, model_id: str, model_name: str, target: str, endpoint: str, status: str, **fields: Any
+) -> dict[str, Any]:
     if status not in STATUSES:
         raise ValueError(f"deployment status {status!r}; allowed: {', '.join(STATUSES)}")
     time = fields.pop("time", None) or now()

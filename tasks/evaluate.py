@@ -43,8 +43,7 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
     ax.set_title(title)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fixed metadata keeps the PNG bytes stable for the same matrix.
@@ -52,13 +51,19 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
     plt.close(fig)
 
 
-def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store: ArtifactStore,
-             workdir: Path, prefix: str, dataset: DatasetRef | None = None) -> EvalReport:
+def evaluate(
+    trained: TrainedModel,
+    features: FeaturesRef,
+    params: Params,
+    store: ArtifactStore,
+    workdir: Path,
+    prefix: str,
+    dataset: DatasetRef | None = None,
+) -> EvalReport:
     """Score every split; with `dataset` (the raw texts) also the champion on the same evaluation rows."""
     arrays = load_features(features, store, workdir)
     probs_of = split_scorer(trained, params, arrays, len(features.labels), store)
-    metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
-                     "history": trained.history}
+    metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run, "history": trained.history}
     plots: dict[str, str] = {}
     split_probs: dict[str, np.ndarray] = {}
     for split in ("validation", "test", "evaluation"):
@@ -78,8 +83,9 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
             summary[f"{split}_macro_f1"] = round(metrics[split]["macro_f1"], 4)
     metrics["summary"] = summary
     if dataset is not None:
-        metrics["comparison"] = _champion_comparison(dataset, arrays, split_probs, features, params, store,
-                                                     Path(prefix).name)
+        metrics["comparison"] = _champion_comparison(
+            dataset, arrays, split_probs, features, params, store, Path(prefix).name
+        )
         cm = (metrics["comparison"].get("confusion") or {}).get("champion")
         if cm:
             path = workdir / "plots" / "confusion_champion.png"
@@ -94,8 +100,15 @@ def evaluate(trained: TrainedModel, features: FeaturesRef, params: Params, store
     return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots, staged=staged)
 
 
-def _champion_comparison(dataset: DatasetRef, arrays: dict, split_probs: dict, features: FeaturesRef,
-                         params: Params, store: ArtifactStore, model_id: str) -> dict:
+def _champion_comparison(
+    dataset: DatasetRef,
+    arrays: dict,
+    split_probs: dict,
+    features: FeaturesRef,
+    params: Params,
+    store: ArtifactStore,
+    model_id: str,
+) -> dict:
     from tasks.champion import compare_with_champion
     from trainkite.snapshot import local_snapshot, read_snapshot
 
@@ -105,10 +118,18 @@ def _champion_comparison(dataset: DatasetRef, arrays: dict, split_probs: dict, f
         return {"verdict": "not compared", "champion": None, "reason": "no evaluation or test rows"}
     rows = read_snapshot(local_snapshot(dataset, store))
     texts = rows.loc[rows["split"] == split, "text"].tolist()
-    return compare_with_champion(store=store, model_name=params.model.name, model_id=model_id, split=split,
-                                 y=arrays[f"{split}_y"], challenger_probs=split_probs[split],
-                                 labels=features.labels, texts=texts, primary_metric=params.evaluation.primary_metric,
-                                 seed=params.train.seed)
+    return compare_with_champion(
+        store=store,
+        model_name=params.model.name,
+        model_id=model_id,
+        split=split,
+        y=arrays[f"{split}_y"],
+        challenger_probs=split_probs[split],
+        labels=features.labels,
+        texts=texts,
+        primary_metric=params.evaluation.primary_metric,
+        seed=params.train.seed,
+    )
 
 
 def one_line(summary: dict[str, float]) -> str:

@@ -28,8 +28,15 @@ VERDICT_FIELD = "comparison-verdict"
 CHAMPION_FIELD = "champion-model-id"
 
 
-def success_fields(*, model_id: str, artifact_uri: str, wandb_run_id: str | None, docker_image: str | None,
-                   metrics_line: str, comparison: dict | None = None) -> dict[str, str]:
+def success_fields(
+    *,
+    model_id: str,
+    artifact_uri: str,
+    wandb_run_id: str | None,
+    docker_image: str | None,
+    metrics_line: str,
+    comparison: dict | None = None,
+) -> dict[str, str]:
     champion = (comparison or {}).get("champion") or {}
     return {
         VERDICT_FIELD: (comparison or {}).get("verdict") or "no champion",
@@ -52,9 +59,17 @@ def failure_reason(state_type: str, message: str | None) -> str:
 
 def failure_fields(model_id: str, reason: str) -> dict[str, str]:
     # Every field gets a value so the step is released; `review` turns "failed" into a red step.
-    return {"model-id": model_id, "model-data-path": "none", "wandb-run-id": "none", "model-env": "{}",
-            "docker-image": "none", "metrics": f"training failed: {reason}"[:900], VERDICT_FIELD: "not compared",
-            CHAMPION_FIELD: "none", STATUS_FIELD: "failed"}
+    return {
+        "model-id": model_id,
+        "model-data-path": "none",
+        "wandb-run-id": "none",
+        "model-env": "{}",
+        "docker-image": "none",
+        "metrics": f"training failed: {reason}"[:900],
+        VERDICT_FIELD: "not compared",
+        CHAMPION_FIELD: "none",
+        STATUS_FIELD: "failed",
+    }
 
 
 def client_for(build: BuildContext):
@@ -112,30 +127,37 @@ def notify_success(build: BuildContext | None, fields: dict[str, str], annotatio
     return "unblocked"
 
 
-def notify_failure(build: BuildContext | None, *, model_id: str, flow_run: str, reason: str,
-                   failed_step: str | None = None) -> str:
+def notify_failure(
+    build: BuildContext | None, *, model_id: str, flow_run: str, reason: str, failed_step: str | None = None
+) -> str:
     if build is None:
         log.info("not inside a Buildkite build: nothing to release (model %s failed: %s)", model_id, reason)
         return "skipped"
     client = client_for(build)
-    body = (f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
-            f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}")
+    body = (
+        f"**Training failed** for `{model_id}`\n\n- flow run: `{flow_run}`\n"
+        f"- failed step: `{failed_step or 'unknown'}`\n- reason: {reason[:500]}"
+    )
     _annotate(client, build, body, "error")
     return _unblock(client, build, failure_fields(model_id, reason)) or "released"
 
 
-def annotation_markdown(model_id: str, artifact_uri: str, summary: dict[str, float], wandb: str,
-                        comparison: dict | None = None) -> str:
+def annotation_markdown(
+    model_id: str, artifact_uri: str, summary: dict[str, float], wandb: str, comparison: dict | None = None
+) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in summary.items())
-    body = (f"### Model `{model_id}`\n\n| metric | value |\n|---|---|\n{rows}\n\n"
-            f"- artifacts: `{artifact_uri}`\n- W&B: {wandb}\n")
+    body = (
+        f"### Model `{model_id}`\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+        f"- artifacts: `{artifact_uri}`\n- W&B: {wandb}\n"
+    )
     if comparison is not None:
         body += "\n" + comparison_markdown(comparison, model_id, challenger_wandb=wandb)
     return body
 
 
-def wandb_link(run_id: str | None, project: str | None = None, entity: str | None = None,
-               env: dict | None = None) -> str:
+def wandb_link(
+    run_id: str | None, project: str | None = None, entity: str | None = None, env: dict | None = None
+) -> str:
     """A W&B run as a link when its entity is known (online), else its ID and how to see it."""
     env = os.environ if env is None else env
     if not run_id or run_id == "none":
@@ -147,16 +169,21 @@ def wandb_link(run_id: str | None, project: str | None = None, entity: str | Non
     return f"offline run ID `{run_id}` (`wandb sync` it to see it online)"
 
 
-_VERDICT_ICON = {"better": ":white_check_mark:", "no significant difference": ":heavy_minus_sign:",
-                 "worse": ":x:"}
+_VERDICT_ICON = {"better": ":white_check_mark:", "no significant difference": ":heavy_minus_sign:", "worse": ":x:"}
 
 
 def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "-"
 
 
-def comparison_markdown(comparison: dict, model_id: str, *, challenger_wandb: str | None = None,
-                        images: dict[str, str] | None = None, override: str | None = None) -> str:
+def comparison_markdown(
+    comparison: dict,
+    model_id: str,
+    *,
+    challenger_wandb: str | None = None,
+    images: dict[str, str] | None = None,
+    override: str | None = None,
+) -> str:
     """Champion against challenger for the people who press Deploy?: side by side, the verdict with its
     p-value and interval, per-class F1, both confusion matrices (`images`: artifact paths), flipped rows."""
     verdict = comparison.get("verdict", "not compared")
@@ -199,8 +226,11 @@ def comparison_markdown(comparison: dict, model_id: str, *, challenger_wandb: st
         lines += ["", "<table><tr><th>champion</th><th>challenger</th></tr><tr>"]
         for who in ("champion", "challenger"):
             src = images.get(who)
-            lines.append(f'<td><img src="artifact://{src}" alt="{who} confusion matrix" height=250></td>'
-                         if src else "<td>-</td>")
+            lines.append(
+                f'<td><img src="artifact://{src}" alt="{who} confusion matrix" height=250></td>'
+                if src
+                else "<td>-</td>"
+            )
         lines.append("</tr></table>")
     flipped = comparison.get("flipped") or {}
     for kind, title in (("fixed", "champion wrong, challenger right"), ("broken", "champion right, challenger wrong")):
@@ -208,8 +238,13 @@ def comparison_markdown(comparison: dict, model_id: str, *, challenger_wandb: st
         total = flipped.get(f"{kind}_total", len(rows))
         if not total:
             continue
-        lines += ["", f"<details><summary>{total} row(s) {title} (showing {len(rows)})</summary>", "",
-                  "| label | champion | challenger | text |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"<details><summary>{total} row(s) {title} (showing {len(rows)})</summary>",
+            "",
+            "| label | champion | challenger | text |",
+            "|---|---|---|---|",
+        ]
         for r in rows:
             text = str(r.get("text", "")).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
             lines.append(f"| {r['label']} | {r['champion']} | {r['challenger']} | {text} |")

@@ -40,9 +40,11 @@ def build_archive(folder: Path, manifest: dict, dest: Path) -> dict:
     verify_dir(folder, manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    with (open(tmp, "wb") as raw,
-          gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
-          tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar):
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for rel in archive_members(manifest):
             path = folder / rel
             with open(path, "rb") as f:

@@ -29,17 +29,20 @@ def check_code_commit(build: BuildContext | None, git: dict | None = None) -> di
     if not _SHA.match(wanted):
         # `trainkite launch` resolves a symbolic BUILDKITE_COMMIT ("HEAD") from the agent's checkout; a
         # `trainkite train` run straight in a build step trains that checkout itself.
-        log.warning("build #%s names commit %r, not a SHA: cannot check the code against it", build.number,
-                    build.commit)
+        log.warning(
+            "build #%s names commit %r, not a SHA: cannot check the code against it", build.number, build.commit
+        )
         return git
     have = str(git.get("commit") or "unknown")
     if have == "unknown":
         raise UserInputError(
             f"build #{build.number} asks for commit {build.commit}, but this code does not know its commit (no "
-            ".git, no TRAINKITE_GIT_COMMIT): build the image with --build-arg GIT_COMMIT=$BUILDKITE_COMMIT")
+            ".git, no TRAINKITE_GIT_COMMIT): build the image with --build-arg GIT_COMMIT=$BUILDKITE_COMMIT"
+        )
     if not have.lower().startswith(wanted):
         raise UserInputError(
             f"build #{build.number} asks for commit {build.commit}, but this worker's code is commit {have}: the "
             "model would not come from the build's commit. Run the build's image (TRAINKITE_TRAIN_IMAGE at "
-            "launch) or update the worker's checkout")
+            "launch) or update the worker's checkout"
+        )
     return git

@@ -91,10 +91,22 @@ def release(run: FailedRun) -> str:
         log.info("flow run %s is %s now, not failed: nothing to release", run.label, run.state_type)
         return f"skipped: run is {run.state_type}"
     model_id = run.model_id or run.build.model_id
-    outcome = notify_failure(run.build, model_id=model_id, flow_run=run.label,
-                             reason=failure_reason(run.state_type, run.state_message), failed_step=run.failed_step)
+    outcome = notify_failure(
+        run.build,
+        model_id=model_id,
+        flow_run=run.label,
+        reason=failure_reason(run.state_type, run.state_message),
+        failed_step=run.failed_step,
+    )
     if outcome != "released":
         return outcome
-    log.info("released %s of build %s #%s (flow run %s %s, step %s)", run.build.step_key,
-             run.build.pipeline, run.build.number, run.label, run.state_type, run.failed_step or "unknown")
+    log.info(
+        "released %s of build %s #%s (flow run %s %s, step %s)",
+        run.build.step_key,
+        run.build.pipeline,
+        run.build.number,
+        run.label,
+        run.state_type,
+        run.failed_step or "unknown",
+    )
     return "released"

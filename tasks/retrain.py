@@ -37,12 +37,23 @@ def decide(params: Params, store: ArtifactStore, force: bool = False) -> Retrain
     last_fp = last["lineage"]["data"]["fingerprint"] if last else None
     last_id = last["model_id"] if last else None
     if force:
-        return RetrainDecision(retrain=True, reason="forced", fingerprint=fp, last_model_id=last_id,
-                               last_fingerprint=last_fp)
+        return RetrainDecision(
+            retrain=True, reason="forced", fingerprint=fp, last_model_id=last_id, last_fingerprint=last_fp
+        )
     if last is None:
         return RetrainDecision(retrain=True, reason=f"no {params.model.name} model yet", fingerprint=fp)
     if fp == last_fp:
-        return RetrainDecision(retrain=False, fingerprint=fp, last_model_id=last_id, last_fingerprint=last_fp,
-                               reason=f"data unchanged since {last_id} (fingerprint {fp[:12]}…)")
-    return RetrainDecision(retrain=True, fingerprint=fp, last_model_id=last_id, last_fingerprint=last_fp,
-                           reason=f"data changed since {last_id} ({last_fp[:12]}… → {fp[:12]}…)")
+        return RetrainDecision(
+            retrain=False,
+            fingerprint=fp,
+            last_model_id=last_id,
+            last_fingerprint=last_fp,
+            reason=f"data unchanged since {last_id} (fingerprint {fp[:12]}…)",
+        )
+    return RetrainDecision(
+        retrain=True,
+        fingerprint=fp,
+        last_model_id=last_id,
+        last_fingerprint=last_fp,
+        reason=f"data changed since {last_id} ({last_fp[:12]}… → {fp[:12]}…)",
+    )

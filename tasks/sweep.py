@@ -118,8 +118,9 @@ def combinations(grid: dict[str, list[Any]], random: int | None = None, seed: in
         total *= s
     if random is None:
         if total > MAX_CONFIGS:
-            raise UserInputError(f"the grid has {total} configurations (more than {MAX_CONFIGS}); "
-                                 "sample it with --random N")
+            raise UserInputError(
+                f"the grid has {total} configurations (more than {MAX_CONFIGS}); sample it with --random N"
+            )
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
     if random < 1:
         raise UserInputError("--random must be at least 1")
@@ -151,14 +152,25 @@ def sweep_ids(sweep_id: str | None, env: dict[str, str] | None = None) -> tuple[
 
 def features_group(params: Params) -> str:
     """Configurations with the same group share their preprocessing (same data, same feature settings)."""
-    spec = {"data": params.data.model_dump(mode="json"), "evaluation_query": params.evaluation.query,
-            "root": params.artifacts.root, "model_type": params.model.type, "features": params.preprocess_key()}
+    spec = {
+        "data": params.data.model_dump(mode="json"),
+        "evaluation_query": params.evaluation.query,
+        "root": params.artifacts.root,
+        "model_type": params.model.type,
+        "features": params.preprocess_key(),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_sweep(base: Params, grid: dict[str, list[Any]], random: int | None = None, seed: int = 0,
-               max_parallel: int = 2, sweep_id: str | None = None,
-               env: dict[str, str] | None = None) -> SweepPlan:
+def plan_sweep(
+    base: Params,
+    grid: dict[str, list[Any]],
+    random: int | None = None,
+    seed: int = 0,
+    max_parallel: int = 2,
+    sweep_id: str | None = None,
+    env: dict[str, str] | None = None,
+) -> SweepPlan:
     if not grid:
         raise UserInputError("a sweep needs at least one --grid section.key=v1,v2")
     if not 1 <= max_parallel <= 64:
@@ -173,8 +185,16 @@ def plan_sweep(base: Params, grid: dict[str, list[Any]], random: int | None = No
         except ParamsError as err:
             configs.append(SweepConfig(index=i, name=name, overrides=overrides, error=str(err)))
             continue
-        configs.append(SweepConfig(index=i, name=name, overrides=overrides, params=params,
-                                   model_id=validate_model_id(f"{prefix}-{name}"), group=features_group(params)))
+        configs.append(
+            SweepConfig(
+                index=i,
+                name=name,
+                overrides=overrides,
+                params=params,
+                model_id=validate_model_id(f"{prefix}-{name}"),
+                group=features_group(params),
+            )
+        )
     valid = [c for c in configs if c.error is None]
     if not valid:
         raise ParamsError(f"no configuration of the sweep is valid; the first: {configs[0].error}")
@@ -183,9 +203,18 @@ def plan_sweep(base: Params, grid: dict[str, list[Any]], random: int | None = No
         leaders.setdefault(c.group, c.index)
     first = sorted(leaders.values())
     rest = [c.index for c in valid if c.index not in set(first)]
-    return SweepPlan(sweep_id=sid, model_name=base.model.name, artifacts_root=base.artifacts.root,
-                     primary_metric=base.evaluation.primary_metric, grid=grid, random=random, seed=seed,
-                     max_parallel=max_parallel, configs=configs, waves=[w for w in (first, rest) if w])
+    return SweepPlan(
+        sweep_id=sid,
+        model_name=base.model.name,
+        artifacts_root=base.artifacts.root,
+        primary_metric=base.evaluation.primary_metric,
+        grid=grid,
+        random=random,
+        seed=seed,
+        max_parallel=max_parallel,
+        configs=configs,
+        waves=[w for w in (first, rest) if w],
+    )
 
 
 def score_of(metrics: dict[str, float], metric: str) -> tuple[str | None, float | None]:
@@ -207,10 +236,21 @@ def leaderboard(plan: SweepPlan, outcomes: list[ConfigOutcome]) -> list[dict[str
         metrics = o.metrics if o else {}
         score_key, score = score_of(metrics, plan.primary_metric)
         error = c.error or (o.error if o else "did not run")
-        rows.append({"config_id": c.name, "index": c.index, "model_id": c.model_id if status != "invalid" else None,
-                     "status": status, "config": c.overrides, "score": score, "score_key": score_key,
-                     "metrics": metrics, "error": None if status == "completed" else error,
-                     "flow_run_id": o.flow_run_id if o else None, "artifact_uri": o.artifact_uri if o else None})
+        rows.append(
+            {
+                "config_id": c.name,
+                "index": c.index,
+                "model_id": c.model_id if status != "invalid" else None,
+                "status": status,
+                "config": c.overrides,
+                "score": score,
+                "score_key": score_key,
+                "metrics": metrics,
+                "error": None if status == "completed" else error,
+                "flow_run_id": o.flow_run_id if o else None,
+                "artifact_uri": o.artifact_uri if o else None,
+            }
+        )
     order = {"completed": 0, "failed": 1, "invalid": 2}
     rows.sort(key=lambda r: (order[r["status"]], r["score"] is None, -(r["score"] or 0.0), r["index"]))
     for rank, r in enumerate(rows, start=1):
@@ -237,7 +277,8 @@ def sweep_record(plan: SweepPlan, outcomes: list[ConfigOutcome], deployment: str
         "deployment": deployment,
         "counts": {s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "invalid")},
         "candidate": {k: best[k] for k in ("model_id", "config_id", "config", "score", "score_key", "artifact_uri")}
-        if best else None,
+        if best
+        else None,
         "rows": rows,
     }
 
@@ -248,9 +289,14 @@ def flat_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     metric_names = sorted({m for r in record["rows"] for m in r["metrics"]})
     out = []
     for r in record["rows"]:
-        row: dict[str, Any] = {"rank": r["rank"], "candidate": "yes" if r["candidate"] else "",
-                               "config": r["config_id"], "model_id": r["model_id"] or "", "status": r["status"],
-                               record["primary_metric"]: "" if r["score"] is None else r["score"]}
+        row: dict[str, Any] = {
+            "rank": r["rank"],
+            "candidate": "yes" if r["candidate"] else "",
+            "config": r["config_id"],
+            "model_id": r["model_id"] or "",
+            "status": r["status"],
+            record["primary_metric"]: "" if r["score"] is None else r["score"],
+        }
         row.update({k: json.dumps(r["config"].get(k)) for k in keys})
         row.update({m: r["metrics"].get(m, "") for m in metric_names})
         row["error"] = (r["error"] or "")[:500]
@@ -269,8 +315,11 @@ def write_csv(record: dict[str, Any], path: Path) -> None:
 
 def leaderboard_markdown(record: dict[str, Any]) -> str:
     c = record["candidate"]
-    head = (f"candidate **{c['model_id']}** ({c['config_id']}, {c['score_key']} = {c['score']:.4f})" if c
-            else "no candidate: every configuration failed")
+    head = (
+        f"candidate **{c['model_id']}** ({c['config_id']}, {c['score_key']} = {c['score']:.4f})"
+        if c
+        else "no candidate: every configuration failed"
+    )
     return f"### Sweep `{record['sweep_id']}`\n\n{head}\n"
 
 

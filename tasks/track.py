@@ -53,8 +53,9 @@ def _wait_for_start(timeout: float = 120.0) -> None:
         thread.join(timeout)
 
 
-def track_run(*, params: Params, published: Published, report: EvalReport, store: ArtifactStore,
-              tags: list[str] | None = None) -> dict | None:
+def track_run(
+    *, params: Params, published: Published, report: EvalReport, store: ArtifactStore, tags: list[str] | None = None
+) -> dict | None:
     if params.tracking.backend == "none":
         log.info("tracking is off (tracking.backend = 'none')")
         return None
@@ -64,12 +65,21 @@ def track_run(*, params: Params, published: Published, report: EvalReport, store
     run_id = published.manifest["lineage"]["wandb"]["run_id"]
     # A sweep's runs carry its ID as a tag (`sweep-...`); W&B groups them under it.
     group = next((t for t in tags or [] if t.startswith("sweep-")), None)
-    settings = wandb.Settings(x_disable_stats=True, x_save_requirements=False, disable_code=True,
-                              disable_git=True, console="off", silent=True)
+    settings = wandb.Settings(
+        x_disable_stats=True, x_save_requirements=False, disable_code=True, disable_git=True, console="off", silent=True
+    )
     run = wandb.init(
-        project=params.tracking.project, entity=params.tracking.entity, id=run_id, name=published.model_id,
-        config=params.model_dump(mode="json"), job_type="train", tags=tags or [], group=group, resume="allow",
-        settings=settings, reinit="create_new",
+        project=params.tracking.project,
+        entity=params.tracking.entity,
+        id=run_id,
+        name=published.model_id,
+        config=params.model_dump(mode="json"),
+        job_type="train",
+        tags=tags or [],
+        group=group,
+        resume="allow",
+        settings=settings,
+        reinit="create_new",
     )
     try:
         for row in report.metrics.get("history", []):
@@ -87,22 +97,33 @@ def track_run(*, params: Params, published: Published, report: EvalReport, store
                 for j, count in enumerate(row):
                     y_true += [i] * count
                     y_pred += [j] * count
-            run.log({f"{split}_confusion": wandb.plot.confusion_matrix(
-                y_true=y_true, preds=y_pred, class_names=labels, title=f"{split} confusion")})
+            run.log(
+                {
+                    f"{split}_confusion": wandb.plot.confusion_matrix(
+                        y_true=y_true, preds=y_pred, class_names=labels, title=f"{split} confusion"
+                    )
+                }
+            )
         comparison = report.metrics.get("comparison")
         if comparison:
             run.summary.update(comparison_summary(comparison))
         dataset = dataset_artifact(wandb, published, store)
         if dataset is not None:
             use_artifact(run, dataset)
-        art = wandb.Artifact(f"model-{published.model_name}", type="model",
-                             metadata={"model_id": published.model_id, **report.summary})
+        art = wandb.Artifact(
+            f"model-{published.model_name}", type="model", metadata={"model_id": published.model_id, **report.summary}
+        )
         # References to exactly the manifest's files (and the manifest), not the folder: a model folder may
         # also hold scratch (checkpoints/, run/) that is no part of the model.
         add_manifest_files(art, published, store, [*published.manifest["files"], "manifest.json"])
         run.log_artifact(art, aliases=[published.model_id])
-        info = {"run_id": run.id, "project": params.tracking.project, "entity": params.tracking.entity,
-                "mode": os.environ.get("WANDB_MODE", "online"), "run_dir": str(run.settings.sync_dir)}
+        info = {
+            "run_id": run.id,
+            "project": params.tracking.project,
+            "entity": params.tracking.entity,
+            "mode": os.environ.get("WANDB_MODE", "online"),
+            "run_dir": str(run.settings.sync_dir),
+        }
     finally:
         run.finish()
     return info
@@ -129,10 +150,18 @@ def dataset_artifact(wandb, published: Published, store: ArtifactStore):
     if not files:
         return None
     data = published.manifest["lineage"]["data"]
-    art = wandb.Artifact(f"data-{published.model_name}", type="dataset", metadata={
-        "fingerprint": data["fingerprint"], "query": data.get("query"),
-        "evaluation_query": data.get("evaluation_query"), "counts": data.get("counts"),
-        "source": data.get("source"), "sha256": {rel: published.manifest["files"][rel]["sha256"] for rel in files}})
+    art = wandb.Artifact(
+        f"data-{published.model_name}",
+        type="dataset",
+        metadata={
+            "fingerprint": data["fingerprint"],
+            "query": data.get("query"),
+            "evaluation_query": data.get("evaluation_query"),
+            "counts": data.get("counts"),
+            "source": data.get("source"),
+            "sha256": {rel: published.manifest["files"][rel]["sha256"] for rel in files},
+        },
+    )
     add_manifest_files(art, published, store, files)
     return art
 
@@ -156,8 +185,10 @@ def use_artifact(run, art) -> None:
 
 def comparison_summary(comparison: dict) -> dict:
     """The champion comparison as flat run-summary keys (W&B's run table can sort and filter them)."""
-    out = {"champion/verdict": comparison.get("verdict"),
-           "champion/model_id": (comparison.get("champion") or {}).get("model_id")}
+    out = {
+        "champion/verdict": comparison.get("verdict"),
+        "champion/model_id": (comparison.get("champion") or {}).get("model_id"),
+    }
     if "metrics" in comparison:
         out.update({f"champion/{who}_{m}": v for who, ms in comparison["metrics"].items() for m, v in ms.items()})
         out.update({f"champion/delta_{m}": v for m, v in comparison["deltas"].items()})

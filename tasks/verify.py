@@ -92,8 +92,14 @@ def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path
             f"model {manifest['model_id']}: the data ({how}) no longer matches its fingerprint "
             f"({got[:12]}… != {expected[:12]}…); refusing to rebuild from different rows"
         )
-    ref = data.DatasetRef(snapshot_path=str(path), fingerprint=expected, labels=manifest["labels"],
-                          counts=lin.get("counts", {}), source=lin.get("source", "local"), query=lin.get("query", ""))
+    ref = data.DatasetRef(
+        snapshot_path=str(path),
+        fingerprint=expected,
+        labels=manifest["labels"],
+        counts=lin.get("counts", {}),
+        source=lin.get("source", "local"),
+        query=lin.get("query", ""),
+    )
     return ref, f"{how}: fingerprint {expected[:12]}… matches"
 
 
@@ -102,8 +108,9 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except SafetensorError as err:
-        raise IntegrityError(f"{path.name} is not a readable safetensors file ({str(err)[:200]}); "
-                             "it cannot be compared") from None
+        raise IntegrityError(
+            f"{path.name} is not a readable safetensors file ({str(err)[:200]}); it cannot be compared"
+        ) from None
 
 
 def compare_weights(a: Path, b: Path, tolerance: float | None) -> tuple[bool, bool, dict[str, dict]]:
@@ -148,12 +155,18 @@ def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float
         features = registry.featurize(dataset, params, scratch, work, recorded_schemas(manifest)["features"])
         trained = registry.train(features, params, scratch, ModelRef(params.model.name, model_id), work)
         gpu_model = manifest["lineage"].get("device") == "cuda"
-        identical, close, tensors = compare_weights(folder / "weights.safetensors", Path(trained.weights_path),
-                                                    tolerance if gpu_model else None)
+        identical, close, tensors = compare_weights(
+            folder / "weights.safetensors", Path(trained.weights_path), tolerance if gpu_model else None
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return VerifyReport(
-        model_id=model_id, identical=identical, mode="tolerance" if gpu_model else "bit-identical",
-        equal_within_tolerance=close, tensors=tensors, lineage_changes=lineage_changes(manifest, device),
-        params_changes=params_changes, data_check=data_check,
+        model_id=model_id,
+        identical=identical,
+        mode="tolerance" if gpu_model else "bit-identical",
+        equal_within_tolerance=close,
+        tensors=tensors,
+        lineage_changes=lineage_changes(manifest, device),
+        params_changes=params_changes,
+        data_check=data_check,
     )

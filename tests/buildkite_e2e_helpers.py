@@ -24,7 +24,7 @@ AGENT_TOKEN = "bk-agent-job-token"
 APPROVER_TOKEN = "bk-approver-token"
 APPROVER = "alice-approver"
 # Small and fast; tracking off (the flow's W&B path has its own tests).
-SMALL = ["train.epochs=3", "preprocess.buckets=4096", "model.embedding_dim=16", "tracking.backend=\"none\""]
+SMALL = ["train.epochs=3", "preprocess.buckets=4096", "model.embedding_dim=16", 'tracking.backend="none"']
 
 
 def pipeline_steps() -> list[dict[str, Any]]:
@@ -36,8 +36,14 @@ def fake_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for step in steps:
         manual = "block" in step
-        out.append({"key": step["key"], "type": "manual" if manual else "script",
-                    "label": step.get("block") or step.get("label"), "allowed_teams": step.get("allowed_teams", [])})
+        out.append(
+            {
+                "key": step["key"],
+                "type": "manual" if manual else "script",
+                "label": step.get("block") or step.get("label"),
+                "allowed_teams": step.get("allowed_teams", []),
+            }
+        )
     return out
 
 
@@ -72,21 +78,31 @@ class PipelineRun:
     def env(self, step_key: str) -> dict[str, str]:
         step = self.steps[step_key]
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKITE")}
-        env.update({
-            "PATH": os.pathsep.join([str(AGENT_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "BUILDKITE": "true", "CI": "true",
-            "BUILDKITE_AGENT_FAKE_API": self.fake.url, "BUILDKITE_AGENT_FAKE_TOKEN": AGENT_TOKEN,
-            "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-            "BUILDKITE_BUILD_NUMBER": str(self.number),
-            "BUILDKITE_BUILD_ID": self.build["id"],
-            "BUILDKITE_BUILD_URL": self.build["web_url"],
-            "BUILDKITE_COMMIT": "HEAD", "BUILDKITE_BRANCH": "main", "BUILDKITE_SOURCE": "ui",
-            "BUILDKITE_STEP_KEY": step_key, "BUILDKITE_LABEL": step.get("label", ""),
-            "BUILDKITE_BUILD_CHECKOUT_PATH": str(self.checkout),
-            # The launch step annotates through the REST API with the bot's token (agent env hook).
-            "BUILDKITE_API_URL": self.fake.url, "BUILDKITE_API_TOKEN": TOKEN,
-            "TRAINKITE_HOME": str(self.home), "TRAINKITE_DEPLOY_TARGET": "local",
-        })
+        env.update(
+            {
+                "PATH": os.pathsep.join([str(AGENT_BIN), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+                "BUILDKITE": "true",
+                "CI": "true",
+                "BUILDKITE_AGENT_FAKE_API": self.fake.url,
+                "BUILDKITE_AGENT_FAKE_TOKEN": AGENT_TOKEN,
+                "BUILDKITE_ORGANIZATION_SLUG": ORG,
+                "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+                "BUILDKITE_BUILD_NUMBER": str(self.number),
+                "BUILDKITE_BUILD_ID": self.build["id"],
+                "BUILDKITE_BUILD_URL": self.build["web_url"],
+                "BUILDKITE_COMMIT": "HEAD",
+                "BUILDKITE_BRANCH": "main",
+                "BUILDKITE_SOURCE": "ui",
+                "BUILDKITE_STEP_KEY": step_key,
+                "BUILDKITE_LABEL": step.get("label", ""),
+                "BUILDKITE_BUILD_CHECKOUT_PATH": str(self.checkout),
+                # The launch step annotates through the REST API with the bot's token (agent env hook).
+                "BUILDKITE_API_URL": self.fake.url,
+                "BUILDKITE_API_TOKEN": TOKEN,
+                "TRAINKITE_HOME": str(self.home),
+                "TRAINKITE_DEPLOY_TARGET": "local",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -96,8 +112,14 @@ class PipelineRun:
 
     def run_step(self, key: str, timeout: float = 180) -> StepResult:
         step = self.steps[key]
-        out = subprocess.run(["bash", "-c", step["command"]], cwd=REPO, env=self.env(key), capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            ["bash", "-c", step["command"]],
+            cwd=REPO,
+            env=self.env(key),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         result = StepResult(key, out.returncode, out.stdout, out.stderr)
         self.results[key] = result
         return result
@@ -109,8 +131,9 @@ class PipelineRun:
         return {a["context"]: a for a in self.fake.annotations(ORG, PIPELINE, self.number)}
 
     def wait_unblocked(self, key: str, timeout: float) -> dict[str, str]:
-        wait_for(f"{key} of build #{self.number} to be unblocked", lambda: self.job(key)["state"] == "unblocked",
-                 timeout)
+        wait_for(
+            f"{key} of build #{self.number} to be unblocked", lambda: self.job(key)["state"] == "unblocked", timeout
+        )
         return self.build["meta_data"]
 
     def approve(self, key: str) -> None:

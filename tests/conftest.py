@@ -33,13 +33,15 @@ def pytest_configure(config):
     os.environ.pop("TRAINKITE_ARTIFACTS", None)
     for k in [k for k in os.environ if k.startswith("BUILDKITE")]:
         os.environ.pop(k)
-    os.environ.update({
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_HOME": str(base / "prefect"),
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "trainkite",
-        "WANDB_MODE": "offline",
-    })
+    os.environ.update(
+        {
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_HOME": str(base / "prefect"),
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "trainkite",
+            "WANDB_MODE": "offline",
+        }
+    )
     from trainkite.home import configure_quiet_offline_env
 
     configure_quiet_offline_env()
@@ -55,7 +57,10 @@ def pytest_configure(config):
     with open(base / "prefect-server.log", "wb") as log:
         _server["proc"] = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, "PREFECT_UI_ENABLED": "false"},
         )
     _server["url"] = url

@@ -76,14 +76,35 @@ def process_worker(applied, bk_fake, e2e_home, tmp_path_factory) -> Iterator[Wor
         pytest.skip("finds flow-run processes through /proc")
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKITE")}
-    env.update({"PREFECT_WORKER_QUERY_SECONDS": "2", "BUILDKITE_API_URL": bk_fake.url, "BUILDKITE_API_TOKEN": TOKEN,
-                "TRAINKITE_HOME": str(e2e_home), "TRAINKITE_BUILD_WATCH_SECONDS": "2"})
+    env.update(
+        {
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "BUILDKITE_API_URL": bk_fake.url,
+            "BUILDKITE_API_TOKEN": TOKEN,
+            "TRAINKITE_HOME": str(e2e_home),
+            "TRAINKITE_BUILD_WATCH_SECONDS": "2",
+        }
+    )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "trainkite-process",
-             "--name", f"trainkite-test-{os.getpid()}"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "trainkite-process",
+                "--name",
+                f"trainkite-test-{os.getpid()}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     worker = Worker(proc, log)
     try:
         wait_for("the worker to start", lambda: proc.poll() is not None or "started!" in worker.tail(), 120)
@@ -91,5 +112,3 @@ def process_worker(applied, bk_fake, e2e_home, tmp_path_factory) -> Iterator[Wor
         yield worker
     finally:
         worker.stop()
-
-

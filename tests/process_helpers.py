@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def repo_head() -> str:
     """The commit of the code under test: what a build's BUILDKITE_COMMIT must name for its run to train."""
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def repo_checkout(path: Path) -> Path:
@@ -37,8 +38,9 @@ def repo_checkout(path: Path) -> Path:
     return path
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.5,
-             proc: subprocess.Popen | None = None) -> Any:
+def wait_for(
+    what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.5, proc: subprocess.Popen | None = None
+) -> Any:
     """Poll `predicate` until it is truthy; fail on timeout, or as soon as `proc` (if given) exits."""
     deadline = time.monotonic() + timeout
     while True:

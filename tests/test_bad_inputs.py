@@ -35,8 +35,16 @@ from tests.fixtures_models import copy_model, flush_prefect_logs, trained_model_
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
 
-SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", "--set", "tracking.backend='none'",
-         "--set", "train.epochs=2"]
+SMALL = [
+    "--set",
+    "preprocess.buckets=4096",
+    "--set",
+    "model.embedding_dim=16",
+    "--set",
+    "tracking.backend='none'",
+    "--set",
+    "train.epochs=2",
+]
 TALLY: list[tuple[str, str, str]] = []  # (area, case, outcome) for the summary
 
 
@@ -54,131 +62,412 @@ class Cli:
 
 
 def data_args(table_dir: str, query: str = "SELECT text, label FROM t", *more: str) -> tuple[str, ...]:
-    return ("train", *SMALL, "--set", f'data.path="{{base}}/data/{table_dir}"', "--set",
-            f"data.query={json.dumps(query)}", "--set", 'evaluation.query=""', "--set",
-            'data.labels=["negative", "positive"]', *more)
+    return (
+        "train",
+        *SMALL,
+        "--set",
+        f'data.path="{{base}}/data/{table_dir}"',
+        "--set",
+        f"data.query={json.dumps(query)}",
+        "--set",
+        'evaluation.query=""',
+        "--set",
+        'data.labels=["negative", "positive"]',
+        *more,
+    )
 
 
 P, D, M, A = "params", "data", "model IDs", "AWS"
 S, PO = "store and manifests", "paths and output"
-BROKEN_MANIFESTS = ("manifest-a-list", "manifest-no-model-id", "manifest-entry-no-sha256", "manifest-no-files",
-                    "manifest-empty-files", "manifest-traversal")
+BROKEN_MANIFESTS = (
+    "manifest-a-list",
+    "manifest-no-model-id",
+    "manifest-entry-no-sha256",
+    "manifest-no-files",
+    "manifest-empty-files",
+    "manifest-traversal",
+)
 CLI_CASES = [
     # --- parameters -------------------------------------------------------------------------------------
-    Cli("unknown-key", P, ("train", "--set", "train.epoch=3"), 2, "unknown key; allowed keys here",
-        unit="test_params.py::test_unknown_key_lists_allowed"),
-    Cli("unknown-key-in-file", P, ("train", "--params", "{base}/params/unknown-key.toml"), 2,
-        "train.epoch: unknown key", unit="test_params.py::test_unknown_key_lists_allowed"),
+    Cli(
+        "unknown-key",
+        P,
+        ("train", "--set", "train.epoch=3"),
+        2,
+        "unknown key; allowed keys here",
+        unit="test_params.py::test_unknown_key_lists_allowed",
+    ),
+    Cli(
+        "unknown-key-in-file",
+        P,
+        ("train", "--params", "{base}/params/unknown-key.toml"),
+        2,
+        "train.epoch: unknown key",
+        unit="test_params.py::test_unknown_key_lists_allowed",
+    ),
     Cli("unknown-section", P, ("train", "--set", "optimizer.lr=1"), 2, "unknown section 'optimizer'"),
     Cli("override-without-value", P, ("train", "--set", "train.epochs"), 2, "must look like section.key=value"),
-    Cli("wrong-type", P, ("train", "--set", 'train.epochs="many"'), 2, "train.epochs: Input should be a valid integer",
-        unit="test_params.py::test_bad_values_name_the_key"),
-    Cli("negative-epochs", P, ("train", "--set", "train.epochs=-1"), 2, "train.epochs: Input should be greater than",
-        unit="test_params.py::test_bad_values_name_the_key, test_cli.py::test_refusals_exit_2_without_traceback"),
-    Cli("empty-label-list", P, ("train", "--set", "data.labels=[]"), 2, "data.labels: Value error, needs at least two",
-        unit="test_params.py::test_bad_values_name_the_key"),
-    Cli("unknown-model-type", P, ("train", "--set", 'model.type="transformer"'), 2, "model.type: Input should be 'bow'",
-        unit="test_params.py::test_bad_values_name_the_key"),
-    Cli("fractions-leave-no-training", P, ("train", "--set", "data.validation_fraction=0.45", "--set",
-                                           "data.test_fraction=0.45"), 2, "at least 20% for training"),
+    Cli(
+        "wrong-type",
+        P,
+        ("train", "--set", 'train.epochs="many"'),
+        2,
+        "train.epochs: Input should be a valid integer",
+        unit="test_params.py::test_bad_values_name_the_key",
+    ),
+    Cli(
+        "negative-epochs",
+        P,
+        ("train", "--set", "train.epochs=-1"),
+        2,
+        "train.epochs: Input should be greater than",
+        unit="test_params.py::test_bad_values_name_the_key, test_cli.py::test_refusals_exit_2_without_traceback",
+    ),
+    Cli(
+        "empty-label-list",
+        P,
+        ("train", "--set", "data.labels=[]"),
+        2,
+        "data.labels: Value error, needs at least two",
+        unit="test_params.py::test_bad_values_name_the_key",
+    ),
+    Cli(
+        "unknown-model-type",
+        P,
+        ("train", "--set", 'model.type="transformer"'),
+        2,
+        "model.type: Input should be 'bow'",
+        unit="test_params.py::test_bad_values_name_the_key",
+    ),
+    Cli(
+        "fractions-leave-no-training",
+        P,
+        ("train", "--set", "data.validation_fraction=0.45", "--set", "data.test_fraction=0.45"),
+        2,
+        "at least 20% for training",
+    ),
     Cli("model-name-traversal", P, ("train", "--set", 'model.name="../evil"'), 2, "model.name: String should match"),
-    Cli("weight-decay-inf", P, ("train", "--set", "train.weight_decay=inf"), 2, "train.weight_decay: Input should be a "
-        "finite number", unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
-    Cli("learning-rate-100", P, ("train", "--set", "train.learning_rate=100"), 2,
+    Cli(
+        "weight-decay-inf",
+        P,
+        ("train", "--set", "train.weight_decay=inf"),
+        2,
+        "train.weight_decay: Input should be a finite number",
+        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name",
+    ),
+    Cli(
+        "learning-rate-100",
+        P,
+        ("train", "--set", "train.learning_rate=100"),
+        2,
         "train.learning_rate: Input should be less than or equal to 50",
-        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
-    Cli("learning-rate-nan", P, ("train", "--set", "train.learning_rate=nan"), 2,
-        "train.learning_rate: Input should be a finite number"),
-    Cli("batch-size-too-large", P, ("train", "--set", "train.batch_size=1000000"), 2,
-        "train.batch_size: Input should be less than or equal to 65536"),
-    Cli("seed-1e17", P, ("train", "--set", "train.seed=1e17"), 2,
+        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name",
+    ),
+    Cli(
+        "learning-rate-nan",
+        P,
+        ("train", "--set", "train.learning_rate=nan"),
+        2,
+        "train.learning_rate: Input should be a finite number",
+    ),
+    Cli(
+        "batch-size-too-large",
+        P,
+        ("train", "--set", "train.batch_size=1000000"),
+        2,
+        "train.batch_size: Input should be less than or equal to 65536",
+    ),
+    Cli(
+        "seed-1e17",
+        P,
+        ("train", "--set", "train.seed=1e17"),
+        2,
         "train.seed: Input should be less than or equal to 4294967295",
-        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name"),
-    Cli("wandb-project-too-long", P, ("train", "--set", f'tracking.project="{"p" * 129}"'), 2,
-        "tracking.project: String should have at most 128 characters"),
-    Cli("text-column-is-label-column", P, ("train", "--set", 'data.text_column="label"'), 2,
-        "data.text_column and data.label_column are both 'label'"),
-    Cli("table-needs-64-gib", P, ("train", "--set", "preprocess.buckets=16777216", "--set", "model.embedding_dim=1024"),
-        2, "64.0 GiB table", unit="test_params.py::test_a_table_that_does_not_fit_is_refused_before_any_work"),
-    Cli("params-file-missing", P, ("train", "--params", "{base}/params/nope.toml"), 2, "not found",
-        unit="test_params.py::test_bad_toml_and_missing_file"),
+        unit="test_params.py::test_values_that_break_a_run_are_refused_by_name",
+    ),
+    Cli(
+        "wandb-project-too-long",
+        P,
+        ("train", "--set", f'tracking.project="{"p" * 129}"'),
+        2,
+        "tracking.project: String should have at most 128 characters",
+    ),
+    Cli(
+        "text-column-is-label-column",
+        P,
+        ("train", "--set", 'data.text_column="label"'),
+        2,
+        "data.text_column and data.label_column are both 'label'",
+    ),
+    Cli(
+        "table-needs-64-gib",
+        P,
+        ("train", "--set", "preprocess.buckets=16777216", "--set", "model.embedding_dim=1024"),
+        2,
+        "64.0 GiB table",
+        unit="test_params.py::test_a_table_that_does_not_fit_is_refused_before_any_work",
+    ),
+    Cli(
+        "params-file-missing",
+        P,
+        ("train", "--params", "{base}/params/nope.toml"),
+        2,
+        "not found",
+        unit="test_params.py::test_bad_toml_and_missing_file",
+    ),
     Cli("params-file-is-a-folder", P, ("train", "--params", "{base}/params"), 2, "is a folder, not a TOML file"),
     Cli("params-file-not-utf8", P, ("train", "--params", "{base}/params/latin1.toml"), 2, "cannot be read"),
-    Cli("params-file-bad-toml", P, ("train", "--params", "{base}/params/bad.toml"), 2, "is not valid TOML",
-        unit="test_params.py::test_bad_toml_and_missing_file"),
+    Cli(
+        "params-file-bad-toml",
+        P,
+        ("train", "--params", "{base}/params/bad.toml"),
+        2,
+        "is not valid TOML",
+        unit="test_params.py::test_bad_toml_and_missing_file",
+    ),
     # --- data (the query result) -------------------------------------------------------------------------
-    Cli("empty-result", D, data_args("good", "SELECT text, label FROM t WHERE 1=0"), 2, "the query returned no rows",
-        unit="test_data.py::test_bad_data_is_refused, test_train_flow.py::test_bad_data_fails_the_flow..."),
-    Cli("missing-columns", D, data_args("good", "SELECT text FROM t"), 2, "column(s) 'label' missing",
-        unit="test_data.py::test_bad_data_is_refused"),
+    Cli(
+        "empty-result",
+        D,
+        data_args("good", "SELECT text, label FROM t WHERE 1=0"),
+        2,
+        "the query returned no rows",
+        unit="test_data.py::test_bad_data_is_refused, test_train_flow.py::test_bad_data_fails_the_flow...",
+    ),
+    Cli(
+        "missing-columns",
+        D,
+        data_args("good", "SELECT text FROM t"),
+        2,
+        "column(s) 'label' missing",
+        unit="test_data.py::test_bad_data_is_refused",
+    ),
     Cli("null-texts", D, data_args("nulls"), 2, "have a null text", unit="test_data.py::test_bad_data_is_refused"),
     Cli("empty-texts", D, data_args("blank"), 2, "have an empty text", unit="test_data.py::test_bad_data_is_refused"),
     Cli("one-class", D, data_args("one-class"), 2, "only one class", unit="test_data.py::test_bad_data_is_refused"),
-    Cli("label-outside-the-set", D, data_args("extra-label"), 2, "label(s) ['neutral'] are not in data.labels",
-        unit="test_data.py::test_bad_data_is_refused"),
+    Cli(
+        "label-outside-the-set",
+        D,
+        data_args("extra-label"),
+        2,
+        "label(s) ['neutral'] are not in data.labels",
+        unit="test_data.py::test_bad_data_is_refused",
+    ),
     Cli("csv-not-utf8", D, data_args("latin1"), 2, "This file is not utf-8 encoded"),
-    Cli("10mb-text-parquet", D, data_args("huge-parquet"), 2, "longer than 1,000,000 characters",
-        unit="test_data.py::test_bad_data_is_refused"),
+    Cli(
+        "10mb-text-parquet",
+        D,
+        data_args("huge-parquet"),
+        2,
+        "longer than 1,000,000 characters",
+        unit="test_data.py::test_bad_data_is_refused",
+    ),
     Cli("10mb-line-csv", D, data_args("huge-csv"), 2, "Maximum line size"),
-    Cli("predict-csv-not-utf8", D, ("predict", "m-1", "--input", "{base}/data/latin1/t.csv", "--output",
-                                    "{base}/out.csv", "--root", "{base}/store"), 2, "cannot be read as CSV"),
-    Cli("conflicting-duplicates", D, data_args("conflicts"), 0, "appear with conflicting labels",
-        unit="test_data.py::test_conflicting_duplicates_are_warned", accepted=True),
-    Cli("nested-text-column", D, data_args("nested"), 2, "the text column 'text' is of type list<",
-        unit="test_scale.py::test_nested_text_column_is_refused_naming_it_and_its_type"),
+    Cli(
+        "predict-csv-not-utf8",
+        D,
+        (
+            "predict",
+            "m-1",
+            "--input",
+            "{base}/data/latin1/t.csv",
+            "--output",
+            "{base}/out.csv",
+            "--root",
+            "{base}/store",
+        ),
+        2,
+        "cannot be read as CSV",
+    ),
+    Cli(
+        "conflicting-duplicates",
+        D,
+        data_args("conflicts"),
+        0,
+        "appear with conflicting labels",
+        unit="test_data.py::test_conflicting_duplicates_are_warned",
+        accepted=True,
+    ),
+    Cli(
+        "nested-text-column",
+        D,
+        data_args("nested"),
+        2,
+        "the text column 'text' is of type list<",
+        unit="test_scale.py::test_nested_text_column_is_refused_naming_it_and_its_type",
+    ),
     # --- the query reaches only data.path's tables ---------------------------------------------------------
-    Cli("query-copy-then-select", D, data_args("good", "COPY (SELECT 1) TO '{base}/pwned.csv'; SELECT text, label "
-                                               "FROM t"), 2, "must be exactly one SELECT statement",
-        unit="test_scale.py::test_the_query_reads_data_path_only"),
-    Cli("query-reads-host-file", D, data_args("good", "SELECT column0 AS text, 'positive' AS label FROM "
-                                              "read_csv('/etc/passwd', header=false)"), 2, "Cannot access file",
-        unit="test_scale.py::test_the_query_reads_data_path_only"),
-    Cli("query-attach", D, data_args("good", "ATTACH '{base}/x.duckdb' AS x"), 2,
-        "must be a SELECT statement, not ATTACH", unit="test_scale.py::test_the_query_reads_data_path_only"),
-    Cli("query-install", D, data_args("good", "INSTALL httpfs"), 2, "must be a SELECT statement, not LOAD",
-        unit="test_scale.py::test_the_query_reads_data_path_only"),
-    Cli("class-with-one-row", D, data_args("one-row-class", "SELECT text, label FROM t", "--set",
-                                           'data.labels=["negative", "positive", "neutral"]'), 0,
-        "class 'neutral' has only 1 row(s)", accepted=True, extra={"warning": "class 'neutral' has only 1 row"}),
+    Cli(
+        "query-copy-then-select",
+        D,
+        data_args("good", "COPY (SELECT 1) TO '{base}/pwned.csv'; SELECT text, label FROM t"),
+        2,
+        "must be exactly one SELECT statement",
+        unit="test_scale.py::test_the_query_reads_data_path_only",
+    ),
+    Cli(
+        "query-reads-host-file",
+        D,
+        data_args("good", "SELECT column0 AS text, 'positive' AS label FROM read_csv('/etc/passwd', header=false)"),
+        2,
+        "Cannot access file",
+        unit="test_scale.py::test_the_query_reads_data_path_only",
+    ),
+    Cli(
+        "query-attach",
+        D,
+        data_args("good", "ATTACH '{base}/x.duckdb' AS x"),
+        2,
+        "must be a SELECT statement, not ATTACH",
+        unit="test_scale.py::test_the_query_reads_data_path_only",
+    ),
+    Cli(
+        "query-install",
+        D,
+        data_args("good", "INSTALL httpfs"),
+        2,
+        "must be a SELECT statement, not LOAD",
+        unit="test_scale.py::test_the_query_reads_data_path_only",
+    ),
+    Cli(
+        "class-with-one-row",
+        D,
+        data_args(
+            "one-row-class", "SELECT text, label FROM t", "--set", 'data.labels=["negative", "positive", "neutral"]'
+        ),
+        0,
+        "class 'neutral' has only 1 row(s)",
+        accepted=True,
+        extra={"warning": "class 'neutral' has only 1 row"},
+    ),
     # --- model IDs and paths -----------------------------------------------------------------------------
-    Cli("unknown-model", M, ("predict", "no-such-model", "--text", "x", "--root", "{base}/store"), 2,
-        "no model 'no-such-model'", unit="test_store.py::test_folder_without_manifest_is_not_a_model"),
-    Cli("predict-traversal", M, ("predict", "../x", "--text", "x", "--root", "{base}/store"), 2, "invalid model ID",
-        unit="test_store.py::test_model_ids_cannot_leave_the_store"),
+    Cli(
+        "unknown-model",
+        M,
+        ("predict", "no-such-model", "--text", "x", "--root", "{base}/store"),
+        2,
+        "no model 'no-such-model'",
+        unit="test_store.py::test_folder_without_manifest_is_not_a_model",
+    ),
+    Cli(
+        "predict-traversal",
+        M,
+        ("predict", "../x", "--text", "x", "--root", "{base}/store"),
+        2,
+        "invalid model ID",
+        unit="test_store.py::test_model_ids_cannot_leave_the_store",
+    ),
     Cli("train-traversal", M, ("train", "--model-id", "../../etc/x"), 2, "invalid model ID"),
     Cli("serve-traversal", M, ("serve", "../x", "--root", "{base}/store"), 2, "invalid model ID"),
     Cli("show-slash", M, ("show", "sentiment/m-1", "--root", "{base}/store"), 2, "invalid model ID"),
     Cli("verify-traversal", M, ("verify", "..", "--root", "{base}/store"), 2, "invalid model ID"),
-    Cli("folder-without-manifest", M, ("predict", "half-1", "--text", "x", "--root", "{base}/store"), 1,
-        "has no manifest.json: it is not a model", unit="test_store.py::test_folder_without_manifest_is_not_a_model"),
+    Cli(
+        "folder-without-manifest",
+        M,
+        ("predict", "half-1", "--text", "x", "--root", "{base}/store"),
+        1,
+        "has no manifest.json: it is not a model",
+        unit="test_store.py::test_folder_without_manifest_is_not_a_model",
+    ),
     # --- the store: manifests that cannot prove their files, a listing that survives them ----------------------
-    *[Cli(f"predict-{name}", S, ("predict", name, "--text", "x", "--root", "{base}/store"), 1, "cannot be verified",
-          unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused")
-      for name in BROKEN_MANIFESTS],
-    Cli("models-skips-broken-folders", S, ("models", "--json", "--root", "{base}/store"), 0,
-        "skipped sentiment/manifest-a-list", accepted=True, extra={"listed": "m-1"},
-        unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused"),
-    Cli("verify-truncated-weights", S, ("verify", "trunc-1", "--root", "{base}/store"), 1,
-        "weights.safetensors is not a readable safetensors file"),
+    *[
+        Cli(
+            f"predict-{name}",
+            S,
+            ("predict", name, "--text", "x", "--root", "{base}/store"),
+            1,
+            "cannot be verified",
+            unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused",
+        )
+        for name in BROKEN_MANIFESTS
+    ],
+    Cli(
+        "models-skips-broken-folders",
+        S,
+        ("models", "--json", "--root", "{base}/store"),
+        0,
+        "skipped sentiment/manifest-a-list",
+        accepted=True,
+        extra={"listed": "m-1"},
+        unit="test_reliability_store.py::test_a_manifest_that_cannot_prove_its_files_is_refused",
+    ),
+    Cli(
+        "verify-truncated-weights",
+        S,
+        ("verify", "trunc-1", "--root", "{base}/store"),
+        1,
+        "weights.safetensors is not a readable safetensors file",
+    ),
     # --- paths that are files, outputs that cannot be written ------------------------------------------------
-    Cli("home-is-a-file", PO, ("models",), 2, "is a file, not a folder",
-        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name"),
-    Cli("artifacts-root-is-a-file", PO, ("models", "--root", "{base}/a-file"), 2, "is a file, not a folder",
-        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name"),
-    Cli("predict-output-folder-missing", PO, ("predict", "m-1", "--input", "{base}/data/good/t.csv", "--output",
-                                             "{base}/no-such-folder/out.csv", "--root", "{base}/store"), 2,
-        "folder", unit="test_reliability_predict.py"),
-    Cli("predict-output-is-a-folder", PO, ("predict", "m-1", "--input", "{base}/data/good/t.csv", "--output",
-                                          "{base}/data", "--root", "{base}/store"), 2, "is a folder",
-        unit="test_reliability_predict.py"),
+    Cli(
+        "home-is-a-file",
+        PO,
+        ("models",),
+        2,
+        "is a file, not a folder",
+        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name",
+    ),
+    Cli(
+        "artifacts-root-is-a-file",
+        PO,
+        ("models", "--root", "{base}/a-file"),
+        2,
+        "is a file, not a folder",
+        unit="test_reliability_store.py::test_paths_that_are_files_are_refused_by_name",
+    ),
+    Cli(
+        "predict-output-folder-missing",
+        PO,
+        (
+            "predict",
+            "m-1",
+            "--input",
+            "{base}/data/good/t.csv",
+            "--output",
+            "{base}/no-such-folder/out.csv",
+            "--root",
+            "{base}/store",
+        ),
+        2,
+        "folder",
+        unit="test_reliability_predict.py",
+    ),
+    Cli(
+        "predict-output-is-a-folder",
+        PO,
+        ("predict", "m-1", "--input", "{base}/data/good/t.csv", "--output", "{base}/data", "--root", "{base}/store"),
+        2,
+        "is a folder",
+        unit="test_reliability_predict.py",
+    ),
     # --- AWS (S3 artifact store) -------------------------------------------------------------------------
-    Cli("missing-credentials", A, ("models", "--root", "s3://models/team"), 1, "no AWS credentials found",
-        env="no-credentials", unit="test_store.py::test_s3_missing_credentials"),
-    Cli("bucket-not-found", A, ("models", "--root", "s3://no-such-bucket/team"), 1,
-        "bucket 'no-such-bucket' does not exist", env="moto", unit="test_store.py::test_s3_errors_say_what_to_do"),
+    Cli(
+        "missing-credentials",
+        A,
+        ("models", "--root", "s3://models/team"),
+        1,
+        "no AWS credentials found",
+        env="no-credentials",
+        unit="test_store.py::test_s3_missing_credentials",
+    ),
+    Cli(
+        "bucket-not-found",
+        A,
+        ("models", "--root", "s3://no-such-bucket/team"),
+        1,
+        "bucket 'no-such-bucket' does not exist",
+        env="moto",
+        unit="test_store.py::test_s3_errors_say_what_to_do",
+    ),
     Cli("access-denied", A, ("models", "--root", "s3://models/team"), 1, "access denied to s3://models", env="denied"),
-    Cli("access-denied-on-upload", A, ("train", *SMALL, "--set", 'artifacts.root="s3://models/team"'), 1,
-        "access denied to s3://models", env="denied"),
+    Cli(
+        "access-denied-on-upload",
+        A,
+        ("train", *SMALL, "--set", 'artifacts.root="s3://models/team"'),
+        1,
+        "access denied to s3://models",
+        env="denied",
+    ),
 ]
 
 
@@ -189,8 +478,13 @@ def _make_inputs(base: Path, trained: Path) -> None:
     (base / "params" / "unknown-key.toml").write_text(text)
     (base / "params" / "latin1.toml").write_bytes("[train]\n# d\xe9j\xe0 vu\nepochs = 3\n".encode("latin-1"))
 
-    good = [(f"row {i}: {'great team, fair pay' if i % 2 else 'awful hours, no support'} number {i}",
-             "positive" if i % 2 else "negative") for i in range(80)]
+    good = [
+        (
+            f"row {i}: {'great team, fair pay' if i % 2 else 'awful hours, no support'} number {i}",
+            "positive" if i % 2 else "negative",
+        )
+        for i in range(80)
+    ]
 
     def table(name: str, rows: list[tuple], fmt: str = "csv") -> None:
         folder = base / "data" / name
@@ -212,12 +506,15 @@ def _make_inputs(base: Path, trained: Path) -> None:
     nested = base / "data" / "nested"
     nested.mkdir(parents=True)
     pd.DataFrame({"text": [t.split() for t, _ in good], "label": [lab for _, lab in good]}).to_parquet(
-        nested / "t.parquet", index=False)
+        nested / "t.parquet", index=False
+    )
     table("one-row-class", [*good, ("an entirely neutral remark about the canteen", "neutral")])
     latin = base / "data" / "latin1"
     latin.mkdir(parents=True)
-    (latin / "t.csv").write_bytes(b"text,label\n" + "".join(
-        f'"{t}",{lab}\n' for t, lab in good).replace("row 7", "r\xe9sum\xe9 7").encode("latin-1"))
+    (latin / "t.csv").write_bytes(
+        b"text,label\n"
+        + "".join(f'"{t}",{lab}\n' for t, lab in good).replace("row 7", "r\xe9sum\xe9 7").encode("latin-1")
+    )
 
     store = base / "store"
     copy_model(trained, store, "m-1")
@@ -268,21 +565,34 @@ def cli_results(prefect_api, moto_server, trained_model_dir, tmp_path_factory): 
 
     base = tmp_path_factory.mktemp("bad-inputs")
     _make_inputs(base, trained_model_dir)
-    s3 = boto3.session.Session().client("s3", endpoint_url=moto_server, region_name="us-east-1",
-                                        aws_access_key_id="testing", aws_secret_access_key="testing-secret")
+    s3 = boto3.session.Session().client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    )
     if "models" not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
         s3.create_bucket(Bucket="models")
     deny = S3FaultProxy(moto_server).start()
     deny.fail(403, "AccessDenied", times=None)
-    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    aws = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     envs = {
         "local": {},
         "moto": {**aws, "AWS_ENDPOINT_URL": moto_server},
         "denied": {**aws, "AWS_ENDPOINT_URL": deny.url},
-        "no-credentials": {"AWS_ENDPOINT_URL": moto_server, "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_SHARED_CREDENTIALS_FILE": str(base / "none"), "AWS_CONFIG_FILE": str(base / "none"),
-                           "AWS_EC2_METADATA_DISABLED": "true"},
+        "no-credentials": {
+            "AWS_ENDPOINT_URL": moto_server,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_SHARED_CREDENTIALS_FILE": str(base / "none"),
+            "AWS_CONFIG_FILE": str(base / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
     }
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BUILDKITE"))}
 
@@ -290,8 +600,14 @@ def cli_results(prefect_api, moto_server, trained_model_dir, tmp_path_factory): 
         home = base / "homes" / case.id
         args = [a.replace("{base}", str(base)) for a in case.args]
         before = _files(base / "store") | {f"home/{f}" for f in _files(home)}
-        proc = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
-                              env={**clean, "TRAINKITE_HOME": str(home), **envs[case.env]}, timeout=240)
+        proc = subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**clean, "TRAINKITE_HOME": str(home), **envs[case.env]},
+            timeout=240,
+        )
         after = _files(base / "store") | {f"home/{f}" for f in _files(home)}
         return case.id, (proc, after - before, home)
 
@@ -323,8 +639,11 @@ def test_cli_refuses(case: Cli, cli_results):
         TALLY.append((case.area, case.id, "warned"))
         return
     # Nothing written: no model, no staged run files, no checkpoints (Prefect's own cache/logs aside).
-    assert not [f for f in written if "/artifacts/" in f or f.startswith(("store/", "sentiment/", "_claims/"))
-                or f.endswith("manifest.json")], written
+    assert not [
+        f
+        for f in written
+        if "/artifacts/" in f or f.startswith(("store/", "sentiment/", "_claims/")) or f.endswith("manifest.json")
+    ], written
     TALLY.append((case.area, case.id, "refused"))
 
 
@@ -340,13 +659,23 @@ HTTP_CASES = [
     ("deeply-nested", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nested too deeply"),
     ("body-6mib-plus-1", b"x" * (SIX_MIB + 1), "application/json", 413, "the limit is 6291456 bytes"),
     ("unsupported-content-type", b"hello", "application/x-www-form-urlencoded", 415, "unsupported Content-Type"),
-    ("too-many-instances", json.dumps({"instances": ["x"] * 257}).encode(), "application/json", 413,
-     "257 instances in one request; the limit is 256"),
+    (
+        "too-many-instances",
+        json.dumps({"instances": ["x"] * 257}).encode(),
+        "application/json",
+        413,
+        "257 instances in one request; the limit is 256",
+    ),
     ("csv-not-utf8", b"caf\xe9\n", "text/csv", 400, "not valid UTF-8"),
     ("csv-unclosed-quote", b'"a text that never ends\n', "text/csv", 400, "a quoted text is never closed"),
     ("csv-two-fields-per-record", b'"one","two"\n', "text/csv", 400, "record 1 has 2 fields"),
-    ("csv-header-without-text-column", b"id,review\n1,ok\n", "text/csv; header=present", 400,
-     "one must be named 'text'"),
+    (
+        "csv-header-without-text-column",
+        b"id,review\n1,ok\n",
+        "text/csv; header=present",
+        400,
+        "one must be named 'text'",
+    ),
 ]
 
 
@@ -369,9 +698,12 @@ def test_serving_refuses(served, name, body, ctype, status, needle):
 
 # --- Buildkite, as the flow's notify step meets it -----------------------------------------------------------
 
-BK_CASES = [("expired-token", "rejected the API token (401"), ("missing-scope", "lacks the write_builds scope"),
-            ("canceled-build", None),
-            ("unknown-pipeline", "check the organization slug")]
+BK_CASES = [
+    ("expired-token", "rejected the API token (401"),
+    ("missing-scope", "lacks the write_builds scope"),
+    ("canceled-build", None),
+    ("unknown-pipeline", "check the organization slug"),
+]
 
 
 @pytest.mark.parametrize("name, needle", BK_CASES, ids=[c[0] for c in BK_CASES])
@@ -388,8 +720,9 @@ def test_buildkite_refuses(name, needle, fake_buildkite, buildkite_env, monkeypa
         fake_buildkite.set_build_state(ORG, PIPELINE, number, "canceled")
     else:
         build = build.model_copy(update={"pipeline": "no-such-pipeline"})
-    fields = notify.success_fields(model_id=build.model_id, artifact_uri="/x", wandb_run_id=None, docker_image=None,
-                                   metrics_line="acc=1")
+    fields = notify.success_fields(
+        model_id=build.model_id, artifact_uri="/x", wandb_run_id=None, docker_image=None, metrics_line="acc=1"
+    )
     if name == "canceled-build":
         # Not the run's fault: its model is published; the run completes and says nobody waits for it.
         assert notify.notify_success(build, fields, "### report") == "skipped: build canceled"

@@ -424,12 +424,15 @@ def test_an_abandoned_wait_terminates_the_job():
     batch, stub = _stubbed("batch")
     stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
     stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
-    why = ("trainkite: the run waiting for this job stopped "
-           f"(BatchJobTimeout: AWS Batch job {JOB_ID} still RUNNING after 1s)")
+    why = (
+        "trainkite: the run waiting for this job stopped "
+        f"(BatchJobTimeout: AWS Batch job {JOB_ID} still RUNNING after 1s)"
+    )
     stub.add_response("terminate_job", {}, {"jobId": JOB_ID, "reason": why})
     with stub, pytest.raises(BatchJobTimeout, match="still RUNNING"):
-        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=1, sleep=lambda _s: None,
-                     terminate_if_abandoned=True)
+        wait_for_job(
+            JOB_ID, client=batch, poll_seconds=1, timeout_seconds=1, sleep=lambda _s: None, terminate_if_abandoned=True
+        )
     stub.assert_no_pending_responses()
 
 
@@ -444,8 +447,9 @@ def test_a_cancelled_wait_terminates_the_job_and_keeps_the_cancel():
         raise KeyboardInterrupt
 
     with stub, pytest.raises(KeyboardInterrupt):
-        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=60, sleep=cancelled,
-                     terminate_if_abandoned=True)
+        wait_for_job(
+            JOB_ID, client=batch, poll_seconds=1, timeout_seconds=60, sleep=cancelled, terminate_if_abandoned=True
+        )
     stub.assert_no_pending_responses()
 
 
@@ -454,8 +458,9 @@ def test_a_failed_terminate_does_not_hide_why_the_wait_ended():
     stub.add_response("describe_jobs", {"jobs": [_job("RUNNING")]}, {"jobs": [JOB_ID]})
     stub.add_client_error("terminate_job", service_error_code="ClientException", http_status_code=400)
     with stub, pytest.raises(BatchJobTimeout):
-        wait_for_job(JOB_ID, client=batch, poll_seconds=1, timeout_seconds=0, sleep=lambda _s: None,
-                     terminate_if_abandoned=True)
+        wait_for_job(
+            JOB_ID, client=batch, poll_seconds=1, timeout_seconds=0, sleep=lambda _s: None, terminate_if_abandoned=True
+        )
 
 
 def test_a_plain_wait_leaves_the_job_alone():

@@ -9,8 +9,14 @@ from tests.test_batch import batch_aws, gpu_queue, moto_url  # noqa: F401  (fixt
 def _run(params, gpu_queue, model_id):  # noqa: F811
     from flows.batch import train_on_batch
 
-    return train_on_batch(params=params, model_id=model_id, job_queue=gpu_queue["queue"],
-                          job_definition=gpu_queue["job_definition"], poll_seconds=0.05, timeout_seconds=20)
+    return train_on_batch(
+        params=params,
+        model_id=model_id,
+        job_queue=gpu_queue["queue"],
+        job_definition=gpu_queue["job_definition"],
+        poll_seconds=0.05,
+        timeout_seconds=20,
+    )
 
 
 def test_batch_flow_submits_the_training_command_and_waits(prefect_api, gpu_queue, params_factory):  # noqa: F811
@@ -23,8 +29,7 @@ def test_batch_flow_submits_the_training_command_and_waits(prefect_api, gpu_queu
     assert command[command.index("--params-json") + 1] == params.model_dump_json()
 
 
-def test_batch_flow_fails_with_the_reason_and_log_stream(prefect_api, gpu_queue, params_factory,  # noqa: F811
-                                                         monkeypatch):
+def test_batch_flow_fails_with_the_reason_and_log_stream(prefect_api, gpu_queue, params_factory, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")
     with pytest.raises(BatchJobFailed, match="FAILED"):
         _run(params_factory(), gpu_queue, "batch-fail-1")
@@ -39,9 +44,15 @@ def test_a_builds_image_gets_a_job_definition_of_its_own(prefect_api, gpu_queue,
     base = batch.describe_job_definitions(jobDefinitions=[gpu_queue["job_definition"]])["jobDefinitions"][0]
 
     def run(image, model_id):
-        out = train_on_batch(params=params_factory(), model_id=model_id, job_queue=gpu_queue["queue"],
-                             job_definition=gpu_queue["job_definition"], poll_seconds=0.05, timeout_seconds=20,
-                             image=image)
+        out = train_on_batch(
+            params=params_factory(),
+            model_id=model_id,
+            job_queue=gpu_queue["queue"],
+            job_definition=gpu_queue["job_definition"],
+            poll_seconds=0.05,
+            timeout_seconds=20,
+            image=image,
+        )
         job = batch.describe_jobs(jobs=[out["job_id"]])["jobs"][0]
         return job, batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
 
@@ -59,8 +70,10 @@ def test_a_builds_image_gets_a_job_definition_of_its_own(prefect_api, gpu_queue,
     assert other["jobDefinitionName"] != mine["jobDefinitionName"]
 
     newest = batch.describe_job_definitions(jobDefinitionName=base["jobDefinitionName"], status="ACTIVE")
-    assert max(newest["jobDefinitions"], key=lambda d: d["revision"])["containerProperties"]["image"] == \
-        base["containerProperties"]["image"], "the stack's definition keeps its image"
+    assert (
+        max(newest["jobDefinitions"], key=lambda d: d["revision"])["containerProperties"]["image"]
+        == base["containerProperties"]["image"]
+    ), "the stack's definition keeps its image"
 
 
 def test_a_missing_base_definition_is_named(prefect_api, gpu_queue, params_factory):  # noqa: F811
@@ -68,5 +81,12 @@ def test_a_missing_base_definition_is_named(prefect_api, gpu_queue, params_facto
     from tasks.batch import BatchJobError
 
     with pytest.raises(BatchJobError, match="'no-such-definition' not found or not ACTIVE"):
-        train_on_batch(params=params_factory(), model_id="batch-img-x", job_queue=gpu_queue["queue"],
-                       job_definition="no-such-definition", poll_seconds=0.05, timeout_seconds=5, image="img:1")
+        train_on_batch(
+            params=params_factory(),
+            model_id="batch-img-x",
+            job_queue=gpu_queue["queue"],
+            job_definition="no-such-definition",
+            poll_seconds=0.05,
+            timeout_seconds=5,
+            image="img:1",
+        )

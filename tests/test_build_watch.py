@@ -25,8 +25,11 @@ def _build(fake) -> BuildContext:
 
 def _cancel(fake, number: int) -> None:
     """What a person's Cancel does: the documented PUT .../cancel."""
-    resp = requests.put(f"{fake.url}/organizations/{ORG}/pipelines/{PIPELINE}/builds/{number}/cancel",
-                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    resp = requests.put(
+        f"{fake.url}/organizations/{ORG}/pipelines/{PIPELINE}/builds/{number}/cancel",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -58,7 +61,8 @@ def test_only_canceling_or_canceled_stop_a_run():
     for state in ("running", "passed", "failed", "blocked", "scheduled"):
         assert canceled_reason({"number": 7, "state": state, "blocked": True}) is None
     assert canceled_reason({"number": 7, "state": "canceled"}) == (
-        "Buildkite build #7 was canceled: nothing waits for this model any more")
+        "Buildkite build #7 was canceled: nothing waits for this model any more"
+    )
     assert "(superseded)" in canceled_reason({"number": 7, "state": "canceling", "cancel_reason": "superseded"})
 
 
@@ -103,8 +107,13 @@ def test_a_run_that_ends_after_its_build_was_canceled_completes_without_unblocki
     success path does not raise (the run would otherwise fail after publishing)."""
     build = _build(fake_buildkite)
     _cancel(fake_buildkite, build.number)
-    fields = notify.success_fields(model_id=build.model_id, artifact_uri="/store/m", wandb_run_id=None,
-                                   docker_image=None, metrics_line="test_accuracy=0.9")
+    fields = notify.success_fields(
+        model_id=build.model_id,
+        artifact_uri="/store/m",
+        wandb_run_id=None,
+        docker_image=None,
+        metrics_line="test_accuracy=0.9",
+    )
     assert notify.notify_success(build, fields, "### model") == "skipped: build canceled"
     assert "training-status" not in fake_buildkite.build(ORG, PIPELINE, build.number)["meta_data"]
 
@@ -113,8 +122,12 @@ def test_releasing_a_canceled_build_is_not_an_error(fake_buildkite, buildkite_en
     """The cancel path's own hook and the release-build automation both reach a canceled build."""
     build = _build(fake_buildkite)
     _cancel(fake_buildkite, build.number)
-    assert notify.notify_failure(build, model_id=build.model_id, flow_run="r (1)",
-                                 reason="CANCELLED: Buildkite build was canceled") == "skipped: build canceled"
+    assert (
+        notify.notify_failure(
+            build, model_id=build.model_id, flow_run="r (1)", reason="CANCELLED: Buildkite build was canceled"
+        )
+        == "skipped: build canceled"
+    )
 
 
 def test_a_refused_token_is_still_an_error_on_a_canceled_build(fake_buildkite, buildkite_env, monkeypatch):

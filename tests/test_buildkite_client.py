@@ -251,9 +251,7 @@ def test_missing_scope_403(fake_buildkite, build):
     fake_buildkite.add_token("bk-read-only", scopes=["read_builds"])
     client = make_client(fake_buildkite, token="bk-read-only")
     assert client.get_build(build)["number"] == build
-    with pytest.raises(
-        BuildkiteError, match="lacks the write_builds scope; it needs read_builds and write_b"
-    ):
+    with pytest.raises(BuildkiteError, match="lacks the write_builds scope; it needs read_builds and write_b"):
         client.unblock(build, "training_finished", FIELDS)
 
 

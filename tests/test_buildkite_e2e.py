@@ -24,8 +24,13 @@ FIELDS = {"model-id", "model-data-path", "wandb-run-id", "model-env", "docker-im
 # A bare worker poll (2 s) + process start + training of 3 epochs, on a busy 2-core box.
 TRAINING_TIMEOUT = 150
 # Trains until stopped.
-SLOW = ["train.epochs=1000", "train.patience=0", "preprocess.buckets=4096", "model.embedding_dim=16",
-        'tracking.backend="none"']
+SLOW = [
+    "train.epochs=1000",
+    "train.patience=0",
+    "preprocess.buckets=4096",
+    "model.embedding_dim=16",
+    'tracking.backend="none"',
+]
 
 
 @pytest.fixture
@@ -103,8 +108,12 @@ def test_pipeline_trains_reviews_and_deploys(new_run, process_worker):
     assert "| test_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
     assert "tracking was off" in note["body"]
 
-    _no_token_in(flow_run.parameters, flow_run.job_variables, run.build["meta_data"],
-                 [a["body"] for a in run.annotations().values()])
+    _no_token_in(
+        flow_run.parameters,
+        flow_run.job_variables,
+        run.build["meta_data"],
+        [a["body"] for a in run.annotations().values()],
+    )
 
     run.approve("deploy")
     if not _deploy_command_exists():
@@ -125,8 +134,9 @@ def test_a_failing_flow_releases_the_build_and_review_fails(new_run, process_wor
 
     # The in-process hook released it first; the automation's release-build run must then find the
     # step already unblocked with identical values and still succeed.
-    release = wait_for("the release-build run to finish",
-                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 90)
+    release = wait_for(
+        "the release-build run to finish", lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 90
+    )
     assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
     note = run.annotations()["trainkite-training"]
     assert note["style"] == "error" and flow_run_id in note["body"]
@@ -166,16 +176,19 @@ def test_a_killed_flow_process_releases_the_build_within_a_minute(new_run, proce
 
     # The server-side path on its own: the automation's release-build run, which does not need
     # anything from the dead process.
-    release = wait_for("the release-build run to finish",
-                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60)
+    release = wait_for(
+        "the release-build run to finish", lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60
+    )
     automation_after = time.monotonic() - killed
     assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
     assert flow_run_id in run.annotations()["trainkite-training"]["body"]
     assert "`train (was Running)`" in " ".join(_error_annotations(run)), "release-build names the killed step"
     record_property("kill_to_released_s", round(released_after, 1))
     record_property("kill_to_release_flow_done_s", round(automation_after, 1))
-    print(f"\nSIGKILL -> training_finished released: {released_after:.1f}s; "
-          f"-> release-build run finished: {automation_after:.1f}s")
+    print(
+        f"\nSIGKILL -> training_finished released: {released_after:.1f}s; "
+        f"-> release-build run finished: {automation_after:.1f}s"
+    )
     assert automation_after < 60
 
     review = run.run_step("review")
@@ -192,13 +205,15 @@ def test_a_build_canceled_in_buildkite_cancels_its_training_run(new_run, process
     run = new_run(SLOW)
     flow_run_id = _launch(run)
     pid = wait_for("the train task to run", lambda: _training_process(flow_run_id, process_worker), TRAINING_TIMEOUT)
-    resp = requests.put(f"{run.fake.url}/organizations/{ORG}/pipelines/{PIPELINE}/builds/{run.number}/cancel",
-                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    resp = requests.put(
+        f"{run.fake.url}/organizations/{ORG}/pipelines/{PIPELINE}/builds/{run.number}/cancel",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     canceled = time.monotonic()
 
-    flow_run = wait_for("the run to be cancelled",
-                        lambda: (r := read_flow_run(flow_run_id)).state.is_final() and r, 90)
+    flow_run = wait_for("the run to be cancelled", lambda: (r := read_flow_run(flow_run_id)).state.is_final() and r, 90)
     stopped_after = time.monotonic() - canceled
     assert flow_run.state.is_cancelled(), (flow_run.state, process_worker.tail())
     wait_for("the flow-run process to exit", lambda: not _alive(pid), 30)
@@ -206,8 +221,9 @@ def test_a_build_canceled_in_buildkite_cancels_its_training_run(new_run, process
     assert f"Buildkite build #{run.number} was canceled" in " ".join(history), history
     assert not list(run.home.rglob(f"trainkite-{run.number}/manifest.json")), "no model was published"
 
-    release = wait_for("the release-build run to finish",
-                       lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60)
+    release = wait_for(
+        "the release-build run to finish", lambda: [r for r in release_runs_for(flow_run_id) if r.state.is_final()], 60
+    )
     assert release[0].state.is_completed(), (release[0].state, process_worker.tail())
     unblocks = run.fake.requests_to("PUT", rf"/builds/{run.number}/jobs/[^/]+/unblock$")
     assert all(r["status"] == 422 for r in unblocks), unblocks  # a canceled build cannot be unblocked
@@ -246,10 +262,17 @@ def test_a_run_cancelled_before_it_starts_releases_the_build(new_run, process_wo
     run = new_run(SMALL)
     build = BuildContext(number=run.number, pipeline=PIPELINE, organization=ORG)
     # An hour out, so the worker leaves it alone.
-    flow_run = run_deployment(TRAIN_DEPLOYMENT, timeout=0, tags=["buildkite"],
-                              scheduled_time=datetime.now(UTC) + timedelta(hours=1),
-                              parameters={"params": load_params(None, SMALL).model_dump(mode="json"),
-                                          "model_id": build.model_id, "build": build.model_dump(mode="json")})
+    flow_run = run_deployment(
+        TRAIN_DEPLOYMENT,
+        timeout=0,
+        tags=["buildkite"],
+        scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+        parameters={
+            "params": load_params(None, SMALL).model_dump(mode="json"),
+            "model_id": build.model_id,
+            "build": build.model_dump(mode="json"),
+        },
+    )
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run.id, Cancelled(message="cancelled from the UI"))
 
@@ -279,9 +302,16 @@ def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker)
     with get_client(sync_client=True) as client:
         automation_id = client.create_automation(unstarted_run_automation(15, tag=tag, name=f"test-{tag}"))
     try:
-        flow_run = run_deployment(TRAIN_GPU_DEPLOYMENT, timeout=0, tags=[BUILDKITE_TAG, tag],
-                                  parameters={"params": load_params(None, SMALL).model_dump(mode="json"),
-                                              "model_id": build.model_id, "build": build.model_dump(mode="json")})
+        flow_run = run_deployment(
+            TRAIN_GPU_DEPLOYMENT,
+            timeout=0,
+            tags=[BUILDKITE_TAG, tag],
+            parameters={
+                "params": load_params(None, SMALL).model_dump(mode="json"),
+                "model_id": build.model_id,
+                "build": build.model_dump(mode="json"),
+            },
+        )
         meta = run.wait_unblocked("training_finished", 120)
     finally:
         with get_client(sync_client=True) as client:
@@ -294,12 +324,14 @@ def test_a_run_no_worker_ever_starts_releases_the_build(new_run, process_worker)
 
 
 def test_a_build_of_another_commit_than_the_workers_code_is_refused_before_training(
-        bk_fake, process_worker, e2e_home, tmp_path):
+    bk_fake, process_worker, e2e_home, tmp_path
+):
     """The agent checked out a commit the worker's code is not: the run refuses before it fetches a row, and
     the build is released as failed with both commits named."""
     other = git_checkout(tmp_path / "other")
-    run = PipelineRun(bk_fake, bk_fake.create_build(ORG, PIPELINE), e2e_home, other,
-                      {"TRAINKITE_SET": "\n".join(SMALL)})
+    run = PipelineRun(
+        bk_fake, bk_fake.create_build(ORG, PIPELINE), e2e_home, other, {"TRAINKITE_SET": "\n".join(SMALL)}
+    )
     flow_run_id = _launch(run)
     meta = run.wait_unblocked("training_finished", TRAINING_TIMEOUT)
     assert meta["training-status"] == "failed"

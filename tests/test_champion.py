@@ -31,8 +31,9 @@ def _train(root: Path, model_id: str, **overrides) -> dict:
 
 def _cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TRAINKITE_HOME": str(env_home)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_aliases_come_from_deploys_and_alias_set_newest_wins(tmp_path, trained_model_dir):
@@ -43,19 +44,40 @@ def test_aliases_come_from_deploys_and_alias_set_newest_wins(tmp_path, trained_m
         copy_model(trained_model_dir, root, mid)
     store = LocalStore(root)
     assert aliases.champion(store, "sentiment", "sagemaker") is None
-    deploy_log.write(store, deploy_log.new_record(model_id="m-1", model_name="sentiment", target="sagemaker",
-                                                  endpoint="trainkite-sentiment", status="deployed",
-                                                  approved_by="alice", time="2026-11-01T10:00:00+00:00"))
-    deploy_log.write(store, deploy_log.new_record(model_id="m-2", model_name="sentiment", target="sagemaker",
-                                                  endpoint="trainkite-sentiment", status="failed",
-                                                  time="2026-11-02T10:00:00+00:00"))
+    deploy_log.write(
+        store,
+        deploy_log.new_record(
+            model_id="m-1",
+            model_name="sentiment",
+            target="sagemaker",
+            endpoint="trainkite-sentiment",
+            status="deployed",
+            approved_by="alice",
+            time="2026-11-01T10:00:00+00:00",
+        ),
+    )
+    deploy_log.write(
+        store,
+        deploy_log.new_record(
+            model_id="m-2",
+            model_name="sentiment",
+            target="sagemaker",
+            endpoint="trainkite-sentiment",
+            status="failed",
+            time="2026-11-02T10:00:00+00:00",
+        ),
+    )
     got = aliases.champion(store, "sentiment", "sagemaker")
     assert (got["model_id"], got["set_by"], got["source"]) == ("m-1", "alice", "deployment")
 
     rec = aliases.set_alias(store, "champion", "m-3", target="sagemaker", set_by="bob", reason="manual rollback")
     got = aliases.champion(store, "sentiment", "sagemaker")
-    assert (got["model_id"], got["set_by"], got["source"], got["reason"]) == ("m-3", "bob", "alias set",
-                                                                               "manual rollback")
+    assert (got["model_id"], got["set_by"], got["source"], got["reason"]) == (
+        "m-3",
+        "bob",
+        "alias set",
+        "manual rollback",
+    )
     assert got["since"] == rec["time"]
     assert aliases.champion(store, "sentiment", "local") is None
     # Without a target asked for, training compares with production first, then local.
@@ -83,7 +105,12 @@ def test_alias_cli_sets_and_lists_with_who_and_when(tmp_path, trained_model_dir)
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["aliases"]
     assert (row["model_name"], row["target"], row["alias"], row["model_id"], row["set_by"]) == (
-        "sentiment", "local", "champion", "cli-1", "carol")
+        "sentiment",
+        "local",
+        "champion",
+        "cli-1",
+        "carol",
+    )
     human = _cli("models", "--aliases", env_home=home)
     assert "cli-1" in human.stdout and "carol" in human.stdout
     # The plain listing still works.

@@ -13,8 +13,14 @@ SMALL = ["--set", "train.epochs=2", "--set", "preprocess.buckets=4096", "--set",
 
 
 def tk(*args, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
@@ -37,21 +43,21 @@ def test_train_json_is_one_object(trained):
 def test_predict_text_and_csv(trained, tmp_path):
     result, env = trained
     mid = result["model_id"]
-    out = json.loads(tk("predict", mid, "--text", "I love the new hybrid policy", "--text", "Pay is awful",
-                        "--json", env=env).stdout)
+    out = json.loads(
+        tk("predict", mid, "--text", "I love the new hybrid policy", "--text", "Pay is awful", "--json", env=env).stdout
+    )
     assert len(out["predictions"]) == 2
     for p in out["predictions"]:
         assert p["model_id"] == mid and set(p["scores"]) == {"negative", "neutral", "positive"}
         assert abs(sum(p["scores"].values()) - 1) < 1e-4
     src = tmp_path / "in.csv"
-    src.write_text("id,text\n1,Great team\n2,\"Too much overtime, no thanks\"\n")
+    src.write_text('id,text\n1,Great team\n2,"Too much overtime, no thanks"\n')
     dst = tmp_path / "out.csv"
     tk("predict", mid, "--input", str(src), "--output", str(dst), env=env)
     import pandas as pd
 
     df = pd.read_csv(dst)
-    assert list(df.columns) == ["id", "text", "label", "model_id", "score_negative", "score_neutral",
-                                "score_positive"]
+    assert list(df.columns) == ["id", "text", "label", "model_id", "score_negative", "score_neutral", "score_positive"]
     assert (df["model_id"] == mid).all()
 
 
@@ -63,17 +69,20 @@ def test_models_and_show(trained):
     assert shown["model_id"] == result["model_id"] and "weights.safetensors" in shown["files"]
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "--set", "train.epochs=-1"], "train.epochs"),
-    (["train", "--set", "train.epoch=3"], "unknown key"),
-    (["train", "--params", "nope.toml"], "not found"),
-    (["predict", "../etc", "--text", "x"], "invalid model ID"),
-    (["predict", "no-such-model", "--text", "x"], "no model 'no-such-model'"),
-    (["show", "a/b"], "invalid model ID"),
-    (["predict", "x"], "give either --text"),
-    (["train", "--params-json", "{not json"], "--params-json is not valid JSON"),
-    (["train", "--params-json", '{"train": {"epochs": 0}}'], "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--set", "train.epochs=-1"], "train.epochs"),
+        (["train", "--set", "train.epoch=3"], "unknown key"),
+        (["train", "--params", "nope.toml"], "not found"),
+        (["predict", "../etc", "--text", "x"], "invalid model ID"),
+        (["predict", "no-such-model", "--text", "x"], "no model 'no-such-model'"),
+        (["show", "a/b"], "invalid model ID"),
+        (["predict", "x"], "give either --text"),
+        (["train", "--params-json", "{not json"], "--params-json is not valid JSON"),
+        (["train", "--params-json", '{"train": {"epochs": 0}}'], "train.epochs"),
+    ],
+)
 def test_refusals_exit_2_without_traceback(args, needle, tmp_path):
     proc = tk(*args, env={"TRAINKITE_HOME": str(tmp_path)}, check=False)
     assert proc.returncode == 2, proc.stderr

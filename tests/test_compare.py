@@ -62,8 +62,11 @@ def test_fixing_30_of_100_errors_is_better_and_breaking_them_is_worse(metric):
 
     better = cp.compare(y, champ, challenger, LABELS, primary_metric=metric, texts=texts)
     assert better["verdict"] == cp.BETTER
-    assert better["mcnemar"] == {"champion_only_right": 0, "challenger_only_right": 30,
-                                 "p_value": pytest.approx(2 * 0.5**30)}
+    assert better["mcnemar"] == {
+        "champion_only_right": 0,
+        "challenger_only_right": 30,
+        "p_value": pytest.approx(2 * 0.5**30),
+    }
     assert better["deltas"]["accuracy"] == pytest.approx(30 / 300)
     assert better["bootstrap"]["ci_low"] > 0
     assert better["flipped"]["fixed_total"] == 30 and len(better["flipped"]["fixed"]) == cp.FLIPPED_CAP
@@ -82,9 +85,9 @@ def test_fixing_30_of_100_errors_is_better_and_breaking_them_is_worse(metric):
 def test_a_few_flips_either_way_are_no_significant_difference():
     y, champ, wrong = _case()
     challenger = champ.copy()
-    challenger[wrong[:4]] = y[wrong[:4]]                 # fixes 4
+    challenger[wrong[:4]] = y[wrong[:4]]  # fixes 4
     right = np.setdiff1d(np.arange(len(y)), wrong)[:3]
-    challenger[right] = (y[right] + 2) % 3               # breaks 3
+    challenger[right] = (y[right] + 2) % 3  # breaks 3
     out = cp.compare(y, champ, challenger, LABELS)
     assert out["verdict"] == cp.SAME
     assert out["bootstrap"]["ci_low"] < 0 < out["bootstrap"]["ci_high"]

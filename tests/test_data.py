@@ -58,13 +58,25 @@ def test_fingerprint_ignores_row_order_but_not_content(params_factory, demo_data
 BAD = [
     ("empty", [{"text": "a", "label": "x"}], "SELECT text, label FROM t WHERE 1=0", "no rows"),
     ("missing column", [{"body": "a", "label": "x"}], "SELECT * FROM t", "'text'"),
-    ("null text", [{"text": None, "label": "negative"}, {"text": "b", "label": "positive"}], "SELECT * FROM t",
-     "null text"),
-    ("empty text", [{"text": "  ", "label": "negative"}, {"text": "b", "label": "positive"}],
-     "SELECT * FROM t", "empty text"),
+    (
+        "null text",
+        [{"text": None, "label": "negative"}, {"text": "b", "label": "positive"}],
+        "SELECT * FROM t",
+        "null text",
+    ),
+    (
+        "empty text",
+        [{"text": "  ", "label": "negative"}, {"text": "b", "label": "positive"}],
+        "SELECT * FROM t",
+        "empty text",
+    ),
     ("one class", [{"text": f"t{i}", "label": "positive"} for i in range(50)], "SELECT * FROM t", "one class"),
-    ("label outside set", [{"text": "a", "label": "negative"}, {"text": "b", "label": "angry"}],
-     "SELECT * FROM t", "['angry'] are not in data.labels"),
+    (
+        "label outside set",
+        [{"text": "a", "label": "negative"}, {"text": "b", "label": "angry"}],
+        "SELECT * FROM t",
+        "['angry'] are not in data.labels",
+    ),
     ("sql error", [{"text": "a", "label": "x"}], "SELECT nope FROM t", "query failed in DuckDB"),
     ("missing table", [{"text": "a", "label": "x"}], "SELECT * FROM other", "tables available: t"),
 ]
@@ -95,8 +107,9 @@ def test_conflicting_duplicates_are_warned(params_factory, tmp_path):
     rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
     rows += [{"text": "same words", "label": "positive"}, {"text": "same words", "label": "negative"}]
     _write(tmp_path / "src", "t", rows)
-    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t",
-                                                     "data.labels": ["negative", "positive"]})
+    p = _params(
+        params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t", "data.labels": ["negative", "positive"]}
+    )
     p.evaluation.query = None
     ds = data.fetch_dataset(p, tmp_path / "wd")
     assert any("conflicting labels" in w for w in ds.warnings)
@@ -112,12 +125,32 @@ def test_athena_source_through_awswrangler(aws, params_factory, tmp_path):
     for i in range(60):
         lab = ["negative", "neutral", "positive"][i % 3]
         rows.append({"Data": [{"VarCharValue": f"{lab} comment {i}"}, {"VarCharValue": lab}]})
-    col = [{"Name": n, "Type": "varchar", "CatalogName": "hive", "SchemaName": "", "TableName": "",
-            "Nullable": "UNKNOWN", "Precision": 0, "Scale": 0, "CaseSensitive": True} for n in ("text", "label")]
-    requests.post(f"{aws}/moto-api/static/athena/query-results",
-                  json={"results": [{"rows": rows, "column_info": col}]}, timeout=10)
-    p = params_factory(**{"data.source": "athena", "data.athena_s3_output": "s3://athena-out/q/",
-                          "data.query": "SELECT text, label FROM comments"})
+    col = [
+        {
+            "Name": n,
+            "Type": "varchar",
+            "CatalogName": "hive",
+            "SchemaName": "",
+            "TableName": "",
+            "Nullable": "UNKNOWN",
+            "Precision": 0,
+            "Scale": 0,
+            "CaseSensitive": True,
+        }
+        for n in ("text", "label")
+    ]
+    requests.post(
+        f"{aws}/moto-api/static/athena/query-results",
+        json={"results": [{"rows": rows, "column_info": col}]},
+        timeout=10,
+    )
+    p = params_factory(
+        **{
+            "data.source": "athena",
+            "data.athena_s3_output": "s3://athena-out/q/",
+            "data.query": "SELECT text, label FROM comments",
+        }
+    )
     p.evaluation.query = None
     ds = data.fetch_dataset(p, tmp_path / "wd")
     assert sum(ds.counts.values()) == 60 and ds.source == "athena"

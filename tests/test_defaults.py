@@ -64,8 +64,10 @@ def test_explicit_keys_win_and_the_table_says_which_came_from_where():
     resolved, table = defaults.resolve_params(p, st)
     assert (resolved.train.epochs, resolved.preprocess.buckets, resolved.train.learning_rate) == (3, 4096, 0.25)
     assert table["train.epochs"] == {"value": 3, "source": "set"}
-    assert table["train.batch_size"]["source"] == "data" and table["train.batch_size"]["value"] == \
-        resolved.train.batch_size
+    assert (
+        table["train.batch_size"]["source"] == "data"
+        and table["train.batch_size"]["value"] == resolved.train.batch_size
+    )
     # Resolving resolved parameters changes nothing (what verify and a resumed run rely on) ...
     again, table2 = defaults.resolve_params(resolved, st)
     assert again == resolved and {v["source"] for v in table2.values()} == {"set"}
@@ -117,8 +119,7 @@ def test_trainers_refuse_unresolved_params():
 def test_the_encoder_gets_its_own_rate_and_warmup():
     st = defaults.stats_of_rows(_rows(5_000, 2_000), 2)
     frozen, _ = defaults.resolve_params(load_params(None, ["model.type='encoder'"]), st)
-    tuned, _ = defaults.resolve_params(load_params(None, ["model.type='encoder'", "model.encoder_mode='finetune'"]),
-                                       st)
+    tuned, _ = defaults.resolve_params(load_params(None, ["model.type='encoder'", "model.encoder_mode='finetune'"]), st)
     assert frozen.train.learning_rate == 1e-3 and frozen.train.warmup_fraction == 0.0
     assert tuned.train.learning_rate == 3e-5 and tuned.train.warmup_fraction > 0
 
@@ -137,8 +138,9 @@ def test_the_resolved_values_are_what_every_step_stores_shows_and_rebuilds(prefe
     from trainkite.store import open_store
 
     # The demo params with only the buckets and epochs pinned (to keep it quick): the rest comes from the data.
-    params = load_params(REPO / "params" / "sentiment.toml",
-                         {"train.epochs": 3, "preprocess.buckets": 4096, "tracking.backend": "wandb"})
+    params = load_params(
+        REPO / "params" / "sentiment.toml", {"train.epochs": 3, "preprocess.buckets": 4096, "tracking.backend": "wandb"}
+    )
     assert "train.batch_size" in params.unresolved()
     result, run_id = _run(params, "defaults-1")
     store = open_store()
@@ -159,8 +161,7 @@ def test_the_resolved_values_are_what_every_step_stores_shows_and_rebuilds(prefe
         arts = [a for a in c.read_artifacts() if a.flow_run_id == run_id and a.key == "resolved-params"]
     table = arts[0].data if isinstance(arts[0].data, list) else json.loads(arts[0].data)
     rows = {r["key"]: r for r in table}
-    assert rows["train.batch_size"] == {"key": "train.batch_size", "value": resolved.train.batch_size,
-                                        "source": "data"}
+    assert rows["train.batch_size"] == {"key": "train.batch_size", "value": resolved.train.batch_size, "source": "data"}
     assert rows["train.epochs"]["source"] == "set"
 
     # W&B: the run's config holds the resolved values.

@@ -33,8 +33,15 @@ SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:serving-db-Ab
 
 
 def _params(params_factory, **extra):
-    return params_factory(**{"deploy.production_root": "s3://prod-models/serving", "deploy.execution_role_arn": ROLE,
-                             "deploy.instance_type": "ml.m5.large", "deploy.wait_delay_s": 0, **extra})
+    return params_factory(
+        **{
+            "deploy.production_root": "s3://prod-models/serving",
+            "deploy.execution_role_arn": ROLE,
+            "deploy.instance_type": "ml.m5.large",
+            "deploy.wait_delay_s": 0,
+            **extra,
+        }
+    )
 
 
 def _set_lineage(folder, **lineage):
@@ -45,11 +52,19 @@ def _set_lineage(folder, **lineage):
 
 
 def _queue_smoke_reply(moto_url: str, model_id: str) -> None:
-    body = {"model_id": model_id, "predictions": [{"label": "positive", "scores": {"positive": 0.9},
-                                                   "model_id": model_id}]}
-    requests.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results", timeout=10, json={
-        "results": [{"Body": json.dumps(body), "ContentType": "application/json",
-                     "InvokedProductionVariant": "AllTraffic"}]})
+    body = {
+        "model_id": model_id,
+        "predictions": [{"label": "positive", "scores": {"positive": 0.9}, "model_id": model_id}],
+    }
+    requests.post(
+        f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
+        timeout=10,
+        json={
+            "results": [
+                {"Body": json.dumps(body), "ContentType": "application/json", "InvokedProductionVariant": "AllTraffic"}
+            ]
+        },
+    )
 
 
 def _cli(*args):
@@ -65,15 +80,19 @@ def test_sagemaker_create_path(prefect_api, aws, model_factory, params_factory, 
     from flows.deploy import deploy
 
     folder = model_factory("sentiment-41")
-    _set_lineage(folder, docker_image=IMAGE, build={"url": "https://buildkite.com/acme/ml/builds/41"},
-                 git={"commit": "0123abcd", "dirty": False})
-    monkeypatch.setenv("TRAINKITE_SERVING_SECRET_ARNS", json.dumps({"DB_SECRET_ARN": SECRET_ARN,
-                                                                    "DB_PASSWORD": "hunter2-plaintext"}))
+    _set_lineage(
+        folder,
+        docker_image=IMAGE,
+        build={"url": "https://buildkite.com/acme/ml/builds/41"},
+        git={"commit": "0123abcd", "dirty": False},
+    )
+    monkeypatch.setenv(
+        "TRAINKITE_SERVING_SECRET_ARNS", json.dumps({"DB_SECRET_ARN": SECRET_ARN, "DB_PASSWORD": "hunter2-plaintext"})
+    )
     boto3.client("s3").create_bucket(Bucket="prod-models")
     _queue_smoke_reply(aws, "sentiment-41")
 
-    result = deploy(model_id="sentiment-41", target="sagemaker", params=_params(params_factory),
-                    approved_by="alice")
+    result = deploy(model_id="sentiment-41", target="sagemaker", params=_params(params_factory), approved_by="alice")
 
     assert result["deployed"] and result["action"] == "created" and result["endpoint"] == "trainkite-sentiment"
     # model.tar.gz in the production bucket: files at the root, the bytes we built
@@ -85,15 +104,20 @@ def test_sagemaker_create_path(prefect_api, aws, model_factory, params_factory, 
 
     assert hashlib.sha256(data).hexdigest() == result["model_data_sha256"]
     names = list_archive(data)
-    assert "manifest.json" in names and "weights.safetensors" in names and all("/" not in n or
-                                                                               n.startswith(("data/", "plots/"))
-                                                                               for n in names)
+    assert (
+        "manifest.json" in names
+        and "weights.safetensors" in names
+        and all("/" not in n or n.startswith(("data/", "plots/")) for n in names)
+    )
     sm = boto3.client("sagemaker")
     model = sm.describe_model(ModelName=result["sagemaker_model"])
     assert "sentiment-41" in result["sagemaker_model"] and "sentiment-41" in result["endpoint_config"]
     assert model["PrimaryContainer"]["Image"] == IMAGE and model["PrimaryContainer"]["ModelDataUrl"] == uri
-    assert model["PrimaryContainer"]["Environment"] == {"TRAINKITE_MODEL_ID": "sentiment-41",
-                                                        "TRAINKITE_MODEL_URI": uri, "DB_SECRET_ARN": SECRET_ARN}
+    assert model["PrimaryContainer"]["Environment"] == {
+        "TRAINKITE_MODEL_ID": "sentiment-41",
+        "TRAINKITE_MODEL_URI": uri,
+        "DB_SECRET_ARN": SECRET_ARN,
+    }
     tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=model["ModelArn"])["Tags"]}
     assert tags["model-id"] == "sentiment-41" and tags["commit"] == "0123abcd"
     assert tags["build-url"] == "https://buildkite.com/acme/ml/builds/41"
@@ -111,7 +135,8 @@ def test_sagemaker_create_path(prefect_api, aws, model_factory, params_factory, 
     assert out.exit_code == 0, out.output
     live = json.loads(out.stdout)["live"]
     assert [(r["target"], r["endpoint"], r["model_id"]) for r in live] == [
-        ("sagemaker", "trainkite-sentiment", "sentiment-41")]
+        ("sagemaker", "trainkite-sentiment", "sentiment-41")
+    ]
     # no secret value anywhere we wrote
     written = json.dumps([model, tags, ep_tags, entry], default=str)
     for secret in ("testing-secret", "hunter2-plaintext"):
@@ -142,16 +167,23 @@ def _clients():
 
 def _desc(status: str, config: str, reason: str | None = None) -> dict:
     now = datetime.now(UTC)
-    out = {"EndpointName": "ep", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/ep", "EndpointStatus": status,
-           "EndpointConfigName": config, "CreationTime": now, "LastModifiedTime": now}
+    out = {
+        "EndpointName": "ep",
+        "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/ep",
+        "EndpointStatus": status,
+        "EndpointConfigName": config,
+        "CreationTime": now,
+        "LastModifiedTime": now,
+    }
     if reason:
         out["FailureReason"] = reason
     return out
 
 
 def _reply(model_id: str) -> dict:
-    body = json.dumps({"model_id": model_id, "predictions": [{"label": "neutral", "scores": {"neutral": 1.0},
-                                                              "model_id": model_id}]}).encode()
+    body = json.dumps(
+        {"model_id": model_id, "predictions": [{"label": "neutral", "scores": {"neutral": 1.0}, "model_id": model_id}]}
+    ).encode()
     return {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
 
 
@@ -161,8 +193,17 @@ TAGS = [{"Key": "model-id", "Value": "m-new"}]
 
 
 def _roll_out(sm, rt):
-    return dp.roll_out(sm, rt, endpoint="ep", config="cfg-new", model_id="m-new", tags=TAGS, delay_s=0,
-                       timeout_s=60, sleep=lambda s: None)
+    return dp.roll_out(
+        sm,
+        rt,
+        endpoint="ep",
+        config="cfg-new",
+        model_id="m-new",
+        tags=TAGS,
+        delay_s=0,
+        timeout_s=60,
+        sleep=lambda s: None,
+    )
 
 
 def test_update_path_switches_config_then_deletes_the_old_one():
@@ -171,9 +212,16 @@ def test_update_path_switches_config_then_deletes_the_old_one():
     st.add_response("update_endpoint", ARN, {"EndpointName": "ep", "EndpointConfigName": "cfg-new"})
     st.add_response("describe_endpoint", _desc("Updating", "cfg-old"), EP)
     st.add_response("describe_endpoint", _desc("InService", "cfg-new"), EP)
-    rst.add_response("invoke_endpoint", _reply("m-new"), {
-        "EndpointName": "ep", "ContentType": "application/json", "Accept": "application/json",
-        "Body": json.dumps({"instances": [dp.SMOKE_TEXT]}).encode()})
+    rst.add_response(
+        "invoke_endpoint",
+        _reply("m-new"),
+        {
+            "EndpointName": "ep",
+            "ContentType": "application/json",
+            "Accept": "application/json",
+            "Body": json.dumps({"instances": [dp.SMOKE_TEXT]}).encode(),
+        },
+    )
     with st, rst:
         result = _roll_out(sm, rt)
         st.assert_no_pending_responses()
@@ -181,11 +229,16 @@ def test_update_path_switches_config_then_deletes_the_old_one():
     assert result["smoke"]["model_id"] == "m-new"
 
     sm, st, _, _ = _clients()
-    st.add_response("describe_endpoint_config", {
-        "EndpointConfigName": "cfg-old", "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:1:endpoint-config/cfg-old",
-        "CreationTime": datetime.now(UTC), "ProductionVariants": [{"VariantName": "AllTraffic",
-                                                                   "ModelName": "model-old"}]},
-        {"EndpointConfigName": "cfg-old"})
+    st.add_response(
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "cfg-old",
+            "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:1:endpoint-config/cfg-old",
+            "CreationTime": datetime.now(UTC),
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "model-old"}],
+        },
+        {"EndpointConfigName": "cfg-old"},
+    )
     st.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "cfg-old"})
     st.add_response("delete_model", {}, {"ModelName": "model-old"})
     with st:
@@ -213,8 +266,12 @@ def test_smoke_test_failure_rolls_back_to_the_previous_config():
     st.add_response("describe_endpoint", _desc("InService", "cfg-old"), EP)
     st.add_response("update_endpoint", ARN, {"EndpointName": "ep", "EndpointConfigName": "cfg-new"})
     st.add_response("describe_endpoint", _desc("InService", "cfg-new"), EP)
-    rst.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424,
-                         service_message="Received server error (500) from primary")
+    rst.add_client_error(
+        "invoke_endpoint",
+        service_error_code="ModelError",
+        http_status_code=424,
+        service_message="Received server error (500) from primary",
+    )
     st.add_response("update_endpoint", ARN, {"EndpointName": "ep", "EndpointConfigName": "cfg-old"})
     st.add_response("describe_endpoint", _desc("Updating", "cfg-new"), EP)
     st.add_response("describe_endpoint", _desc("InService", "cfg-old"), EP)
@@ -239,8 +296,9 @@ def test_smoke_test_of_the_wrong_model_rolls_back_and_a_failed_rollback_says_so(
     assert "rolling back to cfg-old ALSO failed" in str(err.value) and "capacity" in str(err.value)
 
 
-@pytest.mark.parametrize("status, message", [("Updating", "wait for it to finish"),
-                                             ("Failed", "delete it or deploy to another name")])
+@pytest.mark.parametrize(
+    "status, message", [("Updating", "wait for it to finish"), ("Failed", "delete it or deploy to another name")]
+)
 def test_busy_or_failed_endpoint_is_not_touched(status, message):
     sm, st, rt, rst = _clients()
     st.add_response("describe_endpoint", _desc(status, "cfg-old"), EP)
@@ -251,11 +309,23 @@ def test_busy_or_failed_endpoint_is_not_touched(status, message):
 
 def test_aws_refusals_are_one_line_errors():
     sm, st, _, _ = _clients()
-    st.add_client_error("create_model", service_error_code="AccessDeniedException",
-                        service_message="not authorized to perform: sagemaker:CreateModel")
+    st.add_client_error(
+        "create_model",
+        service_error_code="AccessDeniedException",
+        service_message="not authorized to perform: sagemaker:CreateModel",
+    )
     with st, pytest.raises(dp.DeployError, match="create SageMaker model n: AccessDeniedException: not auth"):
-        dp.create_model_and_config(sm, name="n", image=IMAGE, role_arn=ROLE, model_data_url="s3://b/k", env={},
-                                   tags=TAGS, instance_type="ml.m5.large", instance_count=1)
+        dp.create_model_and_config(
+            sm,
+            name="n",
+            image=IMAGE,
+            role_arn=ROLE,
+            model_data_url="s3://b/k",
+            env={},
+            tags=TAGS,
+            instance_type="ml.m5.large",
+            instance_count=1,
+        )
 
 
 def test_names_tags_and_env_follow_sagemaker_rules(monkeypatch):
@@ -343,8 +413,11 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with get_client(sync_client=True) as c:
-                paused = c.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+                paused = c.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                    )
+                )
                 # Only this test's run: the session's server may hold other paused runs.
                 runs = [r for r in paused if r.parameters.get("model_id") == "cand-2" and r.created >= started]
                 if runs:
@@ -361,8 +434,9 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
     assert result["deployed"] and result["approved_by"] == "prefect-ui" and result["approval_note"] == "beats champ-1"
     assert "champ-1" in seen["form"] and "cand-2" in seen["form"] and "test_accuracy" in seen["form"]
 
-    state = deploy(model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=2,
-                   return_state=True)
+    state = deploy(
+        model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=2, return_state=True
+    )
     assert state.is_failed()  # Prefect fails a run whose pause expired; the log says why
     last = deploy_log.read_log(open_store())[-1]
     assert last["status"] == "approval_timeout" and last["model_id"] == "cand-2"
@@ -373,8 +447,12 @@ def test_deployment_log_is_safe_under_concurrent_writers(tmp_path):
     store = open_store(str(tmp_path / "store"))
 
     def write(i):
-        deploy_log.write(store, deploy_log.new_record(model_id=f"m-{i}", model_name="sentiment", target="local",
-                                                      endpoint="e", status="deployed"))
+        deploy_log.write(
+            store,
+            deploy_log.new_record(
+                model_id=f"m-{i}", model_name="sentiment", target="local", endpoint="e", status="deployed"
+            ),
+        )
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(20)]
     for t in threads:
@@ -394,8 +472,10 @@ def test_cli_refusals_happen_before_prefect_is_imported(model_factory, tk_home):
     from tests.conftest import REPO
 
     model_factory("pre-1")
-    code = ("import sys; import cli.main; from params import load_params; "
-            "from cli.serving_commands import _preflight; "
-            "_preflight(load_params(None, []), 'pre-1', 'local', 8080, False); "
-            "assert 'prefect' not in sys.modules, 'prefect imported before ensure_api'")
+    code = (
+        "import sys; import cli.main; from params import load_params; "
+        "from cli.serving_commands import _preflight; "
+        "_preflight(load_params(None, []), 'pre-1', 'local', 8080, False); "
+        "assert 'prefect' not in sys.modules, 'prefect imported before ensure_api'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

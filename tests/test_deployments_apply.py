@@ -10,8 +10,15 @@ import sys
 import pytest
 
 from deployments.automations import FAILURE_EVENTS, RELEASE_AUTOMATION, STALE_AUTOMATION, UNSTARTED_AUTOMATION
-from deployments.specs import (DEPLOYMENTS, ECS_POOL, PROCESS_POOL, RELEASE_DEPLOYMENT, RETRAIN_DEPLOYMENT,
-                              TRAIN_DEPLOYMENT, TRAIN_GPU_DEPLOYMENT)
+from deployments.specs import (
+    DEPLOYMENTS,
+    ECS_POOL,
+    PROCESS_POOL,
+    RELEASE_DEPLOYMENT,
+    RETRAIN_DEPLOYMENT,
+    TRAIN_DEPLOYMENT,
+    TRAIN_GPU_DEPLOYMENT,
+)
 from params.model import Params
 from tests.buildkite_e2e_helpers import REPO, read_flow_run
 from tests.process_helpers import wait_for
@@ -127,8 +134,12 @@ def test_release_automations_point_at_the_release_deployment(applied):
 def test_a_run_of_the_process_deployment_is_picked_up_by_a_worker_and_finishes(process_worker, params_factory):
     from prefect.deployments import run_deployment
 
-    run = run_deployment(TRAIN_DEPLOYMENT, parameters={"params": params_factory().model_dump(mode="json")},
-                         timeout=0, tags=["deployments-apply-test"])
+    run = run_deployment(
+        TRAIN_DEPLOYMENT,
+        parameters={"params": params_factory().model_dump(mode="json")},
+        timeout=0,
+        tags=["deployments-apply-test"],
+    )
     try:
         done = wait_for("the run to finish", lambda: (r := read_flow_run(run.id)).state.is_final() and r, 150)
     except AssertionError:
@@ -137,8 +148,13 @@ def test_a_run_of_the_process_deployment_is_picked_up_by_a_worker_and_finishes(p
 
 
 def test_cli_show_reports_nothing_to_do(applied):
-    out = subprocess.run([sys.executable, "-m", "cli", "deployments", "show", "--json"], cwd=REPO,
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "deployments", "show", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["dry_run"] and not report["changed"]

@@ -90,8 +90,9 @@ def test_a_frozen_model_from_before_layer_pooling_still_scores(tmp_path):
     with torch.inference_mode():
         for i, text_ids in enumerate(np.split(ids, offsets[1:])):
             x = torch.from_numpy(text_ids.astype(np.int64))[None]
-            emb = mean_pool(backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state,
-                            torch.ones_like(x))
+            emb = mean_pool(
+                backbone(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state, torch.ones_like(x)
+            )
             want = torch.softmax(emb * LOGIT_SCALE @ weight.T + bias, dim=-1)[0].numpy()
             np.testing.assert_allclose(probs[i], want, atol=1e-5)
 
@@ -100,8 +101,9 @@ def _cached_features(root: Path):
     from models.features import FeaturesRef
 
     [key] = [k for k in open_store(str(root)).list("_cache/features") if k.endswith("/index.json")]
-    return FeaturesRef(key=Path(key).parent.name, store_key=key, labels=["negative", "neutral", "positive"], counts={},
-                       fingerprint="")
+    return FeaturesRef(
+        key=Path(key).parent.name, store_key=key, labels=["negative", "neutral", "positive"], counts={}, fingerprint=""
+    )
 
 
 def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
@@ -111,8 +113,9 @@ def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
     from trainkite.manifest import ModelRef
 
     params, _, root = encoder_model
-    again = model_types.train(_cached_features(root), params, open_store(str(root)),
-                              ModelRef("sentiment", "enc-again"), tmp_path)
+    again = model_types.train(
+        _cached_features(root), params, open_store(str(root)), ModelRef("sentiment", "enc-again"), tmp_path
+    )
     a = load_file(str(root / "sentiment" / "enc-1" / "weights.safetensors"))
     b = load_file(again.weights_path)
     assert all(a[k].equal(b[k]) for k in a)

@@ -19,8 +19,15 @@ LONG_ID = "local-20261201T073012Z-0123456789abcdef-long"
 
 
 def tk(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def files_under(path: Path) -> list[str]:
@@ -58,8 +65,9 @@ def test_a_set_key_error_names_set_as_its_source(tmp_path):
     # A key from the file itself is still blamed on the file.
     bad = tmp_path / "bad.toml"
     bad.write_text((REPO / "params" / "sentiment.toml").read_text().replace("[train]", "[train]\nepoch = 3", 1))
-    proc = tk("train", "--params", str(bad), "--set", "train.epochs=2", env={"TRAINKITE_HOME": str(tmp_path)},
-              timeout=60)
+    proc = tk(
+        "train", "--params", str(bad), "--set", "train.epochs=2", env={"TRAINKITE_HOME": str(tmp_path)}, timeout=60
+    )
     assert proc.returncode == 2 and f"invalid parameters in {bad}" in proc.stderr, proc.stderr
 
 
@@ -94,9 +102,17 @@ def test_deployments_list_never_cuts_an_id_at_80_columns(model_factory, cli_env)
     from trainkite.store import open_store
 
     model_factory(LONG_ID)
-    deploy_log.write(open_store(None), deploy_log.new_record(
-        model_id=LONG_ID, model_name="sentiment", target="sagemaker", endpoint="trainkite-sentiment-endpoint",
-        status="deployed", previous_model_id=LONG_ID + "-previous"))
+    deploy_log.write(
+        open_store(None),
+        deploy_log.new_record(
+            model_id=LONG_ID,
+            model_name="sentiment",
+            target="sagemaker",
+            endpoint="trainkite-sentiment-endpoint",
+            status="deployed",
+            previous_model_id=LONG_ID + "-previous",
+        ),
+    )
     proc = tk("deployments", "list", env=cli_env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert LONG_ID in proc.stdout and LONG_ID + "-previous" in proc.stdout, proc.stdout
@@ -121,10 +137,15 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
     from tests.process_helpers import finish, wait_for
 
     home = tmp_path / "home"
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", "--set", "train.epochs=40",
-                             "--set", "tracking.backend=none"], cwd=REPO, text=True,
-                            env={**os.environ, "TRAINKITE_HOME": str(home)}, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "train", "--set", "train.epochs=40", "--set", "tracking.backend=none"],
+        cwd=REPO,
+        text=True,
+        env={**os.environ, "TRAINKITE_HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     # Interrupted mid-training: once the first epoch checkpoint is being written.
     wait_for("a checkpoint", lambda: list((home / "artifacts").glob("_scratch/*/*/checkpoints/*")), 240, proc=proc)
     time.sleep(0.5)
@@ -167,8 +188,16 @@ def test_deploy_local_really_serves_in_the_background_until_stopped(model_factor
     assert [r["check"] for r in listed["live"] if r["endpoint"] == url] == ["not serving"]
 
 
-SMALL = ["--set", "train.epochs=2", "--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16",
-         "--set", "tracking.backend=none"]
+SMALL = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "preprocess.buckets=4096",
+    "--set",
+    "model.embedding_dim=16",
+    "--set",
+    "tracking.backend=none",
+]
 
 
 def test_a_published_folder_holds_exactly_the_manifest_files_and_scratch_is_removed(tmp_path, prefect_api):
@@ -215,8 +244,16 @@ def test_gc_removes_what_no_model_needs_and_keeps_what_a_resume_needs(model_fact
 def test_train_shows_steps_epochs_and_early_stopping_not_prefect_log_lines(tmp_path, prefect_api):
     home = tmp_path / "home"
     # A rate too small to change a prediction: no improvement after epoch 1, so patience 1 stops at epoch 2.
-    args = ["train", *SMALL, "--set", "train.epochs=5", "--set", "train.patience=1", "--set",
-            "train.learning_rate=1e-9"]
+    args = [
+        "train",
+        *SMALL,
+        "--set",
+        "train.epochs=5",
+        "--set",
+        "train.patience=1",
+        "--set",
+        "train.learning_rate=1e-9",
+    ]
     proc = tk(*args, env={"TRAINKITE_HOME": str(home)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     mid = proc.stdout.strip()
@@ -234,8 +271,16 @@ def test_train_shows_steps_epochs_and_early_stopping_not_prefect_log_lines(tmp_p
 
 def test_sweep_shows_one_line_per_configuration_and_its_state(tmp_path, prefect_api):
     home = tmp_path / "home"
-    proc = tk("sweep", *SMALL, "--grid", "train.learning_rate=0.3,0.6", "--max-parallel", "2",
-              env={"TRAINKITE_HOME": str(home)}, timeout=600)
+    proc = tk(
+        "sweep",
+        *SMALL,
+        "--grid",
+        "train.learning_rate=0.3,0.6",
+        "--max-parallel",
+        "2",
+        env={"TRAINKITE_HOME": str(home)},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     for rate in ("0.3", "0.6"):

@@ -54,8 +54,10 @@ if os.environ.get("TRAINKITE_IMAGE_TESTS") == "0":
     pytest.skip("TRAINKITE_IMAGE_TESTS=0", allow_module_level=True)
 ENGINE = _engine()
 if ENGINE is None:
-    reason = ("no container engine answers (docker with a running daemon, or podman): "
-              "scripts/container-engine.sh installs and configures podman")
+    reason = (
+        "no container engine answers (docker with a running daemon, or podman): "
+        "scripts/container-engine.sh installs and configures podman"
+    )
     if os.environ.get("TRAINKITE_IMAGE_TESTS") == "1":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason, allow_module_level=True)
@@ -73,8 +75,14 @@ def _engine_run(*args: str, timeout: float = 120, check: bool = True) -> subproc
 def _build(*targets: str) -> dict[str, str]:
     local = os.environ.get("TRAINKITE_LOCAL_BASE", "1" if ENGINE == "podman" else "0") == "1"
     cmd = [str(REPO / "scripts" / "build-images.sh"), *(["--local-base"] if local else []), *targets]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=REPO,
-                          env={**os.environ, "TRAINKITE_CONTAINER_ENGINE": ENGINE})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=REPO,
+        env={**os.environ, "TRAINKITE_CONTAINER_ENGINE": ENGINE},
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     return dict(line.split() for line in proc.stdout.splitlines() if line.strip())
 
@@ -153,8 +161,12 @@ def serve(images, tmp_path):
     def start(folder: Path, workers: int = 2) -> tuple[Container, int]:
         model_dir = _sagemaker_model_dir(folder, tmp_path / f"model-{len(started)}")
         port = _free_port()
-        c = Container(images["serve"], "serve", mounts=(f"{model_dir}:/opt/ml/model:ro",),
-                      env={"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)})
+        c = Container(
+            images["serve"],
+            "serve",
+            mounts=(f"{model_dir}:/opt/ml/model:ro",),
+            env={"SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)},
+        )
         started.append(c)
         return c, port
 
@@ -166,12 +178,22 @@ def serve(images, tmp_path):
 def test_serve_image_is_lean_and_has_no_torch(images):
     size = int(_engine_run("image", "inspect", "--format", "{{.Size}}", images["serve"]).stdout.strip())
     assert size <= SERVE_MAX_BYTES, f"{images['serve']} is {size / 1e6:.0f} MB"
-    probe = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
-             "('torch', 'transformers', 'prefect', 'wandb', 'awswrangler', 'duckdb', 'onnxruntime', 'tokenizers')}))")
+    probe = (
+        "import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
+        "('torch', 'transformers', 'prefect', 'wandb', 'awswrangler', 'duckdb', 'onnxruntime', 'tokenizers')}))"
+    )
     proc = _engine_run("run", "--rm", "--network", "host", "--entrypoint", "python", images["serve"], "-c", probe)
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found == {"torch": False, "transformers": False, "prefect": False, "wandb": False, "awswrangler": False,
-                     "duckdb": False, "onnxruntime": True, "tokenizers": True}
+    assert found == {
+        "torch": False,
+        "transformers": False,
+        "prefect": False,
+        "wandb": False,
+        "awswrangler": False,
+        "duckdb": False,
+        "onnxruntime": True,
+        "tokenizers": True,
+    }
     label = '{{index .Config.Labels "org.opencontainers.image.revision"}}'
     commit = _engine_run("image", "inspect", "--format", label, images["serve"]).stdout.strip()
     assert images["serve"].endswith(":" + commit) and len(commit.removesuffix("-dirty")) == 40
@@ -196,8 +218,7 @@ def test_sagemaker_serving_contract(serve, trained_model_dir):  # noqa: F811
     for got, ref in zip(body["predictions"], want, strict=True):
         assert max(abs(got["scores"][k] - ref["scores"][k]) for k in ref["scores"]) < 1e-5
 
-    csv = requests.post(url, data=b"great pay\n\"slow, but fair\"\n", headers={"Content-Type": "text/csv"},
-                        timeout=10)
+    csv = requests.post(url, data=b'great pay\n"slow, but fair"\n', headers={"Content-Type": "text/csv"}, timeout=10)
     assert csv.status_code == 200 and csv.headers["X-Model-Id"] == "base-1", csv.text
     assert [p["model_id"] for p in csv.json()["predictions"]] == ["base-1", "base-1"]
 
@@ -255,23 +276,32 @@ def test_train_image_runs_the_batch_job_definition(images, aws, prefect_api, tmp
 
     spec = _batch_job_definition()
     container_props = spec["ContainerProperties"]
-    command = [spec["Parameters"].get(part.removeprefix("Ref::"), part) if part.startswith("Ref::") else part
-               for part in container_props["Command"]]
+    command = [
+        spec["Parameters"].get(part.removeprefix("Ref::"), part) if part.startswith("Ref::") else part
+        for part in container_props["Command"]
+    ]
     bucket = "artifacts-" + uuid.uuid4().hex[:8]
     boto3.client("s3", endpoint_url=aws).create_bucket(Bucket=bucket)
     env = {}
     for item in container_props["Environment"]:
         # Fn::Sub values name stack resources: the bucket and the image of this test's "stack".
-        env[item["Name"]] = {"TRAINKITE_ARTIFACTS": f"s3://{bucket}/models",
-                             "TRAINKITE_DOCKER_IMAGE": images["train"]}[item["Name"]]
+        env[item["Name"]] = {"TRAINKITE_ARTIFACTS": f"s3://{bucket}/models", "TRAINKITE_DOCKER_IMAGE": images["train"]}[
+            item["Name"]
+        ]
     for secret in container_props.get("Secrets", []):
         env[secret["Name"]] = "canary-" + uuid.uuid4().hex  # Batch injects them from Secrets Manager
-    env.update({
-        # What Batch and the job role give a job: the attempt, the job ID, credentials (moto's here).
-        "AWS_BATCH_JOB_ID": uuid.uuid4().hex, "AWS_BATCH_JOB_ATTEMPT": "1", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_ENDPOINT_URL": aws,
-        "PREFECT_API_URL": prefect_api,
-    })
+    env.update(
+        {
+            # What Batch and the job role give a job: the attempt, the job ID, credentials (moto's here).
+            "AWS_BATCH_JOB_ID": uuid.uuid4().hex,
+            "AWS_BATCH_JOB_ATTEMPT": "1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret",
+            "AWS_ENDPOINT_URL": aws,
+            "PREFECT_API_URL": prefect_api,
+        }
+    )
     c = Container(images["train"], *command, env=env)
     try:
         code = c.wait(timeout=900)
@@ -292,28 +322,38 @@ def test_train_image_runs_the_batch_job_definition(images, aws, prefect_api, tmp
     assert manifest["lineage"]["git"]["commit"] == images["train"].rsplit(":", 1)[1]
 
     # The host rebuilds the container's model from its manifest alone: bit-identical.
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "trainkite"), "verify", model_id, "--json"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "TRAINKITE_ARTIFACTS": f"s3://{bucket}/models",
-                               "TRAINKITE_HOME": str(tmp_path / "home")})
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "trainkite"), "verify", model_id, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "TRAINKITE_ARTIFACTS": f"s3://{bucket}/models", "TRAINKITE_HOME": str(tmp_path / "home")},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["ok"] and report["mode"] == "bit-identical" and report["identical"], report
 
     # The run is in the tests' Prefect server, completed, for this model ID.
-    runs = requests.post(f"{prefect_api}/flow_runs/filter", json={"limit": 200, "sort": "START_TIME_DESC"},
-                         timeout=10).json()
+    runs = requests.post(
+        f"{prefect_api}/flow_runs/filter", json={"limit": 200, "sort": "START_TIME_DESC"}, timeout=10
+    ).json()
     mine = [r for r in runs if r.get("parameters", {}).get("model_id") == model_id]
     assert mine and mine[0]["state_type"] == "COMPLETED", [r.get("name") for r in runs[:5]]
 
 
-@pytest.mark.skipif(os.environ.get("TRAINKITE_IMAGE_TESTS_GPU") != "1",
-                    reason="the GPU image build downloads 2.7 GB of CUDA wheels: TRAINKITE_IMAGE_TESTS_GPU=1 runs it")
+@pytest.mark.skipif(
+    os.environ.get("TRAINKITE_IMAGE_TESTS_GPU") != "1",
+    reason="the GPU image build downloads 2.7 GB of CUDA wheels: TRAINKITE_IMAGE_TESTS_GPU=1 runs it",
+)
 def test_gpu_image_carries_the_cuda_build_the_readme_states():
     image = _build("gpu")["gpu"]
     probe = "import json, torch; print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda}))"
-    got = json.loads(_engine_run("run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c", probe,
-                                 timeout=300).stdout.strip().splitlines()[-1])
+    got = json.loads(
+        _engine_run("run", "--rm", "--network", "host", "--entrypoint", "python", image, "-c", probe, timeout=300)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert got["version"].split("+")[0] == "2.13.0" and got["cuda"].startswith("13.")  # PyPI's: 2.13.0+cu130
     readme = (REPO / "infra" / "docker" / "README.md").read_text()
     assert f"CUDA {got['cuda'][:4]}" in readme and "driver >= 580" in readme
@@ -336,8 +376,13 @@ def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, pre
     try:
         if ENGINE == "podman":
             sock = tmp_path / "podman.sock"
-            procs.append(subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             deadline = time.monotonic() + 30
             while not sock.exists():
                 assert time.monotonic() < deadline, "podman system service made no socket in 30 s"
@@ -349,13 +394,27 @@ def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, pre
         pools = {p["name"]: p["status"] for p in report["pools"]}
         assert pools[LOCAL_CONTAINERS_POOL] in ("created", "unchanged"), report["pools"]
         name = f"train/{LOCAL_CONTAINERS_POOL}"
-        assert any(d["name"] == name and d["status"] in ("created", "updated", "unchanged")
-                   for d in report["deployments"]), report["deployments"]
+        assert any(
+            d["name"] == name and d["status"] in ("created", "updated", "unchanged") for d in report["deployments"]
+        ), report["deployments"]
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 (closed with the worker)
-        procs.append(subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "prefect"), "worker", "start", "--pool", LOCAL_CONTAINERS_POOL,
-             "--type", "docker"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-            env={**os.environ, "DOCKER_HOST": docker_host}))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(REPO / ".venv" / "bin" / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    LOCAL_CONTAINERS_POOL,
+                    "--type",
+                    "docker",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env={**os.environ, "DOCKER_HOST": docker_host},
+            )
+        )
         params = small_params().model_dump(mode="json")
         run = run_deployment(name, parameters={"params": params, "model_id": "ctr-1"}, timeout=900)
         worker_log = (tmp_path / "worker.log").read_text()

@@ -29,8 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 CFN_DIR = REPO / "infra" / "cloudformation"
 TEMPLATES = sorted(CFN_DIR.glob("*.yaml"))
 MAIN_TEMPLATE = CFN_DIR / "trainkite.yaml"
-DOCKERFILES = [REPO / "infra" / "docker" / "Dockerfile.cpu", REPO / "infra" / "docker" / "Dockerfile.gpu",
-               REPO / "infra" / "docker" / "Dockerfile.serve"]
+DOCKERFILES = [
+    REPO / "infra" / "docker" / "Dockerfile.cpu",
+    REPO / "infra" / "docker" / "Dockerfile.gpu",
+    REPO / "infra" / "docker" / "Dockerfile.serve",
+]
 AL2023_GPU_AMI = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -308,14 +311,22 @@ def test_the_training_role_may_register_only_per_image_job_definitions(cfn):
     definition = cfn["Resources"]["GpuTrainingJobDefinition"]["Properties"]["JobDefinitionName"]["Fn::Sub"]
     ours = f"{definition}-img-{hashlib.sha256(b'img:1').hexdigest()[:12]}"
     assert fnmatch.fnmatchcase(ours, pattern) and not fnmatch.fnmatchcase(definition, pattern)
-    submit = [r["Fn::Sub"].rsplit("job-definition/", 1)[1]
-              for r in statements["SubmitToOurQueueWithOurJobDefinition"]["Resource"] if "Fn::Sub" in r]
+    submit = [
+        r["Fn::Sub"].rsplit("job-definition/", 1)[1]
+        for r in statements["SubmitToOurQueueWithOurJobDefinition"]["Resource"]
+        if "Fn::Sub" in r
+    ]
     assert any(fnmatch.fnmatchcase(f"{ours}:1", r) for r in submit)
     passing = cfn["Resources"]["TrainingRolePassesTrainingRoles"]["Properties"]
     assert passing["Roles"] == [{"Ref": "TrainingTaskRole"}]
-    assert passing["PolicyDocument"]["Statement"] == [{
-        "Sid": "PassOnlyTheTrainingRolesToThoseDefinitions", "Effect": "Allow", "Action": "iam:PassRole",
-        "Resource": [{"Fn::GetAtt": ["TrainingTaskRole", "Arn"]}, {"Fn::GetAtt": ["TrainingExecutionRole", "Arn"]}]}]
+    assert passing["PolicyDocument"]["Statement"] == [
+        {
+            "Sid": "PassOnlyTheTrainingRolesToThoseDefinitions",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": [{"Fn::GetAtt": ["TrainingTaskRole", "Arn"]}, {"Fn::GetAtt": ["TrainingExecutionRole", "Arn"]}],
+        }
+    ]
 
 
 def test_checkov_skips_are_justified():
@@ -372,7 +383,8 @@ def test_dockerfile_contract(dockerfile):
     users = [ln.split(None, 1)[1] for ln in lines if ln.startswith("USER ")]
     assert users and not users[-1].startswith(("root", "0")), "final USER must not be root"
     installs_project = re.compile(
-        r"pip install (--no-cache-dir )?(--no-deps )?(-c requirements.lock )?\"?\.(\[encoder\])?\"?(\s|$)")
+        r"pip install (--no-cache-dir )?(--no-deps )?(-c requirements.lock )?\"?\.(\[encoder\])?\"?(\s|$)"
+    )
     assert any(installs_project.search(ln) for ln in lines)
     for image in _base_images(lines):
         assert ":" in image and not image.endswith(":latest"), f"unpinned base image {image}"
@@ -381,8 +393,9 @@ def test_dockerfile_contract(dockerfile):
 def _base_images(lines: list[str]) -> list[str]:
     """FROM images, with `${ARG}` resolved to the ARG's default (build-images.sh --local-base overrides it)."""
     defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", "\n".join(lines), re.M))
-    return [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], ln.split()[1])
-            for ln in lines if ln.startswith("FROM ")]
+    return [
+        re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], ln.split()[1]) for ln in lines if ln.startswith("FROM ")
+    ]
 
 
 def test_cpu_image_uses_cpu_torch_on_slim_python():

@@ -25,13 +25,22 @@ def checkout(tmp_path) -> Path:
 
 def _launch(args: list[str], fake, number: int, checkout: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKITE")}
-    env.update({"BUILDKITE": "true", "BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-                "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
-                "BUILDKITE_API_URL": fake.url, "BUILDKITE_API_TOKEN": TOKEN,
-                # Unreachable on purpose: a refusal must come before any Prefect call.
-                "PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    return subprocess.run([sys.executable, "-m", "cli", "launch", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env.update(
+        {
+            "BUILDKITE": "true",
+            "BUILDKITE_BUILD_NUMBER": str(number),
+            "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+            "BUILDKITE_ORGANIZATION_SLUG": ORG,
+            "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
+            "BUILDKITE_API_URL": fake.url,
+            "BUILDKITE_API_TOKEN": TOKEN,
+            # Unreachable on purpose: a refusal must come before any Prefect call.
+            "PREFECT_API_URL": "http://127.0.0.1:9/api",
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "launch", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bad_params_fail_the_step_with_exit_2_before_anything_starts(fake_buildkite, checkout):
@@ -59,21 +68,34 @@ def test_untracked_files_do_not_make_a_checkout_dirty(checkout):
 
 
 def test_params_come_from_the_file_then_trainkite_set_then_flags():
-    env = {"TRAINKITE_PARAMS": str(REPO / "params" / "topic.toml"),
-           "TRAINKITE_SET": "train.epochs=4\n\n# a comment\ntrain.seed=7\n"}
+    env = {
+        "TRAINKITE_PARAMS": str(REPO / "params" / "topic.toml"),
+        "TRAINKITE_SET": "train.epochs=4\n\n# a comment\ntrain.seed=7\n",
+    }
     params = ln.resolve_params(None, ["train.seed=8"], env)
     assert params.model.name == "topic"
     assert (params.train.epochs, params.train.seed) == (4, 8)
 
 
 def test_run_identity_never_carries_secrets():
-    env = {"BUILDKITE_BUILD_NUMBER": "42", "BUILDKITE_PIPELINE_SLUG": PIPELINE, "BUILDKITE_ORGANIZATION_SLUG": ORG,
-           "BUILDKITE_COMMIT": "abc", "BUILDKITE_API_TOKEN": TOKEN, "BUILDKITE_AGENT_ACCESS_TOKEN": "agent-secret"}
+    env = {
+        "BUILDKITE_BUILD_NUMBER": "42",
+        "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+        "BUILDKITE_ORGANIZATION_SLUG": ORG,
+        "BUILDKITE_COMMIT": "abc",
+        "BUILDKITE_API_TOKEN": TOKEN,
+        "BUILDKITE_AGENT_ACCESS_TOKEN": "agent-secret",
+    }
     build = BuildContext.from_env(env)
     assert ln.idempotency_key(build) == "buildkite-acme-trainkite-42"
     job = ln.job_env(env, build.model_id)
-    assert job == {"BUILDKITE_BUILD_NUMBER": "42", "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-                   "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "abc", "TRAINKITE_MODEL_ID": "trainkite-42"}
+    assert job == {
+        "BUILDKITE_BUILD_NUMBER": "42",
+        "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+        "BUILDKITE_ORGANIZATION_SLUG": ORG,
+        "BUILDKITE_COMMIT": "abc",
+        "TRAINKITE_MODEL_ID": "trainkite-42",
+    }
     assert TOKEN not in str(build.model_dump()) and "agent-secret" not in str(build.model_dump())
 
 
@@ -90,10 +112,15 @@ def test_launch_runs_the_builds_image_and_resolved_commit(prefect_api, fake_buil
     with fake_buildkite._lock:
         fake_buildkite._pipelines[(ORG, PIPELINE)]["next"] = time.time_ns() // 1_000_000
     number = fake_buildkite.create_build(ORG, PIPELINE)
-    env = {"BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-           "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "HEAD",
-           "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
-           "PREFECT_API_URL": prefect_api, "TRAINKITE_TRAIN_IMAGE": "123.dkr.ecr.us-east-1.amazonaws.com/train:abc"}
+    env = {
+        "BUILDKITE_BUILD_NUMBER": str(number),
+        "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+        "BUILDKITE_ORGANIZATION_SLUG": ORG,
+        "BUILDKITE_COMMIT": "HEAD",
+        "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
+        "PREFECT_API_URL": prefect_api,
+        "TRAINKITE_TRAIN_IMAGE": "123.dkr.ecr.us-east-1.amazonaws.com/train:abc",
+    }
     monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
     monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
     out = ln.launch_from_env(None, ["train.epochs=1"], TRAIN_GPU_DEPLOYMENT, env)
@@ -118,10 +145,15 @@ def test_a_batch_launch_passes_the_builds_image_to_the_flow(prefect_api, fake_bu
         fake_buildkite._pipelines[(ORG, PIPELINE)]["next"] = time.time_ns() // 1_000_000
     number = fake_buildkite.create_build(ORG, PIPELINE)
     image = "123.dkr.ecr.us-east-1.amazonaws.com/train:def"
-    env = {"BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-           "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_COMMIT": "HEAD",
-           "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout), "PREFECT_API_URL": prefect_api,
-           "TRAINKITE_TRAIN_IMAGE": image}
+    env = {
+        "BUILDKITE_BUILD_NUMBER": str(number),
+        "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+        "BUILDKITE_ORGANIZATION_SLUG": ORG,
+        "BUILDKITE_COMMIT": "HEAD",
+        "BUILDKITE_BUILD_CHECKOUT_PATH": str(checkout),
+        "PREFECT_API_URL": prefect_api,
+        "TRAINKITE_TRAIN_IMAGE": image,
+    }
     monkeypatch.setenv("BUILDKITE_API_URL", fake_buildkite.url)
     monkeypatch.setenv("BUILDKITE_API_TOKEN", TOKEN)
     out = ln.launch_from_env(None, ["train.epochs=1"], BATCH_DEPLOYMENT, env)

@@ -44,17 +44,26 @@ def test_imports_only_point_down():
         for path in sorted((REPO / package).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
             ok = ALLOWED["cli"] if rel in ENTRY_MODULES else allowed
-            wrong += [f"{rel}:{line} imports {top}" for line, top in _project_imports(path)
-                      if top != package and top not in ok]
+            wrong += [
+                f"{rel}:{line} imports {top}"
+                for line, top in _project_imports(path)
+                if top != package and top not in ok
+            ]
     assert not wrong, "imports that point up a floor:\n" + "\n".join(wrong)
 
 
-@pytest.mark.parametrize(("modules", "absent"), [
-    ("trainkite.store, trainkite.manifest, trainkite.ids, trainkite.lineage, trainkite.errors, params, "
-     "buildkite.client, buildkite.context", ("prefect", "typer", "rich", "torch")),
-    ("models.registry, models.predictor, models.features", ("prefect", "typer", "rich")),
-    ("tasks.data, tasks.evaluate, tasks.publish, tasks.verify, serving.app", ("prefect", "typer")),
-])
+@pytest.mark.parametrize(
+    ("modules", "absent"),
+    [
+        (
+            "trainkite.store, trainkite.manifest, trainkite.ids, trainkite.lineage, trainkite.errors, params, "
+            "buildkite.client, buildkite.context",
+            ("prefect", "typer", "rich", "torch"),
+        ),
+        ("models.registry, models.predictor, models.features", ("prefect", "typer", "rich")),
+        ("tasks.data, tasks.evaluate, tasks.publish, tasks.verify, serving.app", ("prefect", "typer")),
+    ],
+)
 def test_lower_floors_load_without_the_upper_floors_libraries(modules, absent):
     code = f"import sys\nimport {modules}\nprint(','.join(m for m in {absent!r} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -16,8 +16,9 @@ def _tp(**train):
 def test_without_warmup_the_rate_decays_from_the_first_step_as_before():
     tp = _tp(learning_rate=0.5, warmup_fraction=0.0)
     total = 40
-    assert [learning_rate(tp, s, total) for s in range(total)] == [0.5 * max(0.0, 1.0 - s / total)
-                                                                   for s in range(total)]
+    assert [learning_rate(tp, s, total) for s in range(total)] == [
+        0.5 * max(0.0, 1.0 - s / total) for s in range(total)
+    ]
 
 
 def test_warmup_rises_to_the_rate_then_decays_to_zero():

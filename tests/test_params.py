@@ -57,7 +57,12 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 def test_override_values_are_toml_literals():
     assert parse_overrides(["a.b=3", "a.c=0.5", "a.d=true", "a.e=hello", 'a.f="x y"']) == {
-        "a.b": 3, "a.c": 0.5, "a.d": True, "a.e": "hello", "a.f": "x y"}
+        "a.b": 3,
+        "a.c": 0.5,
+        "a.d": True,
+        "a.e": "hello",
+        "a.f": "x y",
+    }
 
 
 def test_params_hash_is_stable():
@@ -87,8 +92,10 @@ def test_values_that_break_a_run_are_refused_by_name(overrides, needle):
 
 
 def test_the_largest_values_that_fit_are_accepted():
-    p = load_params(None, ["train.seed=4294967295", f'tracking.project="{"p" * 128}"', "train.learning_rate=50",
-                           "train.weight_decay=1"])
+    p = load_params(
+        None,
+        ["train.seed=4294967295", f'tracking.project="{"p" * 128}"', "train.learning_rate=50", "train.weight_decay=1"],
+    )
     assert p.train.seed == 2**32 - 1
 
 

@@ -17,8 +17,17 @@ from tasks.notify import failure_fields, success_fields
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = REPO / "buildkite" / "pipeline.yml"
 SCHEMA = Path(__file__).parent / "data" / "buildkite-schema.json"
-UNBLOCK_FIELDS = ["model-id", "model-data-path", "wandb-run-id", "model-env", "docker-image", "metrics",
-                  "comparison-verdict", "champion-model-id", "training-status"]
+UNBLOCK_FIELDS = [
+    "model-id",
+    "model-data-path",
+    "wandb-run-id",
+    "model-env",
+    "docker-image",
+    "metrics",
+    "comparison-verdict",
+    "champion-model-id",
+    "training-status",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +49,9 @@ def test_valid_against_check_jsonschemas_builtin_schema():
     exe = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("check-jsonschema is not installed (pip install -e .[dev])")
-    out = subprocess.run([exe, "--builtin-schema", "vendor.buildkite", str(PIPELINE)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [exe, "--builtin-schema", "vendor.buildkite", str(PIPELINE)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -17,24 +17,45 @@ import yaml
 from tests.conftest import REPO
 
 # What apply and `prefect deploy` must agree on.
-COMPARED = ("entrypoint", "work_pool_name", "job_variables", "description", "tags", "concurrency_limit",
-            "enforce_parameter_schema")
+COMPARED = (
+    "entrypoint",
+    "work_pool_name",
+    "job_variables",
+    "description",
+    "tags",
+    "concurrency_limit",
+    "enforce_parameter_schema",
+)
 
 
 def _read(client, full_name: str) -> dict:
     d = client.read_deployment_by_name(full_name)
     limit = d.global_concurrency_limit
     schedules = sorted((s.schedule.cron, s.schedule.timezone) for s in client.read_deployment_schedules(d.id))
-    return {"entrypoint": d.entrypoint, "work_pool_name": d.work_pool_name, "job_variables": d.job_variables,
-            "description": d.description, "tags": sorted(d.tags), "enforce_parameter_schema":
-            d.enforce_parameter_schema, "concurrency_limit": limit.limit if limit else None,
-            "schedules": schedules, "schema": d.parameter_openapi_schema, "id": d.id}
+    return {
+        "entrypoint": d.entrypoint,
+        "work_pool_name": d.work_pool_name,
+        "job_variables": d.job_variables,
+        "description": d.description,
+        "tags": sorted(d.tags),
+        "enforce_parameter_schema": d.enforce_parameter_schema,
+        "concurrency_limit": limit.limit if limit else None,
+        "schedules": schedules,
+        "schema": d.parameter_openapi_schema,
+        "id": d.id,
+    }
 
 
 @pytest.fixture(scope="module")
 def applied_by_cli(prefect_api):
-    proc = subprocess.run([sys.executable, "-m", "cli", "deployments", "apply", "--json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "deployments", "apply", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout), proc.stderr
 
@@ -89,8 +110,9 @@ def test_a_run_with_the_hidden_fields_is_still_accepted(applied_by_cli):
     params = load_params(REPO / "params" / "sentiment.toml").model_dump(mode="json")
     with get_client(sync_client=True) as client:
         d = client.read_deployment_by_name(TRAIN_DEPLOYMENT)
-        run = client.create_flow_run_from_deployment(d.id, parameters={"params": params, "build": None},
-                                                     tags=["conventions-test"])
+        run = client.create_flow_run_from_deployment(
+            d.id, parameters={"params": params, "build": None}, tags=["conventions-test"]
+        )
         try:
             assert run.parameters["params"]["deploy"] == params["deploy"]
         finally:
@@ -116,11 +138,24 @@ def test_prefect_deploy_all_creates_the_deployments_apply_creates(applied_by_cli
         env = {**os.environ, **server.env()}
         # `prefect deploy` takes pools as given (apply creates them); make them the way a user would.
         for pool, kind in (("trainkite-process", "process"), ("trainkite-gpu-ecs", "ecs")):
-            made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", kind],
-                                  env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+            made = subprocess.run(
+                [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", kind],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             assert made.returncode == 0, made.stderr[-2000:]
-        proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], env=env,
-                              cwd=REPO, capture_output=True, text=True, timeout=480, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=480,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
         names = {f"{_flow_of(d['entrypoint'])}/{d['name']}" for d in declared}
@@ -164,15 +199,32 @@ def test_a_flow_run_started_by_a_worker_writes_wandb_files_to_the_wandb_dir(appl
     env.update({"PREFECT_WORKER_QUERY_SECONDS": "2", "TRAINKITE_HOME": str(home)})
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "trainkite-process",
-                                 "--name", f"wandb-dir-test-{os.getpid()}"], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "trainkite-process",
+                "--name",
+                f"wandb-dir-test-{os.getpid()}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     worker = Worker(proc, log)
     try:
         wait_for("the worker to start", lambda: "started!" in worker.tail(), 120, proc=proc)
         params = small_params(**{"tracking.backend": "wandb", "artifacts.root": str(home / "artifacts")})
-        run = run_deployment(TRAIN_DEPLOYMENT, parameters={"params": params.model_dump(mode="json")}, timeout=0,
-                             tags=["wandb-dir-test"])
+        run = run_deployment(
+            TRAIN_DEPLOYMENT, parameters={"params": params.model_dump(mode="json")}, timeout=0, tags=["wandb-dir-test"]
+        )
         done = wait_for("the run to finish", lambda: (r := read_flow_run(run.id)).state.is_final() and r, 240)
         assert done.state.is_completed(), (done.state, worker.tail())
     finally:

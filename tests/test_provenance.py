@@ -61,7 +61,8 @@ def test_launch_resolves_a_symbolic_commit_from_the_agents_checkout(tmp_path):
     import subprocess
 
     checkout = git_checkout(tmp_path / "checkout")
-    head = subprocess.run([*GIT, "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        [*GIT, "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert ln.checkout_commit(checkout) == head
     assert ln.checkout_commit(tmp_path) is None  # not a git checkout: keep what the build said

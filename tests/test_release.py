@@ -18,8 +18,11 @@ def _task(name: str, state: str, start: str, end: str | None = None) -> dict:
 
 
 def test_failed_step_is_the_last_failed_task():
-    runs = [_task("fetch_data-a1b", "COMPLETED", "t1", "t2"), _task("train-c3d", "FAILED", "t2", "t3"),
-            _task("publish-e5f", "FAILED", "t4", "t5")]
+    runs = [
+        _task("fetch_data-a1b", "COMPLETED", "t1", "t2"),
+        _task("train-c3d", "FAILED", "t2", "t3"),
+        _task("publish-e5f", "FAILED", "t4", "t5"),
+    ]
     assert rl.failed_step(runs) == "publish"
 
 
@@ -35,8 +38,12 @@ def test_parse_flow_run_id_accepts_event_resource_ids():
 
 
 def _flow_run(build: dict | None, state_type: str = "CRASHED", message: str = "Process exited with status code: -9."):
-    return {"id": str(uuid.uuid4()), "name": "brave-otter", "parameters": {"build": build, "model_id": None},
-            "state": {"type": state_type, "name": state_type.title(), "message": message}}
+    return {
+        "id": str(uuid.uuid4()),
+        "name": "brave-otter",
+        "parameters": {"build": build, "model_id": None},
+        "state": {"type": state_type, "name": state_type.title(), "message": message},
+    }
 
 
 def test_nothing_to_release_without_a_build_or_a_failure():
@@ -93,7 +100,8 @@ def test_a_success_after_a_failure_release_is_still_refused(fake_buildkite, buil
     build = {"number": number, "pipeline": PIPELINE, "organization": ORG}
     assert rl.release(rl.summarize(_flow_run(build), [])) == "released"
     ctx = rl.summarize(_flow_run(build), []).build
-    fields = notify.success_fields(model_id=ctx.model_id, artifact_uri="/m", wandb_run_id=None, docker_image=None,
-                                   metrics_line="test_accuracy=0.9")
+    fields = notify.success_fields(
+        model_id=ctx.model_id, artifact_uri="/m", wandb_run_id=None, docker_image=None, metrics_line="test_accuracy=0.9"
+    )
     with pytest.raises(BuildkiteError, match="already unblocked with different values"):
         notify.notify_success(ctx, fields, "### m")

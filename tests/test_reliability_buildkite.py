@@ -26,8 +26,13 @@ def _build(fake) -> BuildContext:
 
 
 def _fields(model_id: str) -> dict[str, str]:
-    return notify.success_fields(model_id=model_id, artifact_uri=f"/store/sentiment/{model_id}", wandb_run_id=None,
-                                 docker_image=None, metrics_line="test_accuracy=0.9")
+    return notify.success_fields(
+        model_id=model_id,
+        artifact_uri=f"/store/sentiment/{model_id}",
+        wandb_run_id=None,
+        docker_image=None,
+        metrics_line="test_accuracy=0.9",
+    )
 
 
 def _statuses(fake, number: int, method: str = "PUT", path: str = UNBLOCK) -> list:
@@ -37,12 +42,16 @@ def _statuses(fake, number: int, method: str = "PUT", path: str = UNBLOCK) -> li
 def _fast_client(monkeypatch, timeout: float) -> None:
     """The notify path's client with a short request timeout (production: 10 s), so a test can time out
     twice without waiting 20 s. Retry count and backoff stay the production defaults."""
-    monkeypatch.setattr(notify, "client_for", lambda build: BuildkiteClient(org=build.organization,
-                                                                         pipeline=build.pipeline, timeout=timeout))
+    monkeypatch.setattr(
+        notify,
+        "client_for",
+        lambda build: BuildkiteClient(org=build.organization, pipeline=build.pipeline, timeout=timeout),
+    )
 
 
-def test_429_with_ratelimit_reset_then_200_unblocks_exactly_once(prefect_api, tk_home, params_factory,
-                                                                 fake_buildkite, buildkite_env):
+def test_429_with_ratelimit_reset_then_200_unblocks_exactly_once(
+    prefect_api, tk_home, params_factory, fake_buildkite, buildkite_env
+):
     """Scenario 1, through the whole train flow: its notify task meets a 429, waits RateLimit-Reset, unblocks."""
     from flows.train import train
 
@@ -60,8 +69,9 @@ def test_429_with_ratelimit_reset_then_200_unblocks_exactly_once(prefect_api, tk
     print(f"\n429 then 200: flow completed in {time.monotonic() - t0:.1f}s, unblock PUTs [429, 200]")
 
 
-def test_502_503_then_two_timeouts_are_retried_and_the_step_is_unblocked_once(fake_buildkite, buildkite_env,
-                                                                              monkeypatch):
+def test_502_503_then_two_timeouts_are_retried_and_the_step_is_unblocked_once(
+    fake_buildkite, buildkite_env, monkeypatch
+):
     """Scenario 2: bounded retries ride out 502, 503 and two read timeouts; the build is unblocked once."""
     _fast_client(monkeypatch, timeout=0.5)
     build = _build(fake_buildkite)
@@ -110,8 +120,11 @@ def test_persistent_5xx_fails_fast_and_the_failure_hook_releases_the_build(fake_
     print(f"\npersistent 503: gave up after 6 attempts in {elapsed:.1f}s")
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "blocked"
 
-    flow_run = SimpleNamespace(name="brave-otter", id="0000-run", parameters={
-        "build": build.model_dump(mode="json"), "model_id": build.model_id})
+    flow_run = SimpleNamespace(
+        name="brave-otter",
+        id="0000-run",
+        parameters={"build": build.model_dump(mode="json"), "model_id": build.model_id},
+    )
     release_build_on_failure(None, flow_run, Failed(message=f"Task run 'notify' failed: {message}"))
 
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "unblocked"
@@ -132,16 +145,18 @@ def test_a_broken_annotations_endpoint_does_not_keep_the_build_waiting(fake_buil
         assert notify.notify_success(build, _fields(build.model_id), "### done") == "unblocked"
         expected = "passed"
     else:
-        assert notify.notify_failure(build, model_id=build.model_id, flow_run="r (1)", reason="FAILED: boom") \
-            == "released"
+        assert (
+            notify.notify_failure(build, model_id=build.model_id, flow_run="r (1)", reason="FAILED: boom") == "released"
+        )
         expected = "failed"
     assert _statuses(fake_buildkite, build.number, "POST", r"/annotations$") == [422]  # a 4xx is not retried
     assert fake_buildkite.job(ORG, PIPELINE, build.number, "training_finished")["state"] == "unblocked"
     assert fake_buildkite.build(ORG, PIPELINE, build.number)["meta_data"]["training-status"] == expected
 
 
-def test_a_refused_token_fails_the_run_at_once_with_the_reason(prefect_api, tk_home, params_factory, fake_buildkite,
-                                                               buildkite_env, monkeypatch):
+def test_a_refused_token_fails_the_run_at_once_with_the_reason(
+    prefect_api, tk_home, params_factory, fake_buildkite, buildkite_env, monkeypatch
+):
     """A 401 will not fix itself: the notify task is not retried (it used to wait 10 s and ask again), the
     run fails with Buildkite's reason, and the token is not in it."""
     from flows.train import train

@@ -24,16 +24,41 @@ from trainkite.store import LocalStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
 
-SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", "--set", "tracking.backend='none'",
-         "--set", "train.epochs=3"]
+SMALL = [
+    "--set",
+    "preprocess.buckets=4096",
+    "--set",
+    "model.embedding_dim=16",
+    "--set",
+    "tracking.backend='none'",
+    "--set",
+    "train.epochs=3",
+]
 
 
 def _train(home: Path, root: Path, model_id: str, seed: int) -> subprocess.Popen:
     env = {**os.environ, "TRAINKITE_HOME": str(home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", "train", *SMALL, "--set", f"train.seed={seed}",
-         "--set", f"artifacts.root={json.dumps(str(root))}", "--model-id", model_id, "--json"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "train",
+            *SMALL,
+            "--set",
+            f"train.seed={seed}",
+            "--set",
+            f"artifacts.root={json.dumps(str(root))}",
+            "--model-id",
+            model_id,
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _seed_of(store: LocalStore, model_id: str) -> int:
@@ -49,9 +74,12 @@ def four_trainings(prefect_api, tmp_path_factory) -> dict:
     machines: their own TRAINKITE_HOME each). Started together, so the four share the CPU and overlap."""
     base = tmp_path_factory.mktemp("four-trainings")
     root = base / "shared-store"
-    procs = {"conc-a": _train(base / "home", root, "conc-a", 1), "conc-b": _train(base / "home", root, "conc-b", 2),
-             "same-1/1": _train(base / "home-1", root, "same-1", 1),
-             "same-1/2": _train(base / "home-2", root, "same-1", 2)}
+    procs = {
+        "conc-a": _train(base / "home", root, "conc-a", 1),
+        "conc-b": _train(base / "home", root, "conc-b", 2),
+        "same-1/1": _train(base / "home-1", root, "same-1", 1),
+        "same-1/2": _train(base / "home-2", root, "same-1", 2),
+    }
     return {"store": LocalStore(root), "results": {name: finish(p, 240) for name, p in procs.items()}}
 
 
@@ -106,8 +134,12 @@ def test_same_model_id_publishes_racing_in_threads_never_mix_files(trained_model
 
     def publish(tag: str) -> None:
         try:
-            mf.publish(SlowStore(tmp_path / "store"), mf.ModelRef("sentiment", "race-1"), _files(variants[tag]),
-                       {"lineage": {}})
+            mf.publish(
+                SlowStore(tmp_path / "store"),
+                mf.ModelRef("sentiment", "race-1"),
+                _files(variants[tag]),
+                {"lineage": {}},
+            )
             outcomes[tag] = "published"
         except Exception as err:  # the loser's refusal
             outcomes[tag] = f"{type(err).__name__}: {err}"
@@ -149,16 +181,26 @@ MALFORMED = [
     ("content type", b"hello", "text/plain", 415),
     ("6 MiB + 1", b"x" * (SIX_MIB + 1), "application/json", 413),
 ]
-TEXTS = ["The pay is fair and my manager listens", "Terrible hours, nobody answers my emails",
-         "The office moved to the third floor"]
+TEXTS = [
+    "The pay is fair and my manager listens",
+    "Terrible hours, nobody answers my emails",
+    "The office moved to the third floor",
+]
 
 
 def test_200_concurrent_requests_some_malformed(served):
     url = served.url
-    expected = {t: p for t, p in zip(TEXTS, requests.post(f"{url}/invocations", json={"instances": TEXTS},
-                                                          timeout=30).json()["predictions"], strict=True)}
-    requests.post(f"{url}/invocations", data=MALFORMED[-1][1], headers={"Content-Type": "application/json"},
-                  timeout=30)  # warm the big-body path before the baseline
+    expected = {
+        t: p
+        for t, p in zip(
+            TEXTS,
+            requests.post(f"{url}/invocations", json={"instances": TEXTS}, timeout=30).json()["predictions"],
+            strict=True,
+        )
+    }
+    requests.post(
+        f"{url}/invocations", data=MALFORMED[-1][1], headers={"Content-Type": "application/json"}, timeout=30
+    )  # warm the big-body path before the baseline
     rss_before = served.rss_kib()
 
     jobs = []

@@ -40,8 +40,7 @@ def test_an_exploding_loss_stops_training_and_a_high_but_plausible_one_does_not(
 
 
 @pytest.mark.parametrize("train", [{"learning_rate": 1e6}, {"weight_decay": math.inf}], ids=["lr", "weight-decay"])
-def test_the_bow_fit_loop_fails_at_the_first_bad_epoch_and_stages_nothing(train, tmp_path, tk_home,
-                                                                          params_factory):
+def test_the_bow_fit_loop_fails_at_the_first_bad_epoch_and_stages_nothing(train, tmp_path, tk_home, params_factory):
     params = _past_bounds(params_factory(**{"train.epochs": 4}), **train)
     store = open_store()
     ref = ModelRef(params.model.name, "diverge-1")
@@ -70,8 +69,7 @@ def test_a_diverging_train_flow_fails_publishes_nothing_and_is_not_retried(prefe
     from flows.train import train
 
     params = _past_bounds(params_factory(), learning_rate=1e6)
-    state = train.with_options(validate_parameters=False)(params=params, model_id="diverge-flow-1",
-                                                          return_state=True)
+    state = train.with_options(validate_parameters=False)(params=params, model_id="diverge-flow-1", return_state=True)
     assert state.is_failed()
     with pytest.raises(TrainingDiverged, match="training diverged at epoch 1"):
         state.result()

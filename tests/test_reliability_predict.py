@@ -24,21 +24,34 @@ def store(trained_model_dir, tmp_path_factory):  # noqa: F811
 
 
 def _predict(store: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", "predict", "p-1", "--root", str(store), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TRAINKITE_HOME": str(store.parent / "home")})
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "predict", "p-1", "--root", str(store), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRAINKITE_HOME": str(store.parent / "home")},
+    )
 
 
 def test_prediction_columns_never_overwrite_input_columns():
     cols = output_columns(["id", "text", "label", "predicted_label"], ["a", "b"])
-    assert cols == {"label": "predicted_predicted_label", "model_id": "model_id", "score_a": "score_a",
-                    "score_b": "score_b"}
+    assert cols == {
+        "label": "predicted_predicted_label",
+        "model_id": "model_id",
+        "score_a": "score_a",
+        "score_b": "score_b",
+    }
 
 
 def test_ground_truth_survives_scoring_in_place(store, tmp_path):
     src = tmp_path / "truth.csv"
-    pd.DataFrame({"text": ["Great team, fair pay", "line one\nline two, with a comma", "Awful hours"],
-                  "label": ["positive", "neutral", "negative"]}).to_csv(src, index=False)
+    pd.DataFrame(
+        {
+            "text": ["Great team, fair pay", "line one\nline two, with a comma", "Awful hours"],
+            "label": ["positive", "neutral", "negative"],
+        }
+    ).to_csv(src, index=False)
     before = pd.read_csv(src, keep_default_na=False, dtype=str)
     out = _predict(store, "--input", str(src), "--output", str(src), "--json")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -23,6 +23,8 @@ from trainkite.store import LocalStore
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'trainkite:UserWarning")
 
 SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", "--set", "tracking.backend='none'"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def private_server(tmp_path_factory):
     """A second, private Prefect server for the restart test, booting while the launch test runs."""
@@ -59,10 +61,18 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
     number = fake_buildkite.create_build(ORG, PIPELINE)
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDKITE")}
-    env.update({"BUILDKITE": "true", "BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-                "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_BUILD_CHECKOUT_PATH": str(clean_checkout),
-                "BUILDKITE_API_URL": fake_buildkite.url, "BUILDKITE_API_TOKEN": TOKEN,
-                "TRAINKITE_HOME": str(home)})
+    env.update(
+        {
+            "BUILDKITE": "true",
+            "BUILDKITE_BUILD_NUMBER": str(number),
+            "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+            "BUILDKITE_ORGANIZATION_SLUG": ORG,
+            "BUILDKITE_BUILD_CHECKOUT_PATH": str(clean_checkout),
+            "BUILDKITE_API_URL": fake_buildkite.url,
+            "BUILDKITE_API_TOKEN": TOKEN,
+            "TRAINKITE_HOME": str(home),
+        }
+    )
     launch = [sys.executable, "-m", "cli", "launch", *SMALL, "--set", "train.epochs=2", "--json"]
 
     def start():
@@ -79,9 +89,17 @@ def test_a_retried_launch_step_makes_one_flow_run_and_one_model(prefect_api, fak
     assert [r["id"] for r in _flow_runs(prefect_api, model_id)] == [flow_run_id]
 
     # Run it (what a worker does for the process pool), then retry the launch step once more.
-    rc, _, err = finish(subprocess.Popen([sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
-                                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True), 240)
+    rc, _, err = finish(
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect", "flow-run", "execute", flow_run_id],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        240,
+    )
     assert rc == 0, err[-3000:]
     rc, out, err = finish(start(), 120)
     assert rc == 0 and json.loads(out)["flow_run_id"] == flow_run_id, err[-3000:]
@@ -108,12 +126,36 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
         home = tmp_path / "home"
         env = {**os.environ, **server.env(), "TRAINKITE_HOME": str(home)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "train", *SMALL, "--set", "train.epochs=12", "--set",
-             "train.batch_size=2", "--set", "train.patience=0", "--model-id", "restart-1", "--json"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "train",
+                *SMALL,
+                "--set",
+                "train.epochs=12",
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "train.patience=0",
+                "--model-id",
+                "restart-1",
+                "--json",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         state = home / "artifacts" / "_scratch" / "sentiment" / "restart-1" / "checkpoints" / "last.json"
-        wait_for("the first epoch", lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1, 180,
-                 interval=0.05, proc=proc)
+        wait_for(
+            "the first epoch",
+            lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 1,
+            180,
+            interval=0.05,
+            proc=proc,
+        )
         epoch_at_stop = json.loads(state.read_text())["epoch"]
         offline = server.restart(down_for=1.0)
         rc, out, err = finish(proc, 240)
@@ -125,9 +167,12 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
         store = LocalStore(home / "artifacts")
         assert [m["model_id"] for m in mf.list_models(store)] == ["restart-1"]
         mf.fetch_model(store, "restart-1")  # whole and verified
-        runs = wait_for("the restarted server to show the run's final state",
-                        lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
-                        30, interval=0.05)
+        runs = wait_for(
+            "the restarted server to show the run's final state",
+            lambda: [r for r in _flow_runs(server.url, "restart-1") if r["state"]["type"] == "COMPLETED"],
+            30,
+            interval=0.05,
+        )
         assert len(_flow_runs(server.url, "restart-1")) == 1 and len(runs) == 1
         assert "Traceback" not in err
     finally:

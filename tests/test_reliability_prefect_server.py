@@ -22,8 +22,14 @@ from cli import prefect_server as ps
 
 def _tk(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**env, "TRAINKITE_HOME": str(home)}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, "TRAINKITE_HOME": str(home)},
+        timeout=timeout,
+    )
 
 
 def _servers_of(prefect_home: Path) -> list[int]:
@@ -43,8 +49,11 @@ def _servers_of(prefect_home: Path) -> list[int]:
 
 
 def _run(url: str, flow_id: str, name: str, tag: str) -> str:
-    r = requests.post(f"{url}/flow_runs/", json={"flow_id": flow_id, "name": name, "tags": [tag],
-                                                  "state": {"type": "RUNNING", "name": "Running"}}, timeout=10)
+    r = requests.post(
+        f"{url}/flow_runs/",
+        json={"flow_id": flow_id, "name": name, "tags": [tag], "state": {"type": "RUNNING", "name": "Running"}},
+        timeout=10,
+    )
     r.raise_for_status()
     return r.json()["id"]
 

@@ -49,12 +49,17 @@ def _puts(proxy, model_id: str, name: str) -> list:
 
 
 def _tk(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def test_500_and_503_slowdown_on_upload_are_retried_and_the_model_lands_whole(prefect_api, tk_home,
-                                                                             params_factory, s3):
+def test_500_and_503_slowdown_on_upload_are_retried_and_the_model_lands_whole(prefect_api, tk_home, params_factory, s3):
     """The whole train flow publishing to S3 while uploads fail: botocore's retries absorb them."""
     from flows.train import train
 
@@ -122,8 +127,11 @@ def test_a_model_being_published_is_invisible_until_its_manifest_lands(s3, train
     store = open_store(ROOT)
     s3.delay(3.0, method="PUT", path=r"/sentiment/inflight-1/manifest\.json$")
     done: dict = {}
-    worker = threading.Thread(target=lambda: done.setdefault("m", mf.publish(
-        store, mf.ModelRef("sentiment", "inflight-1"), files, {"lineage": {}})))
+    worker = threading.Thread(
+        target=lambda: done.setdefault(
+            "m", mf.publish(store, mf.ModelRef("sentiment", "inflight-1"), files, {"lineage": {}})
+        )
+    )
     worker.start()
     deadline = time.monotonic() + 60
     while sum(1 for r in s3.requests_to("PUT", r"/sentiment/inflight-1/") if r[2] == 200) < len(files):

@@ -42,11 +42,18 @@ def test_csv_records_as_a_csv_writer_writes_them():
         _from_csv(b'"never closed\n')
 
 
-@pytest.mark.parametrize("accept, expected", [
-    (None, ("json", False)), ("*/*", ("json", True)), ("application/json", ("json", True)),
-    ("text/csv", ("csv", True)), ("text/csv; header=absent", ("csv", False)),
-    ("application/json;q=0.5, text/csv", ("csv", True)), ("text/html, */*;q=0.1", ("json", True)),
-])
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        (None, ("json", False)),
+        ("*/*", ("json", True)),
+        ("application/json", ("json", True)),
+        ("text/csv", ("csv", True)),
+        ("text/csv; header=absent", ("csv", False)),
+        ("application/json;q=0.5, text/csv", ("csv", True)),
+        ("text/html, */*;q=0.1", ("json", True)),
+    ],
+)
 def test_accept_picks_the_answer_format(accept, expected):
     assert response_format(accept) == expected
 
@@ -99,19 +106,31 @@ def test_a_stalled_body_gets_408(slow_server):
 def test_csv_in_csv_out_through_the_server(slow_server):
     import requests
 
-    r = requests.post(f"{slow_server.url}/invocations", data=b"text\n" + _csv(TRICKY),
-                      headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=30)
+    r = requests.post(
+        f"{slow_server.url}/invocations",
+        data=b"text\n" + _csv(TRICKY),
+        headers={"Content-Type": "text/csv", "Accept": "text/csv"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert len(rows) == len(TRICKY)  # the header row was not scored, the quoted newlines did not split rows
     assert {"label", "model_id", "score_negative", "score_neutral", "score_positive"} == set(rows[0])
     assert all(row["model_id"] == "timeouts-1" for row in rows)
-    as_json = requests.post(f"{slow_server.url}/invocations", data=json.dumps({"instances": TRICKY}),
-                            headers={"Content-Type": "application/json"}, timeout=30).json()["predictions"]
+    as_json = requests.post(
+        f"{slow_server.url}/invocations",
+        data=json.dumps({"instances": TRICKY}),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    ).json()["predictions"]
     assert [row["label"] for row in rows] == [p["label"] for p in as_json]
-    r = requests.post(f"{slow_server.url}/invocations", data=json.dumps({"instances": ["x"]}),
-                      headers={"Content-Type": "application/json", "Accept": "image/png"}, timeout=30)
+    r = requests.post(
+        f"{slow_server.url}/invocations",
+        data=json.dumps({"instances": ["x"]}),
+        headers={"Content-Type": "application/json", "Accept": "image/png"},
+        timeout=30,
+    )
     assert r.status_code == 406 and "Accept" in r.json()["error"]
     # After the stalls above the server still answers at once.
     assert requests.get(f"{slow_server.url}/ping", timeout=5).status_code == 200

@@ -36,6 +36,7 @@ def _without(key):
     def edit(m):
         m.pop(key)
         return m
+
     return edit
 
 
@@ -46,8 +47,10 @@ BROKEN = {
     "no-sha256": (lambda m: {**m, "files": {"weights.safetensors": {"size": 3}}}, "no valid sha256 for weights"),
     "no-files": (_without("files"), "lists no files"),
     "empty-files": (lambda m: {**m, "files": {}}, "lists no files"),
-    "traversal": (lambda m: {**m, "files": {**m["files"], "../../etc/hostname": {"sha256": "0" * 64}}},
-                  "'../../etc/hostname', which is not a plain path inside the model folder"),
+    "traversal": (
+        lambda m: {**m, "files": {**m["files"], "../../etc/hostname": {"sha256": "0" * 64}}},
+        "'../../etc/hostname', which is not a plain path inside the model folder",
+    ),
     "absolute": (lambda m: {**m, "files": {"/etc/hostname": {"sha256": "0" * 64}}}, "not a plain path"),
 }
 
@@ -131,8 +134,9 @@ def test_a_full_disk_during_publish_is_one_clear_error_and_no_manifest(tmp_path)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(64 * 1024))
     root = tmp_path / "store"
-    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(root), str(big)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(root), str(big)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     error = json.loads(out.stdout)["error"]
     assert "write " in error and "weights.safetensors" in error and "File too large" in error, error

@@ -17,8 +17,14 @@ SMALL = ["--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16", 
 
 
 def tk(*args, env, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **env}, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc
@@ -118,9 +124,14 @@ def _latest_flow_run(model_id):
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, home, tmp_path):
     slow = [*SMALL, "--set", "train.epochs=12", "--set", "train.batch_size=1", "--set", "train.patience=0"]
     env = {"TRAINKITE_HOME": str(tmp_path / "h")}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "train", *slow, "--model-id", "crash-1", "--json"],
-                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "train", *slow, "--model-id", "crash-1", "--json"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     state = tmp_path / "h" / "artifacts" / "_scratch" / "sentiment" / "crash-1" / "checkpoints" / "last.json"
     model_dir = tmp_path / "h" / "artifacts" / "sentiment" / "crash-1"
     deadline = time.monotonic() + 240

@@ -32,8 +32,16 @@ def test_retrain_skips_unchanged_data_and_trains_on_change(prefect_api, tk_home,
     assert forced["retrained"] and forced["reason"] == "forced"
 
     comments = pd.read_csv(demo_data / "comments.csv")
-    extra = pd.DataFrame([{"comment_id": "c99999", "text": "The new canteen is brilliant and cheap.",
-                           "sentiment": "positive", "topic": "culture"}])
+    extra = pd.DataFrame(
+        [
+            {
+                "comment_id": "c99999",
+                "text": "The new canteen is brilliant and cheap.",
+                "sentiment": "positive",
+                "topic": "culture",
+            }
+        ]
+    )
     pd.concat([comments, extra]).to_csv(demo_data / "comments.csv", index=False)
     changed = _run(params)
     assert changed["retrained"] and "data changed" in changed["reason"]

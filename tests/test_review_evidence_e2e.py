@@ -64,8 +64,10 @@ def test_review_compares_with_the_deployed_champion_and_gates_a_worse_model(new_
     assert "| test_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
     uploaded = _artifacts(first)
     assert list(uploaded) == [f"trainkite-review/{meta['model-id']}/challenger-confusion.png"]
-    assert uploaded[next(iter(uploaded))] == (Path(meta["model-data-path"]) / "plots/confusion_evaluation.png"
-                                              ).read_bytes()
+    assert (
+        uploaded[next(iter(uploaded))]
+        == (Path(meta["model-data-path"]) / "plots/confusion_evaluation.png").read_bytes()
+    )
     assert "No champion yet" in first.annotations()["trainkite-training"]["body"]
 
     # It goes live locally, through the pipeline's own deploy step: now it is the champion.
@@ -95,8 +97,10 @@ def test_review_compares_with_the_deployed_champion_and_gates_a_worse_model(new_
     assert set(uploaded) == images and all(content.startswith(PNG) for content in uploaded.values())
     for path in images:
         assert f'<img src="artifact://{path}"' in body
-    assert uploaded[f"trainkite-review/{wmeta['model-id']}/champion-confusion.png"] == (
-        Path(wmeta["model-data-path"]) / "plots/confusion_champion.png").read_bytes()
+    assert (
+        uploaded[f"trainkite-review/{wmeta['model-id']}/champion-confusion.png"]
+        == (Path(wmeta["model-data-path"]) / "plots/confusion_champion.png").read_bytes()
+    )
     assert "W&B: tracking was off" in body
     # The flow's own annotation already carried the comparison.
     assert "worse" in worse.annotations()["trainkite-training"]["body"]

@@ -27,16 +27,28 @@ def _model(trained_model_dir: Path, root: Path, model_id: str, verdict: str | No
         y = [0, 1, 2] * 20
         champ = list(y)
         chal = [(v + 1) % 3 if i < 30 else v for i, v in enumerate(y)] if verdict == cp.WORSE else list(y)
-        comparison = {**cp.compare(y, champ, chal, ["negative", "neutral", "positive"], texts=["t"] * 60),
-                      "champion": {"model_id": "champ-1", "target": "local", "since": "2026-11-30T00:00:00+00:00",
-                                   "source": "deployment", "set_by": "alice"}, "split": "evaluation"}
+        comparison = {
+            **cp.compare(y, champ, chal, ["negative", "neutral", "positive"], texts=["t"] * 60),
+            "champion": {
+                "model_id": "champ-1",
+                "target": "local",
+                "since": "2026-11-30T00:00:00+00:00",
+                "source": "deployment",
+                "set_by": "alice",
+            },
+            "split": "evaluation",
+        }
         manifest["comparison"] = comparison
-        manifest["lineage"]["champion"] = {"model_id": "champ-1", "verdict": comparison["verdict"],
-                                           "allow_worse": False}
+        manifest["lineage"]["champion"] = {
+            "model_id": "champ-1",
+            "verdict": comparison["verdict"],
+            "allow_worse": False,
+        }
         shutil.copyfile(folder / "plots/confusion_evaluation.png", folder / "plots/confusion_champion.png")
         manifest["files"]["plots/confusion_champion.png"] = {
             "sha256": file_sha256(folder / "plots/confusion_champion.png"),
-            "size": (folder / "plots/confusion_champion.png").stat().st_size}
+            "size": (folder / "plots/confusion_champion.png").stat().st_size,
+        }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return folder
 
@@ -50,8 +62,13 @@ def agent_state(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
     def prepare(folder: Path, verdict: str) -> Path:
-        meta = {"model-id": folder.name, "model-data-path": str(folder), "wandb-run-id": "none",
-                "comparison-verdict": verdict, "training-status": "passed"}
+        meta = {
+            "model-id": folder.name,
+            "model-data-path": str(folder),
+            "wandb-run-id": "none",
+            "comparison-verdict": verdict,
+            "training-status": "passed",
+        }
         state.write_text(json.dumps({"meta_data": meta, "annotations": []}))
         return state
 
@@ -69,8 +86,10 @@ def test_a_significantly_worse_model_fails_review(tmp_path, trained_model_dir, a
     assert run_review(env={}) == 1
     note, artifacts = _read(state)
     assert note["style"] == "error" and "Review failed" in note["body"] and "`champ-1`" in note["body"]
-    assert {a["path"] for a in artifacts} == {"trainkite-review/chal-1/challenger-confusion.png",
-                                              "trainkite-review/chal-1/champion-confusion.png"}
+    assert {a["path"] for a in artifacts} == {
+        "trainkite-review/chal-1/challenger-confusion.png",
+        "trainkite-review/chal-1/champion-confusion.png",
+    }
     assert "significantly worse" in capsys.readouterr().err
 
 

@@ -19,9 +19,40 @@ from trainkite.errors import DataError
 from trainkite.manifest import ModelRef, recorded_schemas
 from trainkite.store import LocalStore
 
-WORDS = ["good", "great", "fine", "awful", "bad", "poor", "team", "pay", "manager", "office", "remote", "hours",
-         "plan", "tools", "lunch", "desk", "the", "a", "is", "was", "very", "not", "never", "always", ",", ".", "!",
-         "?", "don't", "isn't", "café", "naïve"]
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "awful",
+    "bad",
+    "poor",
+    "team",
+    "pay",
+    "manager",
+    "office",
+    "remote",
+    "hours",
+    "plan",
+    "tools",
+    "lunch",
+    "desk",
+    "the",
+    "a",
+    "is",
+    "was",
+    "very",
+    "not",
+    "never",
+    "always",
+    ",",
+    ".",
+    "!",
+    "?",
+    "don't",
+    "isn't",
+    "café",
+    "naïve",
+]
 
 
 def generated_rows(n: int, seed: int = 7) -> pd.DataFrame:
@@ -42,8 +73,14 @@ def generated_rows(n: int, seed: int = 7) -> pd.DataFrame:
 
 
 def _params(params_factory, folder, **ov):
-    p = params_factory(**{"data.path": str(folder), "data.query": "SELECT text, label FROM t",
-                          "data.labels": ["negative", "positive"], **ov})
+    p = params_factory(
+        **{
+            "data.path": str(folder),
+            "data.query": "SELECT text, label FROM t",
+            "data.labels": ["negative", "positive"],
+            **ov,
+        }
+    )
     p.evaluation.query = None
     return p
 
@@ -58,8 +95,9 @@ def _table(folder: Path, df: pd.DataFrame, name: str = "t") -> Path:
     return folder
 
 
-def test_same_fingerprint_features_and_weights_whatever_the_batch_size_and_threads(params_factory, tmp_path,
-                                                                                  monkeypatch):
+def test_same_fingerprint_features_and_weights_whatever_the_batch_size_and_threads(
+    params_factory, tmp_path, monkeypatch
+):
     folder = _table(tmp_path / "src", generated_rows(8_000))
     p = _params(params_factory, folder, **{"train.epochs": 2, "preprocess.buckets": 1 << 14})
     results = []
@@ -84,8 +122,14 @@ def test_same_fingerprint_features_and_weights_whatever_the_batch_size_and_threa
 
 def test_encode_keeps_the_tokens_of_schema_1_and_works_per_text():
     p = pp.PreprocessParams(max_tokens=6, ngram_max=3)
-    texts = ["It's great, isn't it?!  Café déjà-vu 😀 naïve_x __ 12.5%", "", "   ", "one", "a\u00a0b\tc\nd",
-             "ΣΑΣ straße   don't"]
+    texts = [
+        "It's great, isn't it?!  Café déjà-vu 😀 naïve_x __ 12.5%",
+        "",
+        "   ",
+        "one",
+        "a\u00a0b\tc\nd",
+        "ΣΑΣ straße   don't",
+    ]
     ids, offsets = pp.encode(texts, p)
     ends = [*offsets[1:], len(ids)]
     for t, s, e in zip(texts, offsets, ends, strict=True):
@@ -117,10 +161,13 @@ def test_older_models_keep_their_featurizer_and_say_which_schema_changed(params_
     assert v1 == data.fingerprint_v1(data.read_snapshot(ds.snapshot_path)) and v1 != ds.fingerprint
 
 
-@pytest.mark.parametrize("column, values, kind", [
-    ("list", [["a", "b"], ["c"]], "list<"),
-    ("struct", [{"x": "a"}, {"x": "b"}], "struct<"),
-])
+@pytest.mark.parametrize(
+    "column, values, kind",
+    [
+        ("list", [["a", "b"], ["c"]], "list<"),
+        ("struct", [{"x": "a"}, {"x": "b"}], "struct<"),
+    ],
+)
 def test_nested_text_column_is_refused_naming_it_and_its_type(params_factory, tmp_path, column, values, kind):
     folder = tmp_path / "src"
     folder.mkdir()
@@ -141,13 +188,22 @@ def test_refusals_name_a_row(params_factory, tmp_path):
 
 
 ATTACKS = [
-    ("copy-then-select", "COPY (SELECT 1) TO '{out}/pwned.csv'; SELECT text, label FROM t",
-     "must be exactly one SELECT statement"),
+    (
+        "copy-then-select",
+        "COPY (SELECT 1) TO '{out}/pwned.csv'; SELECT text, label FROM t",
+        "must be exactly one SELECT statement",
+    ),
     ("copy", "COPY (SELECT text, label FROM t) TO '{out}/pwned.csv'", "must be a SELECT statement, not COPY"),
-    ("read-host-file", "SELECT column0 AS text, 'positive' AS label FROM read_csv('{host}', header=false)",
-     "Cannot access file"),
-    ("read-text-host-file", "SELECT content AS text, 'positive' AS label FROM read_text('{host}')",
-     "Cannot access file"),
+    (
+        "read-host-file",
+        "SELECT column0 AS text, 'positive' AS label FROM read_csv('{host}', header=false)",
+        "Cannot access file",
+    ),
+    (
+        "read-text-host-file",
+        "SELECT content AS text, 'positive' AS label FROM read_text('{host}')",
+        "Cannot access file",
+    ),
     ("glob", "SELECT file AS text, 'positive' AS label FROM glob('{out}/*')", "Cannot access file"),
     ("attach", "ATTACH '{out}/pwned.duckdb' AS x", "must be a SELECT statement, not ATTACH"),
     ("install", "INSTALL httpfs", "must be a SELECT statement, not LOAD"),
@@ -202,10 +258,28 @@ def test_athena_result_is_read_in_chunks(aws, params_factory, tmp_path, monkeypa
     df = generated_rows(120)
     rows = [{"Data": [{"VarCharValue": "text"}, {"VarCharValue": "label"}]}]
     rows += [{"Data": [{"VarCharValue": t}, {"VarCharValue": lab}]} for t, lab in zip(df.text, df.label, strict=True)]
-    col = [{"Name": n, "Type": "varchar", "CatalogName": "hive", "SchemaName": "", "TableName": "",
-            "Nullable": "UNKNOWN", "Precision": 0, "Scale": 0, "CaseSensitive": True} for n in ("text", "label")]
-    p = params_factory(**{"data.source": "athena", "data.athena_s3_output": "s3://athena-out/q/",
-                          "data.query": "SELECT text, label FROM comments", "data.labels": ["negative", "positive"]})
+    col = [
+        {
+            "Name": n,
+            "Type": "varchar",
+            "CatalogName": "hive",
+            "SchemaName": "",
+            "TableName": "",
+            "Nullable": "UNKNOWN",
+            "Precision": 0,
+            "Scale": 0,
+            "CaseSensitive": True,
+        }
+        for n in ("text", "label")
+    ]
+    p = params_factory(
+        **{
+            "data.source": "athena",
+            "data.athena_s3_output": "s3://athena-out/q/",
+            "data.query": "SELECT text, label FROM comments",
+            "data.labels": ["negative", "positive"],
+        }
+    )
     p.evaluation.query = None
     chunks_seen = []
     real = data.pq.ParquetWriter
@@ -220,23 +294,40 @@ def test_athena_result_is_read_in_chunks(aws, params_factory, tmp_path, monkeypa
     for chunk in (17, 1000):
         monkeypatch.setattr(data, "ATHENA_CHUNK_ROWS", chunk)
         chunks_seen.clear()
-        requests.post(f"{aws}/moto-api/static/athena/query-results",
-                      json={"results": [{"rows": rows, "column_info": col}]}, timeout=10)
+        requests.post(
+            f"{aws}/moto-api/static/athena/query-results",
+            json={"results": [{"rows": rows, "column_info": col}]},
+            timeout=10,
+        )
         ds = data.fetch_dataset(p, tmp_path / f"wd{chunk}")
         assert sum(ds.counts.values()) == 120 and ds.source == "athena"
         prints.append(ds.fingerprint)
         if chunk == 17:
             assert len(chunks_seen) > 1 and max(chunks_seen) <= 17
-    assert prints[0] == prints[1] == data.fingerprint(data.canonical(
-        df.assign(split=[data.split_of(t, p.data.split_seed, p.data.validation_fraction, p.data.test_fraction)
-                         for t in df.text])))
+    assert (
+        prints[0]
+        == prints[1]
+        == data.fingerprint(
+            data.canonical(
+                df.assign(
+                    split=[
+                        data.split_of(t, p.data.split_seed, p.data.validation_fraction, p.data.test_fraction)
+                        for t in df.text
+                    ]
+                )
+            )
+        )
+    )
 
 
 def test_a_300k_row_table_trains(params_factory, tmp_path):
     """Large-ish: fetch, features, two epochs and scoring of 300,000 generated rows, in bounded time."""
     folder = _table(tmp_path / "src", generated_rows(300_000))
-    p = _params(params_factory, folder, **{"train.epochs": 1, "preprocess.buckets": 1 << 16,
-                                           "train.batch_size": 256, "train.learning_rate": 0.05})
+    p = _params(
+        params_factory,
+        folder,
+        **{"train.epochs": 1, "preprocess.buckets": 1 << 16, "train.batch_size": 256, "train.learning_rate": 0.05},
+    )
     ds = data.fetch_dataset(p, tmp_path / "wd")
     assert sum(ds.counts.values()) == 300_000
     store = LocalStore(tmp_path / "store")

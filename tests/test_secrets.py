@@ -51,8 +51,11 @@ SMALL = ["preprocess.buckets=4096", "model.embedding_dim=16", "train.epochs=2"]
 
 
 def _canaries() -> dict[str, str]:
-    return {"BUILDKITE_API_TOKEN": "bkua_" + secrets.token_hex(20), "WANDB_API_KEY": secrets.token_hex(20),
-            "AWS_SECRET_ACCESS_KEY": "awscanary" + secrets.token_hex(16)}
+    return {
+        "BUILDKITE_API_TOKEN": "bkua_" + secrets.token_hex(20),
+        "WANDB_API_KEY": secrets.token_hex(20),
+        "AWS_SECRET_ACCESS_KEY": "awscanary" + secrets.token_hex(16),
+    }
 
 
 def _leaks(blob: bytes | str, canaries: dict[str, str]) -> list[str]:
@@ -97,31 +100,58 @@ def test_canary_secrets_never_leave_the_environment(prefect_api, bucket, fake_bu
 
     def env(number: int, home: Path, token: str) -> dict[str, str]:
         e = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDKITE", "AWS_", "WANDB_"))}
-        e.update({
-            "TRAINKITE_HOME": str(home), "WANDB_MODE": "offline", "WANDB_API_KEY": canaries["WANDB_API_KEY"],
-            "AWS_ENDPOINT_URL": bucket, "AWS_ACCESS_KEY_ID": "AKIACANARYKEYID", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_SECRET_ACCESS_KEY": canaries["AWS_SECRET_ACCESS_KEY"], "PREFECT_LOGGING_LEVEL": "DEBUG",
-            "BUILDKITE": "true", "BUILDKITE_BUILD_NUMBER": str(number), "BUILDKITE_PIPELINE_SLUG": PIPELINE,
-            "BUILDKITE_ORGANIZATION_SLUG": ORG, "BUILDKITE_API_URL": fake_buildkite.url, "BUILDKITE_API_TOKEN": token,
-            "BUILDKITE_BUILD_URL": f"https://buildkite.com/{ORG}/{PIPELINE}/builds/{number}",
-            "BUILDKITE_COMMIT": repo_head(), "BUILDKITE_BRANCH": "main",
-            # Secrets the agent itself holds, which the run must not copy anywhere either.
-            "BUILDKITE_AGENT_ACCESS_TOKEN": canaries["BUILDKITE_API_TOKEN"][::-1],
-        })
+        e.update(
+            {
+                "TRAINKITE_HOME": str(home),
+                "WANDB_MODE": "offline",
+                "WANDB_API_KEY": canaries["WANDB_API_KEY"],
+                "AWS_ENDPOINT_URL": bucket,
+                "AWS_ACCESS_KEY_ID": "AKIACANARYKEYID",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_SECRET_ACCESS_KEY": canaries["AWS_SECRET_ACCESS_KEY"],
+                "PREFECT_LOGGING_LEVEL": "DEBUG",
+                "BUILDKITE": "true",
+                "BUILDKITE_BUILD_NUMBER": str(number),
+                "BUILDKITE_PIPELINE_SLUG": PIPELINE,
+                "BUILDKITE_ORGANIZATION_SLUG": ORG,
+                "BUILDKITE_API_URL": fake_buildkite.url,
+                "BUILDKITE_API_TOKEN": token,
+                "BUILDKITE_BUILD_URL": f"https://buildkite.com/{ORG}/{PIPELINE}/builds/{number}",
+                "BUILDKITE_COMMIT": repo_head(),
+                "BUILDKITE_BRANCH": "main",
+                # Secrets the agent itself holds, which the run must not copy anywhere either.
+                "BUILDKITE_AGENT_ACCESS_TOKEN": canaries["BUILDKITE_API_TOKEN"][::-1],
+            }
+        )
         return e
 
     homes = {"ok": tmp_path / "ok", "bad": tmp_path / "bad"}
-    sets = {"ok": [*SMALL, "tracking.backend=\"wandb\"", 'artifacts.root="s3://models/secrets"'],
-            # The failing variant: bad data, and a token Buildkite rejects (401) when the hook releases the build.
-            "bad": [*SMALL, 'artifacts.root="s3://models/secrets-bad"',
-                    'data.query="SELECT text, sentiment AS label FROM comments WHERE 1=0"']}
+    sets = {
+        "ok": [*SMALL, 'tracking.backend="wandb"', 'artifacts.root="s3://models/secrets"'],
+        # The failing variant: bad data, and a token Buildkite rejects (401) when the hook releases the build.
+        "bad": [
+            *SMALL,
+            'artifacts.root="s3://models/secrets-bad"',
+            'data.query="SELECT text, sentiment AS label FROM comments WHERE 1=0"',
+        ],
+    }
     procs = {
-        "ok": subprocess.Popen([sys.executable, "-c", RUN, *sets["ok"]], cwd=REPO, text=True,
-                               env=env(ok_build, homes["ok"], canaries["BUILDKITE_API_TOKEN"]),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-        "bad": subprocess.Popen([sys.executable, "-c", RUN, *sets["bad"]], cwd=REPO, text=True,
-                                env=env(bad_build, homes["bad"], "bkua_" + canaries["WANDB_API_KEY"]),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+        "ok": subprocess.Popen(
+            [sys.executable, "-c", RUN, *sets["ok"]],
+            cwd=REPO,
+            text=True,
+            env=env(ok_build, homes["ok"], canaries["BUILDKITE_API_TOKEN"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ),
+        "bad": subprocess.Popen(
+            [sys.executable, "-c", RUN, *sets["bad"]],
+            cwd=REPO,
+            text=True,
+            env=env(bad_build, homes["bad"], "bkua_" + canaries["WANDB_API_KEY"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ),
     }
     outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
     assert procs["ok"].returncode == 0, outputs["ok"][1][-4000:]
@@ -150,8 +180,10 @@ def test_canary_secrets_never_leave_the_environment(prefect_api, bucket, fake_bu
         logs = _api(prefect_api, "logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
         assert logs or name == "bad", "no Prefect logs for the run"
         check("Prefect logs (API)", logs, len(logs))
-        check("Prefect flow run (parameters, state message)", requests.get(
-            f"{prefect_api}/flow_runs/{run_id}", timeout=30).json())
+        check(
+            "Prefect flow run (parameters, state message)",
+            requests.get(f"{prefect_api}/flow_runs/{run_id}", timeout=30).json(),
+        )
         tasks = _api(prefect_api, "task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
         check("Prefect task runs", tasks, len(tasks))
         arts = _api(prefect_api, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
@@ -163,12 +195,17 @@ def test_canary_secrets_never_leave_the_environment(prefect_api, bucket, fake_bu
     import boto3
 
     s3 = boto3.session.Session().client("s3")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="models")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="models")
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith("/manifest.json") for k in keys)
     for key in keys:
-        check("S3 objects (manifest, weights, params, metrics, snapshot, staged run files)",
-              s3.get_object(Bucket="models", Key=key)["Body"].read())
+        check(
+            "S3 objects (manifest, weights, params, metrics, snapshot, staged run files)",
+            s3.get_object(Bucket="models", Key=key)["Body"].read(),
+        )
     for name, home in homes.items():
         n, found = _scan_tree(home, canaries)  # runs/, caches and W&B offline run files ($WANDB_DIR)
         searched[f"{name} TRAINKITE_HOME files (W&B run files, runs/, cache)"] = n
@@ -192,8 +229,9 @@ def test_clients_keep_secrets_out_of_exceptions(tmp_path, aws, monkeypatch):
     from trainkite.store import S3Store, StoreError
 
     canaries = _canaries()
-    client = BuildkiteClient(canaries["BUILDKITE_API_TOKEN"], "http://127.0.0.1:9/v2", ORG, PIPELINE, timeout=1,
-                             max_retries=1)
+    client = BuildkiteClient(
+        canaries["BUILDKITE_API_TOKEN"], "http://127.0.0.1:9/v2", ORG, PIPELINE, timeout=1, max_retries=1
+    )
     client.sleep = lambda s: None
     with pytest.raises(BuildkiteError) as err:
         client.unblock(1, "training_finished", {"a": "b"})
@@ -221,9 +259,20 @@ def test_clients_keep_secrets_out_of_exceptions(tmp_path, aws, monkeypatch):
 
 # --- only safetensors is ever loaded ------------------------------------------------------------------------
 
-LOAD_PATH = ["models/predictor.py", "models/fit.py", "models/bow.py", "models/features.py", "models/encoder.py",
-             "tasks/verify.py", "trainkite/manifest.py", "trainkite/store.py", "serving/app.py", "serving/payload.py",
-             "serving/entrypoint.py", "tasks/package.py"]
+LOAD_PATH = [
+    "models/predictor.py",
+    "models/fit.py",
+    "models/bow.py",
+    "models/features.py",
+    "models/encoder.py",
+    "tasks/verify.py",
+    "trainkite/manifest.py",
+    "trainkite/store.py",
+    "serving/app.py",
+    "serving/payload.py",
+    "serving/entrypoint.py",
+    "tasks/package.py",
+]
 
 
 def test_the_load_path_has_no_pickle():
@@ -237,8 +286,11 @@ def test_the_load_path_has_no_pickle():
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                bad += [f"{rel}:{node.lineno} imports {n}" for n in names
-                        if n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle")]
+                bad += [
+                    f"{rel}:{node.lineno} imports {n}"
+                    for n in names
+                    if n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle")
+                ]
             if isinstance(node, ast.Call):
                 fn = ast.unparse(node.func)
                 if fn in ("torch.load", "pickle.load", "pickle.loads", "torch.serialization.load"):
@@ -285,8 +337,13 @@ def test_a_pickle_in_place_of_the_weights_is_never_unpickled(trained_model_dir, 
         assert isinstance(err.value, IntegrityError) and "does not match its sha256" in str(err.value)
     else:
         assert isinstance(err.value, IntegrityError) and "not a safetensors file" in str(err.value)
-    proc = subprocess.run([sys.executable, "-m", "cli", "predict", "evil-1", "--text", "x", "--root",
-                           str(tmp_path / "store")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "predict", "evil-1", "--text", "x", "--root", str(tmp_path / "store")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not marker.exists(), "the pickle was unpickled"
 

@@ -57,9 +57,16 @@ class Server:
         self.log = log
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port),
-                     **(env or {})},
+                cmd,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "SM_MODEL_DIR": str(model_dir),
+                    "SAGEMAKER_BIND_TO_PORT": str(self.port),
+                    **(env or {}),
+                },
             )
         self.started = time.monotonic()
 
@@ -89,26 +96,29 @@ class Server:
 
 
 def _invoke(url: str, body: bytes, content_type: str = "application/json", **headers) -> requests.Response:
-    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type, **headers},
-                         timeout=30)
+    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type, **headers}, timeout=30)
 
 
 # --- no model needed (these run while the session's Prefect server boots) -----------------------------
 
 
 def test_trainkite_serve_refuses_an_unknown_model(tk_home):
-    proc = subprocess.run([sys.executable, "-m", "cli", "serve", "no-such-model"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "serve", "no-such-model"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "no model 'no-such-model'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("argv, rc, out", [
-    (["echo", "exec'd", "as-is"], 0, "exec'd as-is"),
-    (["no-such-command-xyz"], 127, "cannot run 'no-such-command-xyz'"),
-    (["serve", "--port", "1"], 2, "`serve` takes no arguments"),
-    ([], 2, "usage: trainkite-container serve"),
-])
+@pytest.mark.parametrize(
+    "argv, rc, out",
+    [
+        (["echo", "exec'd", "as-is"], 0, "exec'd as-is"),
+        (["no-such-command-xyz"], 127, "cannot run 'no-such-command-xyz'"),
+        (["serve", "--port", "1"], 2, "`serve` takes no arguments"),
+        ([], 2, "usage: trainkite-container serve"),
+    ],
+)
 def test_entrypoint_dispatch(argv, rc, out):
     proc = subprocess.run([str(CONTAINER), *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == rc and out in proc.stdout + proc.stderr
@@ -120,11 +130,14 @@ def test_entrypoint_refuses_a_bad_setting():
     assert proc.returncode == 2 and "TRAINKITE_MAX_INSTANCES='lots'" in proc.stderr
 
 
-@pytest.mark.parametrize("env, workers", [
-    ({}, min(len(os.sched_getaffinity(0)), 8)),
-    ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}, 3),
-    ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "TRAINKITE_SERVE_WORKERS": "2"}, 2),
-])
+@pytest.mark.parametrize(
+    "env, workers",
+    [
+        ({}, min(len(os.sched_getaffinity(0)), 8)),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}, 3),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "TRAINKITE_SERVE_WORKERS": "2"}, 2),
+    ],
+)
 def test_serve_runs_one_worker_per_cpu_unless_told(env, workers, monkeypatch):
     from serving import entrypoint
 
@@ -187,8 +200,11 @@ def test_container_serves_refuses_and_stops_on_sigterm(opt_ml_model, tmp_path):
         ping = server.ping()
         assert ping.json() == {"status": "ok", "model_id": "base-1"} and ping.headers["X-Model-Id"] == "base-1"
 
-        r = _invoke(server.url, json.dumps({"instances": ["I love my team", "Pay is awful"]}).encode(),
-                    **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc-1"})
+        r = _invoke(
+            server.url,
+            json.dumps({"instances": ["I love my team", "Pay is awful"]}).encode(),
+            **{"X-Amzn-SageMaker-Custom-Attributes": "trace=abc-1"},
+        )
         assert r.status_code == 200, r.text
         assert r.headers["X-Model-Id"] == "base-1" and r.headers["Content-Type"] == "application/json"
         assert r.headers["X-Amzn-SageMaker-Custom-Attributes"] == "trace=abc-1"
@@ -198,10 +214,10 @@ def test_container_serves_refuses_and_stops_on_sigterm(opt_ml_model, tmp_path):
             assert p["model_id"] == "base-1" and set(p["scores"]) == {"negative", "neutral", "positive"}
             assert p["label"] == max(p["scores"], key=p["scores"].get)
 
-        r = _invoke(server.url, b"Great team\n\"Too much overtime, no thanks\"\n", "text/csv")
+        r = _invoke(server.url, b'Great team\n"Too much overtime, no thanks"\n', "text/csv")
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
-        r = _invoke(server.url, b"{\"instances\": [", "application/json")
+        r = _invoke(server.url, b'{"instances": [', "application/json")
         assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
         r = _invoke(server.url, b"hello", "text/plain")
         assert r.status_code == 415 and "text/plain" in r.json()["error"]
@@ -257,8 +273,13 @@ def test_trainkite_serve_runs_the_same_app_from_the_store(model_factory, tmp_pat
     port = _free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "local-serve-1", "--port", str(port)],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "local-serve-1", "--port", str(port)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -302,24 +323,27 @@ def _post(client, body, content_type="application/json", **headers):
     return client.post("/invocations", content=body, headers={"Content-Type": content_type, **headers})
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (b"{not json", 400, "malformed JSON"),
-    (b"\xff\xfe\x00garbage", 400, "malformed JSON"),
-    (b"", 400, "malformed JSON"),
-    ({"instances": "just one string"}, 400, "instances is a string; it must be an array of strings"),
-    ({"instances": [{"text": "nested"}]}, 400, "instances[0] is an object"),
-    ({"instances": ["ok", ["nested"]]}, 400, "instances[1] is an array"),
-    ({"instances": ["ok", 3]}, 400, "instances[1] is a number"),
-    ({"instances": [None]}, 400, "instances[0] is null"),
-    (["a", "b"], 400, "the body is an array"),
-    ({"texts": ["a"]}, 400, "missing key 'instances'"),
-    ({"instances": ["a"], "extra": 1}, 400, "unknown key(s) 'extra'"),
-    ({"instances": []}, 400, "instances is empty"),
-    ('{"instances": ["\\ud800"]}', 400, "instances[0] contains an unpaired UTF-16 surrogate"),
-    (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
-    ({"instances": [[[[[[[[["deep"]]]]]]]]]}, 400, "instances[0] is an array"),
-    ({"instances": ["x"] * 9}, 413, "9 instances in one request; the limit is 8"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"\xff\xfe\x00garbage", 400, "malformed JSON"),
+        (b"", 400, "malformed JSON"),
+        ({"instances": "just one string"}, 400, "instances is a string; it must be an array of strings"),
+        ({"instances": [{"text": "nested"}]}, 400, "instances[0] is an object"),
+        ({"instances": ["ok", ["nested"]]}, 400, "instances[1] is an array"),
+        ({"instances": ["ok", 3]}, 400, "instances[1] is a number"),
+        ({"instances": [None]}, 400, "instances[0] is null"),
+        (["a", "b"], 400, "the body is an array"),
+        ({"texts": ["a"]}, 400, "missing key 'instances'"),
+        ({"instances": ["a"], "extra": 1}, 400, "unknown key(s) 'extra'"),
+        ({"instances": []}, 400, "instances is empty"),
+        ('{"instances": ["\\ud800"]}', 400, "instances[0] contains an unpaired UTF-16 surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        ({"instances": [[[[[[[[["deep"]]]]]]]]]}, 400, "instances[0] is an array"),
+        ({"instances": ["x"] * 9}, 413, "9 instances in one request; the limit is 8"),
+    ],
+)
 def test_json_refusals(client, body, status, message):
     r = _post(client, body)
     assert r.status_code == status, r.text
@@ -327,8 +351,9 @@ def test_json_refusals(client, body, status, message):
     assert r.headers["Content-Type"] == "application/json"
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "",
-                                          "text/csv; charset=latin-1"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "", "text/csv; charset=latin-1"]
+)
 def test_unsupported_content_type_is_415(client, content_type):
     r = _post(client, b"hello", content_type)
     assert r.status_code == 415 and "error" in r.json()
@@ -337,8 +362,9 @@ def test_unsupported_content_type_is_415(client, content_type):
 def test_body_size_limit_counts_declared_and_actual_bytes(client):
     r = _post(client, b"x" * (SIX_MIB + 1))
     assert r.status_code == 413 and f"{SIX_MIB + 1} bytes" in r.json()["error"]
-    r = client.post("/invocations", content=b"{}", headers={"Content-Type": "application/json",
-                                                           "Content-Length": str(SIX_MIB + 1)})
+    r = client.post(
+        "/invocations", content=b"{}", headers={"Content-Type": "application/json", "Content-Length": str(SIX_MIB + 1)}
+    )
     assert r.status_code == 413
 
     def chunks():  # no Content-Length at all: only counting what arrives catches it
@@ -357,20 +383,28 @@ def test_body_size_limit_counts_declared_and_actual_bytes(client):
 
 
 def test_csv_one_text_per_line(client):
-    r = _post(client, "\ufeffGreat team\r\n\"Too much overtime, no thanks\"\nunquoted, with a comma\n\n"
-                      "last line without newline".encode(), "text/csv; charset=utf-8")
+    r = _post(
+        client,
+        '\ufeffGreat team\r\n"Too much overtime, no thanks"\nunquoted, with a comma\n\n'
+        "last line without newline".encode(),
+        "text/csv; charset=utf-8",
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == 5  # the blank line keeps its place: outputs align with lines
     assert _post(client, b"\xff\xfe bad", "text/csv").status_code == 400
     assert "instances is empty" in _post(client, b"", "text/csv").json()["error"]
-    assert "2 fields" in _post(client, b"\"a\",\"b\"\n", "text/csv").json()["error"]
+    assert "2 fields" in _post(client, b'"a","b"\n', "text/csv").json()["error"]
 
 
 def test_headers_unknown_routes_and_bugs_are_json(client, monkeypatch):
     r = _post(client, {"instances": ["hi"]}, **{"X-Amzn-SageMaker-Custom-Attributes": "c=1"})
     assert r.headers["X-Model-Id"] == "base-1" and r.headers["X-Amzn-SageMaker-Custom-Attributes"] == "c=1"
-    assert _post(client, b"{", **{"X-Amzn-SageMaker-Custom-Attributes": "c=2"}).headers[
-        "X-Amzn-SageMaker-Custom-Attributes"] == "c=2"
+    assert (
+        _post(client, b"{", **{"X-Amzn-SageMaker-Custom-Attributes": "c=2"}).headers[
+            "X-Amzn-SageMaker-Custom-Attributes"
+        ]
+        == "c=2"
+    )
     assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json()
     r = client.get("/invocations")
     assert r.status_code == 405 and "error" in r.json()
@@ -442,8 +476,10 @@ def test_with_several_workers_ping_is_healthy_only_when_every_live_worker_has_lo
             time.sleep(0.02)
         assert [p.name for p in tmp_path.iterdir()] == [str(os.getpid())]
         r = c.get("/ping")
-        assert r.status_code == 503 and r.json() == {"status": "loading",
-                                                     "error": "1 of 2 workers have loaded the model"}
+        assert r.status_code == 503 and r.json() == {
+            "status": "loading",
+            "error": "1 of 2 workers have loaded the model",
+        }
         # A worker that crashed after loading (uvicorn restarts it under a new pid) left its file: not loaded.
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()

@@ -14,8 +14,15 @@ from tests.fixtures_models import trained_model_dir  # noqa: F401
 from trainkite.manifest import load_dir_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-TEXTS = ["The pay is awful and management ignores us.", "I love my team and the flexible hours!", "", "?",
-         "Pay is fine but my manager never listens", "ok " * 400, "Café crème — naïve résumé 🙂"]
+TEXTS = [
+    "The pay is awful and management ignores us.",
+    "I love my team and the flexible hours!",
+    "",
+    "?",
+    "Pay is fine but my manager never listens",
+    "ok " * 400,
+    "Café crème — naïve résumé 🙂",
+]
 
 
 def test_bag_means_match_embedding_bag_including_empty_texts():

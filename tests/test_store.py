@@ -14,8 +14,9 @@ def _publish(store, tmp_path, model_id="m-1", name="sentiment"):
     a.write_bytes(b"weights" * 100)
     b = tmp_path / "params.json"
     b.write_text("{}")
-    return mf.publish(store, mf.ModelRef(name, model_id), {"weights.safetensors": a, "sub/params.json": b},
-                      {"lineage": {"seed": 1}})
+    return mf.publish(
+        store, mf.ModelRef(name, model_id), {"weights.safetensors": a, "sub/params.json": b}, {"lineage": {"seed": 1}}
+    )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -52,8 +53,9 @@ def test_republish_same_files_is_idempotent_and_different_files_refused(store, t
     assert _publish(store, tmp_path) == first
     (tmp_path / "weights.safetensors").write_bytes(b"other")
     with pytest.raises(Exception, match="already published"):
-        mf.publish(store, mf.ModelRef("sentiment", "m-1"), {"weights.safetensors": tmp_path / "weights.safetensors"},
-                   {})
+        mf.publish(
+            store, mf.ModelRef("sentiment", "m-1"), {"weights.safetensors": tmp_path / "weights.safetensors"}, {}
+        )
 
 
 def test_tampered_file_is_refused_by_name(tmp_path, tk_home):

@@ -20,10 +20,20 @@ EMPTY_QUERY = '"SELECT text, sentiment AS label FROM comments WHERE 1=0"'
 
 
 def test_grid_values_are_read_like_set_values():
-    grid = sw.parse_grid(["train.learning_rate=0.2,0.5", "data.labels=['a','b'],['a', 'b', 'c']",
-                          'data.query="SELECT a, b FROM t",x', "train.amp=true,false"])
-    assert grid == {"train.learning_rate": [0.2, 0.5], "data.labels": [["a", "b"], ["a", "b", "c"]],
-                    "data.query": ["SELECT a, b FROM t", "x"], "train.amp": [True, False]}
+    grid = sw.parse_grid(
+        [
+            "train.learning_rate=0.2,0.5",
+            "data.labels=['a','b'],['a', 'b', 'c']",
+            'data.query="SELECT a, b FROM t",x',
+            "train.amp=true,false",
+        ]
+    )
+    assert grid == {
+        "train.learning_rate": [0.2, 0.5],
+        "data.labels": [["a", "b"], ["a", "b", "c"]],
+        "data.query": ["SELECT a, b FROM t", "x"],
+        "train.amp": [True, False],
+    }
     for bad in ("train.epochs", "train.epochs=", "=1,2", "train.epochs=1,,2"):
         with pytest.raises(ParamsError):
             sw.parse_grid([bad])
@@ -63,13 +73,18 @@ def test_model_ids_inside_a_build_and_outside():
 
 def test_leaderboard_ranks_by_the_primary_metric_and_marks_the_best(params_factory):
     plan = sw.plan_sweep(params_factory(), {"train.learning_rate": [0.1, 0.2, -1, 0.4]}, sweep_id="s", env={})
-    outcomes = [sw.ConfigOutcome(index=1, status="completed", metrics={"evaluation_macro_f1": 0.5,
-                                                                       "test_macro_f1": 0.9}),
-                sw.ConfigOutcome(index=2, status="completed", metrics={"evaluation_macro_f1": 0.7}),
-                sw.ConfigOutcome(index=4, status="failed", error="RuntimeError: boom")]
+    outcomes = [
+        sw.ConfigOutcome(index=1, status="completed", metrics={"evaluation_macro_f1": 0.5, "test_macro_f1": 0.9}),
+        sw.ConfigOutcome(index=2, status="completed", metrics={"evaluation_macro_f1": 0.7}),
+        sw.ConfigOutcome(index=4, status="failed", error="RuntimeError: boom"),
+    ]
     record = sw.sweep_record(plan, outcomes)
     assert [(r["config_id"], r["status"]) for r in record["rows"]] == [
-        ("c2", "completed"), ("c1", "completed"), ("c4", "failed"), ("c3", "invalid")]
+        ("c2", "completed"),
+        ("c1", "completed"),
+        ("c4", "failed"),
+        ("c3", "invalid"),
+    ]
     assert [r["candidate"] for r in record["rows"]] == [True, False, False, False]
     assert record["candidate"]["model_id"] == "sweep-s-c2" and record["candidate"]["score"] == 0.7
     assert record["rows"][2]["error"] == "RuntimeError: boom" and record["counts"]["invalid"] == 1
@@ -106,8 +121,12 @@ def test_2x2_sweep_preprocesses_once_per_variant_and_ranks_four_runs(prefect_api
 
     from flows.sweep import sweep
 
-    state = sweep(params=params_factory(), grid={"preprocess.ngram_max": [1, 2], "train.learning_rate": [0.3, 0.6]},
-                  max_parallel=2, return_state=True)
+    state = sweep(
+        params=params_factory(),
+        grid={"preprocess.ngram_max": [1, 2], "train.learning_rate": [0.3, 0.6]},
+        max_parallel=2,
+        return_state=True,
+    )
     record = state.result()
     sid = record["sweep_id"]
     rows = record["rows"]
@@ -122,8 +141,11 @@ def test_2x2_sweep_preprocesses_once_per_variant_and_ranks_four_runs(prefect_api
     assert sorted(_task_states(run_ids)["preprocess"]) == ["Cached", "Cached", "Completed", "Completed"]
     with get_client(sync_client=True) as c:
         runs = [c.read_flow_run(i) for i in run_ids]
-        arts = [a for a in c.read_artifacts() if a.key == "sweep-leaderboard"
-                and a.flow_run_id == state.state_details.flow_run_id]
+        arts = [
+            a
+            for a in c.read_artifacts()
+            if a.key == "sweep-leaderboard" and a.flow_run_id == state.state_details.flow_run_id
+        ]
     # Each configuration is its own train flow run, a child of the sweep, tagged with the sweep ID.
     assert all(r.parent_task_run_id and sid in r.tags and r.name.startswith(sid) for r in runs)
     assert len(arts) == 1
@@ -136,10 +158,27 @@ def test_2x2_sweep_preprocesses_once_per_variant_and_ranks_four_runs(prefect_api
 
 def test_failing_configurations_are_reported_without_stopping_the_rest(prefect_api, tk_home, tmp_path):
     out_csv = tmp_path / "board.csv"
-    proc = tk("sweep", "--grid", "train.learning_rate=0.5,-1", "--grid", f"data.query={GOOD_QUERY},{EMPTY_QUERY}",
-              "--set", "train.epochs=2", "--set", "preprocess.buckets=4096", "--set", "model.embedding_dim=16",
-              "--set", "tracking.backend='none'", "--max-parallel", "2", "--csv", str(out_csv), "--json",
-              env={"TRAINKITE_HOME": str(tk_home)})
+    proc = tk(
+        "sweep",
+        "--grid",
+        "train.learning_rate=0.5,-1",
+        "--grid",
+        f"data.query={GOOD_QUERY},{EMPTY_QUERY}",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "preprocess.buckets=4096",
+        "--set",
+        "model.embedding_dim=16",
+        "--set",
+        "tracking.backend='none'",
+        "--max-parallel",
+        "2",
+        "--csv",
+        str(out_csv),
+        "--json",
+        env={"TRAINKITE_HOME": str(tk_home)},
+    )
     record = json.loads(proc.stdout)
     assert record["counts"] == {"completed": 1, "failed": 1, "invalid": 2}
     by_status = {r["status"]: r for r in record["rows"]}

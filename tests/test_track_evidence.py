@@ -28,8 +28,8 @@ def wandb_records(path: Path) -> list:
         if BLOCK - pos % BLOCK < 7:  # a block's tail too short for a header is padding
             pos += BLOCK - pos % BLOCK
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        chunk = data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == FULL:
             out.append(chunk)
@@ -96,7 +96,9 @@ def test_wandb_and_prefect_carry_the_comparison_and_the_lineage(prefect_api, tk_
     assert all(row["champion_id"] == "wb-1" for row in table)
     cm = arts["confusion-matrix"].data
     cm = json.loads(cm) if isinstance(cm, str) else cm
-    assert sum(v for row in cm for k, v in row.items() if k != "true \\ predicted") == \
-        manifest["lineage"]["data"]["counts"]["evaluation"]
+    assert (
+        sum(v for row in cm for k, v in row.items() if k != "true \\ predicted")
+        == manifest["lineage"]["data"]["counts"]["evaluation"]
+    )
     assert arts["confusion-matrices"].data.count("data:image/png;base64,") == 2
     assert "Champion vs challenger" in arts["model-card"].data and "wb-1" in arts["model-card"].data

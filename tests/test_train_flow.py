@@ -34,8 +34,16 @@ def test_train_flow_publishes_a_verified_model(prefect_api, tk_home, params_fact
     store = open_store()
     folder = Path(store.local_path("sentiment/flow-test-1"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    for f in ("weights.safetensors", "features.json", "params.json", "metrics.json", "data/snapshot.parquet",
-              "data/source.json", "plots/confusion_test.png", "plots/confusion_evaluation.png"):
+    for f in (
+        "weights.safetensors",
+        "features.json",
+        "params.json",
+        "metrics.json",
+        "data/snapshot.parquet",
+        "data/source.json",
+        "plots/confusion_test.png",
+        "plots/confusion_evaluation.png",
+    ):
         assert f in manifest["files"], f
     lin = manifest["lineage"]
     # The stored params are the ones resolved from the data (tasks/defaults.py), the user's set keys included.
@@ -79,8 +87,9 @@ def test_same_inputs_give_identical_weights_and_reuse_preprocessing(prefect_api,
     assert mc["files"]["weights.safetensors"] != ma["files"]["weights.safetensors"]
 
 
-def test_one_model_id_in_another_store_runs_every_step_again(prefect_api, tk_home, params_factory, tmp_path,
-                                                             monkeypatch):
+def test_one_model_id_in_another_store_runs_every_step_again(
+    prefect_api, tk_home, params_factory, tmp_path, monkeypatch
+):
     """Same model ID and inputs, another machine's TRAINKITE_HOME (another store, no local run folder): no cached
     step may hand on keys of the first store (evaluate used to, and publish then missed run/metrics.json)."""
     import shutil

@@ -33,8 +33,9 @@ def test_verify_a_model_published_to_s3(prefect_api, aws, tk_home, params_factor
     assert report.ok and report.identical and report.mode == "bit-identical"
 
 
-def test_without_snapshot_verify_reruns_the_query_and_checks_the_fingerprint(prefect_api, tk_home,
-                                                                               params_factory, demo_data):
+def test_without_snapshot_verify_reruns_the_query_and_checks_the_fingerprint(
+    prefect_api, tk_home, params_factory, demo_data
+):
     params = params_factory(**{"data.path": str(demo_data), "data.snapshot_max_rows": 0})
     _train(params, "nosnap-1")
     store = open_store()

@@ -13,8 +13,10 @@ def home() -> Path:
     if path.exists() and not path.is_dir():
         from trainkite.errors import UserInputError
 
-        raise UserInputError(f"TRAINKITE_HOME={str(path)!r} is a file, not a folder; point it at a folder "
-                             "(it holds artifacts, runs, caches and the local Prefect server)")
+        raise UserInputError(
+            f"TRAINKITE_HOME={str(path)!r} is a file, not a folder; point it at a folder "
+            "(it holds artifacts, runs, caches and the local Prefect server)"
+        )
     return path
 
 
@@ -54,7 +56,11 @@ def configure_wandb_dirs() -> None:
     """W&B writes under $TRAINKITE_HOME/wandb unless the user said otherwise. Without this W&B picks the
     working directory: a flow run started by a worker (cwd = the code folder) wrote into the repo."""
     w = home() / "wandb"
-    for k, v in {"WANDB_DIR": w, "WANDB_CACHE_DIR": w / "cache", "WANDB_DATA_DIR": w / "data",
-                 "WANDB_CONFIG_DIR": w / "config"}.items():
+    for k, v in {
+        "WANDB_DIR": w,
+        "WANDB_CACHE_DIR": w / "cache",
+        "WANDB_DATA_DIR": w / "data",
+        "WANDB_CONFIG_DIR": w / "config",
+    }.items():
         os.environ.setdefault(k, str(v))
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)

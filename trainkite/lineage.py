@@ -12,13 +12,33 @@ from pathlib import Path
 
 from trainkite.home import REPO_ROOT
 
-_PACKAGES = ("trainkite", "torch", "numpy", "safetensors", "prefect", "duckdb", "pandas", "pyarrow", "wandb",
-             "pydantic")
+_PACKAGES = (
+    "trainkite",
+    "torch",
+    "numpy",
+    "safetensors",
+    "prefect",
+    "duckdb",
+    "pandas",
+    "pyarrow",
+    "wandb",
+    "pydantic",
+)
 # Source whose change must invalidate cached steps and shows up in lineage.
 _TRAINING_CODE = (
-    "params/model.py", "tasks/data.py", "models/features.py", "models/bow.py", "models/fit.py",
-    "models/metrics.py", "tasks/evaluate.py", "models/registry.py", "models/encoder.py", "tasks/publish.py",
-    "trainkite/store.py", "trainkite/runfiles.py", "trainkite/snapshot.py",
+    "params/model.py",
+    "tasks/data.py",
+    "models/features.py",
+    "models/bow.py",
+    "models/fit.py",
+    "models/metrics.py",
+    "tasks/evaluate.py",
+    "models/registry.py",
+    "models/encoder.py",
+    "tasks/publish.py",
+    "trainkite/store.py",
+    "trainkite/runfiles.py",
+    "trainkite/snapshot.py",
 )
 
 
@@ -36,8 +56,11 @@ def git_info() -> dict[str, object]:
     if commit is None:
         # Inside an image there is no .git: the image build bakes the commit in (GIT_COMMIT build arg).
         # Never BUILDKITE_COMMIT: that is the commit the build asked for, not the one this code is.
-        return {"commit": os.environ.get("TRAINKITE_GIT_COMMIT") or "unknown", "dirty": None,
-                "branch": os.environ.get("BUILDKITE_BRANCH")}
+        return {
+            "commit": os.environ.get("TRAINKITE_GIT_COMMIT") or "unknown",
+            "dirty": None,
+            "branch": os.environ.get("BUILDKITE_BRANCH"),
+        }
     status = git_output("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") or ""
     return {"commit": commit, "dirty": bool(status), "branch": git_output("rev-parse", "--abbrev-ref", "HEAD")}
 

@@ -125,6 +125,7 @@ def validate_manifest(manifest: object, where: str, model_id: str | None = None)
     every entry is a safe relative name with a 64-hex `sha256`: nothing in a model goes unhashed, and nothing
     hashed lies outside its folder.
     """
+
     def bad(what: str) -> IntegrityError:
         return IntegrityError(f"{where} {what}; it cannot be verified, so it is not loaded")
 
@@ -181,8 +182,9 @@ def list_models_report(store: ArtifactStore) -> tuple[list[dict[str, Any]], list
                 validate_model_id(model_id)
                 out.append(read_manifest(store, ModelRef(name, model_id)))
             except (IntegrityError, StoreError, UserInputError) as err:
-                broken.append({"model": f"{name}/{model_id}", "uri": store.uri(f"{name}/{model_id}"),
-                               "error": str(err)})
+                broken.append(
+                    {"model": f"{name}/{model_id}", "uri": store.uri(f"{name}/{model_id}"), "error": str(err)}
+                )
                 log.warning("skipping %s/%s: %s", name, model_id, err)
     return sorted(out, key=lambda m: str(m.get("created_at", ""))), broken
 
@@ -207,8 +209,9 @@ def verify_dir(folder: Path, manifest: dict[str, Any], may_be_absent: tuple[str,
             raise IntegrityError(f"model {manifest.get('model_id')}: {rel} is missing")
         if not path.resolve().is_relative_to(base):
             # A link out of the folder: the hash would vouch for a file that is not the model's.
-            raise IntegrityError(f"model {manifest.get('model_id')}: {rel} points outside the model folder; "
-                                 "refusing to load it")
+            raise IntegrityError(
+                f"model {manifest.get('model_id')}: {rel} points outside the model folder; refusing to load it"
+            )
         if file_sha256(path) != meta["sha256"]:
             raise IntegrityError(
                 f"model {manifest.get('model_id')}: {rel} does not match its sha256 in {MANIFEST} "

@@ -115,8 +115,10 @@ class LocalStore(ArtifactStore):
         self.base = Path(root).expanduser().resolve()
         self.root = str(self.base)
         if self.base.exists() and not self.base.is_dir():
-            raise UserInputError(f"artifact root {self.root!r} is a file, not a folder; set artifacts.root (or "
-                                 "TRAINKITE_ARTIFACTS) to a folder")
+            raise UserInputError(
+                f"artifact root {self.root!r} is a file, not a folder; set artifacts.root (or "
+                "TRAINKITE_ARTIFACTS) to a folder"
+            )
 
     def _path(self, key: str) -> Path:
         return self.base / _check_key(key)
@@ -219,8 +221,9 @@ SCRATCH_TAG = "trainkite-artifact=checkpoint"
 
 def _is_scratch(key: str) -> bool:
     parts = key.split("/")
-    return ("checkpoints" in parts[:-1] or "run" in parts[2:3] or key.startswith("_cache/")
-            or key.startswith("_scratch/"))
+    return (
+        "checkpoints" in parts[:-1] or "run" in parts[2:3] or key.startswith("_cache/") or key.startswith("_scratch/")
+    )
 
 
 class S3Store(ArtifactStore):
@@ -245,8 +248,8 @@ class S3Store(ArtifactStore):
             # manifest (written last) is never written.
             # A fresh session: the module-level default one caches credentials across env changes.
             self._client = boto3.session.Session().client(
-                "s3", config=Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10,
-                                    read_timeout=60)
+                "s3",
+                config=Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60),
             )
         return self._client
 
@@ -292,13 +295,15 @@ class S3Store(ArtifactStore):
 
     def put_file(self, local: Path, key: str) -> None:
         extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else None
-        self._call(f"upload {self.uri(key)}", self.client.upload_file, str(local), self.bucket, self._key(key),
-                   ExtraArgs=extra)
+        self._call(
+            f"upload {self.uri(key)}", self.client.upload_file, str(local), self.bucket, self._key(key), ExtraArgs=extra
+        )
 
     def put_bytes(self, data: bytes, key: str) -> None:
         extra = {"Tagging": SCRATCH_TAG} if _is_scratch(key) else {}
-        self._call(f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
-                   **extra)
+        self._call(
+            f"put {self.uri(key)}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra
+        )
 
     def put_bytes_if_absent(self, data: bytes, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -335,8 +340,9 @@ class S3Store(ArtifactStore):
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            return bool(self._call(f"head {self.uri(key)}", self.client.head_object, Bucket=self.bucket,
-                                   Key=self._key(key)))
+            return bool(
+                self._call(f"head {self.uri(key)}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            )
 
     def _paginate(self, **kwargs):
         paginator = self.client.get_paginator("list_objects_v2")
@@ -353,15 +359,16 @@ class S3Store(ArtifactStore):
         out = []
         for page in self._paginate(Prefix=full, Delimiter="/"):
             for cp in page.get("CommonPrefixes", []):
-                out.append(cp["Prefix"][len(full):].rstrip("/"))
+                out.append(cp["Prefix"][len(full) :].rstrip("/"))
         return sorted(out)
 
     def delete_prefix(self, prefix: str) -> None:
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):
-            batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
-            self._call(f"delete {self.uri(prefix)}", self.client.delete_objects, Bucket=self.bucket,
-                       Delete={"Objects": batch})
+            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            self._call(
+                f"delete {self.uri(prefix)}", self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch}
+            )
 
 
 def open_store(root: str | None = None) -> ArtifactStore:

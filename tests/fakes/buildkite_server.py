@@ -467,9 +467,7 @@ class FakeBuildkite:
         body = body if isinstance(body, dict) else {}
         missing = [k for k in ("commit", "branch") if not body.get(k)]
         if missing:
-            raise _HTTPError(
-                422, "Validation Failed", errors=[{"field": k, "code": "missing_field"} for k in missing]
-            )
+            raise _HTTPError(422, "Validation Failed", errors=[{"field": k, "code": "missing_field"} for k in missing])
         number = self._new_build(
             org,
             pipeline,
@@ -542,9 +540,7 @@ class FakeBuildkite:
             if body["unblocker"] not in users:
                 raise _HTTPError(422, "Unblocker is not a valid user id for this organization")
             unblocker = users[body["unblocker"]]
-        job.update(
-            state="unblocked", unblockable=False, unblocked_by=copy.deepcopy(unblocker), unblocked_at=_now()
-        )
+        job.update(state="unblocked", unblockable=False, unblocked_by=copy.deepcopy(unblocker), unblocked_at=_now())
         build["meta_data"].update(fields)
         self._refresh_blocked(build)
         return 200, _public(job)
@@ -683,9 +679,7 @@ class FakeBuildkite:
             view.pop("pipeline")
         return view
 
-    def _new_build(
-        self, org, pipeline, steps, env, commit, branch, message, meta_data, state, source, creator
-    ) -> int:
+    def _new_build(self, org, pipeline, steps, env, commit, branch, message, meta_data, state, source, creator) -> int:
         entry = self._pipelines[(org, pipeline)]
         number = entry["next"]
         entry["next"] += 1

@@ -36,13 +36,23 @@ class PrivatePrefectServer:
 
     def start(self, timeout: float = 120, wait: bool = True) -> PrivatePrefectServer:
         """Start the server; with wait=False return at once (it boots while the caller does other work)."""
-        env = {**os.environ, **self.env(), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "DO_NOT_TRACK": "1"}
+        env = {
+            **os.environ,
+            **self.env(),
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
         env.pop("PREFECT_API_URL")  # the server itself serves; it is no client
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         self.starts += 1
         if wait:
             self.wait_healthy(timeout)

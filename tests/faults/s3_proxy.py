@@ -31,8 +31,17 @@ MESSAGES = {
     "AccessDenied": "Access Denied",
     "NoSuchBucket": "The specified bucket does not exist",
 }
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-               "expect", "content-length"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-length",
+}
 
 
 @dataclass
@@ -45,14 +54,17 @@ class S3Fault:
     delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (self.path is None or re.search(self.path, path)
-                                                                   is not None)
+        return (self.method is None or self.method == method) and (
+            self.path is None or re.search(self.path, path) is not None
+        )
 
 
 def error_body(code: str, path: str) -> bytes:
     message = MESSAGES.get(code, code)
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-            f"<Resource>{path}</Resource><RequestId>fault-proxy</RequestId></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+        f"<Resource>{path}</Resource><RequestId>fault-proxy</RequestId></Error>"
+    ).encode()
 
 
 class S3FaultProxy:
@@ -91,13 +103,21 @@ class S3FaultProxy:
 
     # ------------------------------------------------------------------ scripting
 
-    def fail(self, status: int = 500, code: str = "InternalError", *, method: str | None = None,
-             path: str | None = None, times: int | None = 1) -> S3Fault:
+    def fail(
+        self,
+        status: int = 500,
+        code: str = "InternalError",
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        times: int | None = 1,
+    ) -> S3Fault:
         """The next `times` requests matching `method` and `path` (regex) get `status` + S3 error `code`."""
         return self._add(S3Fault(status, code, method, path, times))
 
-    def delay(self, seconds: float, *, method: str | None = None, path: str | None = None,
-              times: int | None = 1) -> S3Fault:
+    def delay(
+        self, seconds: float, *, method: str | None = None, path: str | None = None, times: int | None = 1
+    ) -> S3Fault:
         """Hold matching requests `seconds` before forwarding them (they still succeed)."""
         return self._add(S3Fault(None, "", method, path, times, seconds))
 
@@ -172,8 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.delay)
         if fault is not None and fault.status is not None:
             self.proxy._record(method, path, fault.status)
-            self._reply(fault.status, [("Content-Type", "application/xml"), ("x-amz-request-id", "fault-proxy")],
-                        error_body(fault.code, urlsplit(path).path))
+            self._reply(
+                fault.status,
+                [("Content-Type", "application/xml"), ("x-amz-request-id", "fault-proxy")],
+                error_body(fault.code, urlsplit(path).path),
+            )
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Content-Length"] = str(len(body))

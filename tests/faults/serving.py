@@ -35,9 +35,14 @@ class Served:
 def serve_model(root: Path, model_id: str, log: Path, timeout: float = 90) -> Iterator[Served]:
     port = free_port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", model_id, "--port", str(port), "--root",
-                                 str(root)], cwd=REPO, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", model_id, "--port", str(port), "--root", str(root)],
+            cwd=REPO,
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     served = Served(f"http://127.0.0.1:{port}", proc, log)
     try:
         deadline = time.monotonic() + timeout
