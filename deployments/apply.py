@@ -12,6 +12,7 @@ stack's values (`python -m deployments.ecs ...`), and apply must not undo that.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -129,6 +130,9 @@ def _apply_pool(client, pool: PoolSpec, dry_run: bool) -> dict[str, Any]:
     from prefect.exceptions import ObjectNotFound
 
     entry = {"name": pool.name, "type": pool.type}
+    if pool.optional_module and importlib.util.find_spec(pool.optional_module) is None:
+        log.info("work pool %s skipped: %s is not installed", pool.name, pool.optional_module)
+        return {**entry, "status": "skipped", "detail": f"{pool.optional_module} not installed"}
     try:
         found = client.read_work_pool(pool.name)
     except ObjectNotFound:

@@ -58,7 +58,7 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def render(specs: tuple[DeploymentSpec, ...] = DEPLOYMENTS) -> str:
-    present = [s for s in specs if not s.optional or (REPO_ROOT / s.entrypoint_file).is_file()]
+    present = list(specs)
     doc = {
         "name": "trainkite",
         "prefect-version": ">=3.9,<4",

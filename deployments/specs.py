@@ -78,8 +78,10 @@ class PoolSpec:
     name: str
     type: str
     description: str
-    # "process" or "ecs_gpu": which base job template to create the pool with.
+    # "process", "ecs_gpu" or "docker": which base job template to create the pool with.
     template: str
+    # A pool whose worker needs an extra (prefect-docker for local containers) is skipped where it is missing.
+    optional_module: str | None = None
 
 
 @dataclass(frozen=True)
