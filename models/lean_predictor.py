@@ -26,6 +26,16 @@ ONNX_FILE, TOKENIZER_FILE = "model.onnx", "tokenizer.json"
 ENCODER_BATCH = 64
 
 
+def as_predictions(probs: np.ndarray, labels: list[str], model_id: str) -> list[dict]:
+    """One answer per text: the label, every class's probability, and the model ID (both predictors)."""
+    out = []
+    for row in probs:
+        best = int(row.argmax())
+        scores = {lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)}
+        out.append({"label": labels[best], "scores": scores, "model_id": model_id})
+    return out
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -146,17 +156,7 @@ class LeanPredictor:
         return self._scorer(texts)
 
     def predict(self, texts: list[str]) -> list[dict]:
-        out = []
-        for row in self.predict_proba(texts):
-            best = int(row.argmax())
-            out.append(
-                {
-                    "label": self.labels[best],
-                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
-                    "model_id": self.model_id,
-                }
-            )
-        return out
+        return as_predictions(self.predict_proba(texts), self.labels, self.model_id)
 
 
 def lean_encoder_files(manifest: dict) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from models import registry
+from models.lean_predictor import as_predictions
 from trainkite.manifest import fetch_model, load_dir_manifest
 from trainkite.store import ArtifactStore
 
@@ -37,15 +38,4 @@ class Predictor:
         return self._score(texts)
 
     def predict(self, texts: list[str]) -> list[dict]:
-        probs = self.predict_proba(texts)
-        out = []
-        for row in probs:
-            best = int(row.argmax())
-            out.append(
-                {
-                    "label": self.labels[best],
-                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, row, strict=True)},
-                    "model_id": self.model_id,
-                }
-            )
-        return out
+        return as_predictions(self.predict_proba(texts), self.labels, self.model_id)

@@ -87,15 +87,7 @@ def set_alias(
 
 
 def read_aliases(store: ArtifactStore) -> list[dict[str, Any]]:
-    out = []
-    for key in store.list(PREFIX):
-        if not key.endswith(".json"):
-            continue
-        try:
-            out.append(json.loads(store.get_bytes(key)))
-        except ValueError:
-            continue  # not ours; it must not hide the others
-    return sorted(out, key=lambda r: (r.get("time", ""), r.get("id", "")))
+    return deploy_log.read_records(store, PREFIX)
 
 
 def _from_deploy(record: dict[str, Any]) -> dict[str, Any]:

@@ -51,17 +51,23 @@ def write(store: ArtifactStore, record: dict[str, Any]) -> str:
     return key
 
 
-def read_log(store: ArtifactStore) -> list[dict[str, Any]]:
-    """Every record, oldest first."""
+def read_records(store: ArtifactStore, prefix: str) -> list[dict[str, Any]]:
+    """Every JSON record under `prefix`, oldest first; a file that is not JSON was not written by us and must not
+    hide the others."""
     out = []
-    for key in store.list(PREFIX):
+    for key in store.list(prefix):
         if not key.endswith(".json"):
             continue
         try:
             out.append(json.loads(store.get_bytes(key)))
         except ValueError:
-            continue  # a record that is not JSON was not written by us; it must not hide the others
+            continue
     return sorted(out, key=lambda r: (r.get("time", ""), r.get("id", "")))
+
+
+def read_log(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Every record, oldest first."""
+    return read_records(store, PREFIX)
 
 
 def live(records: list[dict[str, Any]], target: str, endpoint: str) -> dict[str, Any] | None:
