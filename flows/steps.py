@@ -52,9 +52,18 @@ def _key(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, (*parts, code_version()))).encode()).hexdigest()[:32]
 
 
+def _published(run: Run) -> bool:
+    # A published model's scratch (the staged snapshot, weights, metrics) is removed after publish: a re-run of
+    # that model ID must not be handed cached results that point at it. It recomputes instead (deterministic:
+    # the same files, which publish accepts as the same model).
+    return run.store.exists(f"{run.prefix}/manifest.json")
+
+
 def _fetch_key(context, p) -> str:
     run, params = p["run"], p["params"]
-    return "fetch-" + _key(run.store.root, run.model_id, params.data.model_dump_json(), params.evaluation.query)
+    return "fetch-" + _key(
+        run.store.root, run.model_id, _published(run), params.data.model_dump_json(), params.evaluation.query
+    )
 
 
 def _preprocess_key(context, p) -> str:
@@ -63,7 +72,7 @@ def _preprocess_key(context, p) -> str:
 
 def _train_key(context, p) -> str:
     run = p["run"]
-    return "train-" + _key(run.store.root, run.model_id, p["features"].key, p["params"].params_hash())
+    return "train-" + _key(run.store.root, run.model_id, _published(run), p["features"].key, p["params"].params_hash())
 
 
 # Every key names the store: a step's outputs live there, so a hit for another store (same model ID and
@@ -75,7 +84,13 @@ def _evaluate_key(context, p) -> str:
 
     champion = champion_id(run.store, run.model_name) if p.get("dataset") is not None else None
     return "evaluate-" + _key(
-        run.store.root, run.model_id, p["trained"].weights_key, params.params_hash(), champion, allow_worse()
+        run.store.root,
+        run.model_id,
+        _published(run),
+        p["trained"].weights_key,
+        params.params_hash(),
+        champion,
+        allow_worse(),
     )
 
 

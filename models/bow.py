@@ -156,6 +156,7 @@ def features_key(fingerprint: str, params: Params) -> str:
 def featurize(
     dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
 ) -> FeaturesRef:
+    params.require_resolved()  # buckets and n-grams come from the data when unset
     # An older model's schema rebuilds its features with its own featurizer (verify).
     return bow_features.preprocess(
         dataset, params.preprocess, store, workdir, schema=FEATURE_SCHEMA if feature_schema is None else feature_schema

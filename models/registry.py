@@ -47,7 +47,6 @@ def featurize(
     dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
 ) -> FeaturesRef:
     """The features of every split, in the store's cache; `feature_schema` rebuilds an older model's."""
-    params.require_resolved()
     return _of(params).featurize(dataset, params, store, workdir, feature_schema)
 
 

@@ -163,6 +163,11 @@ def rules(params: Params, st: DataStats) -> dict[str, int | float]:
 def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:
     """(resolved params, {key: {"value", "source": "set" | "data"}}): every unset key from the rules, every
     set key as it was. Validated again, so a resolved table that does not fit the memory limit is refused."""
+    if not params.unresolved():
+        # Nothing to resolve: the params were validated when loaded, and are returned as they are.
+        return params, {
+            f"{sec}.{key}": {"value": getattr(getattr(params, sec), key), "source": "set"} for sec, key in AUTO_KEYS
+        }
     values = rules(params, st)
     data = params.model_dump(mode="json")
     table: dict[str, dict] = {}

@@ -56,9 +56,20 @@ def applied(prefect_api) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def e2e_home(tmp_path_factory) -> Path:
-    """TRAINKITE_HOME shared by the worker's flow runs and the step subprocesses (deploy reads the store)."""
-    return tmp_path_factory.mktemp("e2e-home")
+def e2e_home(tmp_path_factory) -> Iterator[Path]:
+    """TRAINKITE_HOME shared by the worker's flow runs and the step subprocesses (deploy reads the store).
+
+    A local deploy step leaves its server running in the background, as it does for a user: stopped here, so the
+    next module's build can serve on the same port."""
+    home = tmp_path_factory.mktemp("e2e-home")
+    yield home
+    subprocess.run(
+        [sys.executable, "-m", "cli", "deployments", "stop"],
+        env={**os.environ, "TRAINKITE_HOME": str(home)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -124,22 +124,22 @@ def test_same_inputs_give_identical_head_weights(encoder_model, tmp_path):
 def test_a_crashed_training_resumes_to_the_same_weights(encoder_model, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from models import encoder_train
+    from models import encoder_train, fit
     from trainkite.manifest import ModelRef
 
     params, _, root = encoder_model
     store, features, ref = open_store(str(root)), _cached_features(root), ModelRef("sentiment", "enc-crash")
-    save = encoder_train.save_checkpoint
+    save = fit.save_checkpoint  # the shared fit loop checkpoints every kind
 
     def crash_after_epoch_2(*args):
         save(*args)
         if args[5]["epoch"] == 2:  # (store, ref, workdir, model, best, state, optimizer)
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(encoder_train, "save_checkpoint", crash_after_epoch_2)
+    monkeypatch.setattr(fit, "save_checkpoint", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         encoder_train.train_encoder(features, params, store, ref, tmp_path / "a")
-    monkeypatch.setattr(encoder_train, "save_checkpoint", save)
+    monkeypatch.setattr(fit, "save_checkpoint", save)
     # A fresh workdir, as on another container: only the store's checkpoint carries over (AdamW moments too).
     resumed = encoder_train.train_encoder(features, params, store, ref, tmp_path / "b")
     assert resumed.resumed_from_epoch == 2 and resumed.epochs_run == params.train.epochs

@@ -121,7 +121,7 @@ def test_same_fingerprint_features_and_weights_whatever_the_batch_size_and_threa
 
 
 def test_encode_keeps_the_tokens_of_schema_1_and_works_per_text():
-    p = pp.PreprocessParams(max_tokens=6, ngram_max=3)
+    p = pp.PreprocessParams(max_tokens=6, ngram_max=3, buckets=65536)
     texts = [
         "It's great, isn't it?!  Café déjà-vu 😀 naïve_x __ 12.5%",
         "",
@@ -326,7 +326,8 @@ def test_a_300k_row_table_trains(params_factory, tmp_path):
     p = _params(
         params_factory,
         folder,
-        **{"train.epochs": 1, "preprocess.buckets": 1 << 16, "train.batch_size": 256, "train.learning_rate": 0.05},
+        # 12.8 on the per-example mean loss: the step of 0.05 per example at batch 256.
+        **{"train.epochs": 1, "preprocess.buckets": 1 << 16, "train.batch_size": 256, "train.learning_rate": 12.8},
     )
     ds = data.fetch_dataset(p, tmp_path / "wd")
     assert sum(ds.counts.values()) == 300_000
