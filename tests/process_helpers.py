@@ -63,3 +63,12 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
         out, err = proc.communicate()
         raise AssertionError(f"hung for {timeout:.0f}s:\n{err[-3000:]}") from None
     return proc.returncode, out, err
+
+
+def run_artifacts(client, flow_run_id) -> list:
+    """The artifacts of one flow run, filtered by the API (an unfiltered read returns one page of the session's)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    )

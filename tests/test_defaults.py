@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.process_helpers import run_artifacts
+
 from params import load_params, validate_params
 from params.model import AUTO_KEYS, Params, ParamsError
 from tasks import defaults
@@ -158,7 +160,7 @@ def test_the_resolved_values_are_what_every_step_stores_shows_and_rebuilds(prefe
 
     # Prefect UI: a table of every resolved key with its source.
     with get_client(sync_client=True) as c:
-        arts = [a for a in c.read_artifacts() if a.flow_run_id == run_id and a.key == "resolved-params"]
+        arts = [a for a in run_artifacts(c, run_id) if a.key == "resolved-params"]
     table = arts[0].data if isinstance(arts[0].data, list) else json.loads(arts[0].data)
     rows = {r["key"]: r for r in table}
     assert rows["train.batch_size"] == {"key": "train.batch_size", "value": resolved.train.batch_size, "source": "data"}

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.process_helpers import run_artifacts
+
 from params.model import ParamsError
 from tasks import sweep as sw
 from tests.test_cli import tk
@@ -141,11 +143,7 @@ def test_2x2_sweep_preprocesses_once_per_variant_and_ranks_four_runs(prefect_api
     assert sorted(_task_states(run_ids)["preprocess"]) == ["Cached", "Cached", "Completed", "Completed"]
     with get_client(sync_client=True) as c:
         runs = [c.read_flow_run(i) for i in run_ids]
-        arts = [
-            a
-            for a in c.read_artifacts()
-            if a.key == "sweep-leaderboard" and a.flow_run_id == state.state_details.flow_run_id
-        ]
+        arts = [a for a in run_artifacts(c, state.state_details.flow_run_id) if a.key == "sweep-leaderboard"]
     # Each configuration is its own train flow run, a child of the sweep, tagged with the sweep ID.
     assert all(r.parent_task_run_id and sid in r.tags and r.name.startswith(sid) for r in runs)
     assert len(arts) == 1

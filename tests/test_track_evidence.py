@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from tasks import aliases
+from tests.process_helpers import run_artifacts
 from trainkite.store import open_store
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks, 7-byte record headers
@@ -88,7 +89,7 @@ def test_wandb_and_prefect_carry_the_comparison_and_the_lineage(prefect_api, tk_
     from prefect import get_client
 
     with get_client(sync_client=True) as c:
-        arts = {a.key: a for a in c.read_artifacts() if a.flow_run_id == flow_run_id}
+        arts = {a.key: a for a in run_artifacts(c, flow_run_id)}
     assert {"champion-comparison", "confusion-matrix", "confusion-matrices", "model-card"} <= set(arts)
     table = arts["champion-comparison"].data
     table = json.loads(table) if isinstance(table, str) else table

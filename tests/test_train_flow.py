@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.process_helpers import run_artifacts
+
 from trainkite.store import open_store
 
 
@@ -65,8 +67,7 @@ def test_train_flow_publishes_a_verified_model(prefect_api, tk_home, params_fact
     from prefect import get_client
 
     with get_client(sync_client=True) as c:
-        arts = c.read_artifacts()
-    keys = {a.key for a in arts if a.flow_run_id == run_id}
+        keys = {a.key for a in run_artifacts(c, run_id)}
     assert {"model-card", "model-metrics"} <= keys
 
 
