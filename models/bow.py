@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from models import features as bow_features
-from models.features import FEATURE_SCHEMA, FeaturesRef, load_features
-from models.fit import TrainedModel, fit, local_weights, make_deterministic, pick_device, sgd_step
+from models.features import FEATURE_SCHEMA, FeaturesRef
+from models.fit import TrainedModel, fit, local_weights, sgd_step
 from models.metrics import score
 from params.model import Params, PreprocessParams
 from trainkite.errors import IntegrityError
@@ -127,11 +127,7 @@ class BowTrainer:
 def train_bow(
     features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef, workdir: Path
 ) -> TrainedModel:
-    params.require_resolved()
-    device = pick_device(params.train.device)
-    gen = make_deterministic(params.train.seed, params.train.threads, device)
-    trainer = BowTrainer(params, load_features(features, store, workdir), features.labels, device, gen)
-    return fit(trainer, features, params, store, ref, workdir, device)
+    return fit(BowTrainer, features, params, store, ref, workdir)
 
 
 def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> BowClassifier:

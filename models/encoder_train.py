@@ -21,8 +21,8 @@ from torch import nn
 from params.model import Params
 from models import encoder as enc
 from models.metrics import score
-from models.features import FeaturesRef, load_features
-from models.fit import TrainedModel, fit, local_weights, make_deterministic, pick_device
+from models.features import FeaturesRef
+from models.fit import TrainedModel, fit, local_weights, pick_device
 from trainkite.manifest import ModelRef
 from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
@@ -115,11 +115,7 @@ class EncoderTrainer:
 def train_encoder(
     features: FeaturesRef, params: Params, store: ArtifactStore, ref: ModelRef, workdir: Path
 ) -> TrainedModel:
-    params.require_resolved()
-    device = pick_device(params.train.device)
-    gen = make_deterministic(params.train.seed, params.train.threads, device)
-    trainer = EncoderTrainer(params, load_features(features, store, workdir), features.labels, device, gen)
-    return fit(trainer, features, params, store, ref, workdir, device)
+    return fit(EncoderTrainer, features, params, store, ref, workdir)
 
 
 def load_trained(

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
-from models.features import FeaturesRef
+from models.features import FeaturesRef, load_features
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
 from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage
@@ -201,17 +201,21 @@ class KindTrainer(Protocol):
 
 
 def fit(
-    trainer: KindTrainer,
+    make_trainer: Callable[..., KindTrainer],
     features: FeaturesRef,
     params: Params,
     store: ArtifactStore,
     ref: ModelRef,
     workdir: Path,
-    device: str,
 ) -> TrainedModel:
-    """The one epoch loop every model kind trains with: resume from the last checkpoint, the shared batch order and
+    """The one epoch loop every model kind trains with (`make_trainer` builds the kind's trainer on the seeded generator
+    and the cached features): resume from the last checkpoint, the shared batch order and
     learning-rate schedule, the divergence guard, per-epoch validation, early stopping, a checkpoint in the store,
     the best weights."""
+    params.require_resolved()
+    device = pick_device(params.train.device)
+    gen = make_deterministic(params.train.seed, params.train.threads, device)
+    trainer = make_trainer(params, load_features(features, store, workdir), features.labels, device, gen)
     tp = params.train
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
     tracker, start_epoch, resumed = resume_or_start(
