@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,8 @@ def build_model(params: Params, n_classes: int, generator: torch.Generator) -> B
 
 
 class BowTrainer:
-    """bow's part of the fit loop: plain SGD on the per-example mean cross-entropy (+ L2 on the linear layer)."""
+    """bow's part of the fit loop: plain SGD on the per-example mean cross-entropy (+ L2 on the linear layer),
+    each embedding row stepping by the mean over its own occurrences (`_embedding_step`)."""
 
     def __init__(
         self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str, generator: torch.Generator
@@ -96,13 +98,18 @@ class BowTrainer:
         self.model = build_model(params, self.n_classes, generator).to(device)
         self.optimizer = None
         self.params_list = list(self.model.parameters())
+        self.fc_params = list(self.model.fc.parameters())
+        # The linear layer's gradient is a mean over the batch, whose noise falls as 1/sqrt(batch): its rate
+        # follows the square-root rule, so `learning_rate` is the embedding rows' per-example rate at any batch.
+        self.fc_rate = math.sqrt(params.train.batch_size)
         self.n_train = len(arrays["train_offsets"])
         self.use_amp = device == "cuda" and params.train.amp
 
     def step(self, rows: np.ndarray, lr: float) -> float:
         tr_ids, tr_off = self.arrays["train_ids"], self.arrays["train_offsets"]
         idx, offs = batch_slices(tr_off, len(tr_ids), rows)
-        x = torch.from_numpy(tr_ids[idx].astype(np.int64)).to(self.device)
+        ids = tr_ids[idx]
+        x = torch.from_numpy(ids.astype(np.int64)).to(self.device)
         o = torch.from_numpy(offs).to(self.device)
         y = torch.from_numpy(self.arrays["train_y"][rows]).to(self.device)
         for p in self.params_list:
@@ -115,8 +122,28 @@ class BowTrainer:
         wd = self.tp.weight_decay
         loss = ce + wd * self.model.fc.weight.pow(2).sum() if wd else ce
         loss.backward()
-        sgd_step(self.params_list, lr)
+        self._embedding_step(ids, lr, len(rows))
+        sgd_step(self.fc_params, lr * self.fc_rate)
         return float(ce.detach()) * len(rows)
+
+    @torch.no_grad()
+    def _embedding_step(self, ids: np.ndarray, lr: float, batch: int) -> None:
+        """Step each embedding row by the mean of its own occurrences' gradients in the batch.
+
+        Under the batch mean, an n-gram seen once in a batch of 256 moves by 1/256 of its gradient, so large
+        batches did not learn (the loss stayed at a uniform guess's); under the sum, a row seen in every text
+        ("the") steps hundreds of times too far. The mean over the row's own occurrences gives a rare n-gram
+        the step per-example SGD (fastText) gives it, and bounds a common one's, whatever the batch size. The
+        linear layer keeps the batch mean.
+        """
+        weight = self.model.embedding.weight
+        per_id = weight.grad._values()  # uncoalesced: one row per id in the batch, in the batch's order
+        weight.grad = None
+        rows, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        scale = torch.from_numpy((-lr * batch / counts).astype(np.float32)).to(self.device)
+        summed = torch.zeros((len(rows), per_id.shape[1]), dtype=per_id.dtype, device=self.device)
+        summed.index_add_(0, torch.from_numpy(inverse.astype(np.int64)).to(self.device), per_id)
+        weight.index_add_(0, torch.from_numpy(rows.astype(np.int64)).to(self.device), summed.mul_(scale.unsqueeze(1)))
 
     def validate(self) -> dict:
         a = self.arrays

@@ -134,7 +134,10 @@ class TrainParams(_Section):
         gt=0,
         le=LR_MAX,
         allow_inf_nan=False,
-        description="Initial learning rate (linear decay to 0) for the per-example mean loss. Unset = per model type.",
+        description=(
+            "Initial learning rate (linear decay to 0). bow: each embedding row's per-example rate (the linear "
+            "layer's is this x sqrt(batch_size)); encoder: AdamW's. Unset = per model type."
+        ),
     )
     warmup_fraction: float | None = Field(
         None,

@@ -18,9 +18,12 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
+from trainkite.snapshot import iter_snapshot
 
 # Statistics read at most this many training texts (a deterministic stride sample); beyond that the
 # vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
@@ -47,12 +50,8 @@ def _heaps(count: int, sampled: int, total: int) -> int:
     return int(count * (total / sampled) ** 0.6)
 
 
-def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
-    """Statistics of a snapshot's rows (columns split, text, label)."""
-    train = rows.loc[rows["split"] == "train", "text"]
-    n = len(train)
-    step = max(1, -(-n // STATS_SAMPLE_ROWS))
-    sample = train.iloc[::step]
+def _stats(sample, train_rows: int, validation_rows: int, labels: int, ngram_max: int) -> DataStats:
+    """The statistics from a stride sample of the training texts and the split counts."""
     words: set[str] = set()
     grams: set[str] = set()
     tokens = 0
@@ -63,23 +62,51 @@ def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
         for k in range(2, ngram_max + 1):
             grams.update(" ".join(toks[i : i + k]) for i in range(len(toks) - k + 1))
     m = len(sample)
-    labels = rows.loc[rows["split"] != "evaluation", "label"].nunique()
     return DataStats(
-        train_rows=n,
-        validation_rows=int((rows["split"] == "validation").sum()),
-        labels=int(labels),
-        vocabulary=_heaps(len(words), m, n),
-        ngrams=_heaps(len(words) + len(grams), m, n),
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        labels=labels,
+        vocabulary=_heaps(len(words), m, train_rows),
+        ngrams=_heaps(len(words) + len(grams), m, train_rows),
         mean_tokens=round(tokens / m, 3) if m else 0.0,
         sampled_rows=m,
     )
 
 
+def _stride(n: int) -> int:
+    return max(1, -(-n // STATS_SAMPLE_ROWS))
+
+
+def stats_of_rows(rows: pd.DataFrame, ngram_max: int) -> DataStats:
+    """Statistics of a snapshot's rows (columns split, text, label) held in memory."""
+    train = rows.loc[rows["split"] == "train", "text"]
+    n = len(train)
+    labels = rows.loc[rows["split"] != "evaluation", "label"].nunique()
+    validation = int((rows["split"] == "validation").sum())
+    return _stats(train.iloc[:: _stride(n)].tolist(), n, validation, int(labels), ngram_max)
+
+
 def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = None) -> DataStats:
-    """Statistics of a fetched dataset, from its snapshot file; `labels` (the declared label count) wins."""
-    rows = pd.read_parquet(snapshot, columns=["split", "text", "label"])
-    st = stats_of_rows(rows, ngram_max)
-    return st.model_copy(update={"labels": labels}) if labels else st
+    """Statistics of a fetched dataset, from its snapshot file, read in Arrow batches: memory holds the
+    sample, never the table. `labels` (the declared label count) wins over the count seen."""
+    counts = {"train": 0, "validation": 0}
+    seen_labels: set[str] = set()
+    for batch in iter_snapshot(snapshot, columns=("split", "label")):
+        split = batch.column(0)
+        for name in counts:
+            counts[name] += pc.sum(pc.equal(split, name)).as_py() or 0
+        if labels is None:
+            kept = pc.filter(batch.column(1), pc.not_equal(split, "evaluation"))
+            seen_labels.update(pc.unique(kept).to_pylist())
+    n, step = counts["train"], _stride(counts["train"])
+    sample: list[str] = []
+    position = 0  # index of the batch's first training row among all training rows
+    for batch in iter_snapshot(snapshot, columns=("split", "text")):
+        texts = pc.filter(batch.column(1), pc.equal(batch.column(0), "train"))
+        first = -position % step  # the first row of this batch on the stride
+        sample.extend(texts.take(pa.array(range(first, len(texts), step), type=pa.int64())).to_pylist())
+        position += len(texts)
+    return _stats(sample, n, counts["validation"], labels or len(seen_labels), ngram_max)
 
 
 def _pow2_at_least(x: float) -> int:
@@ -111,11 +138,10 @@ def bow_rules(st: DataStats) -> dict[str, int | float]:
     # At least about 100 steps per epoch: small data gets small batches.
     batch = _clip(_pow2_at_most(n / 100), 8, 256)
     epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
-    # The loss is the per-example mean, so the step no longer grows with the batch by itself; the rate follows
-    # the square-root scaling rule (the gradient noise of a mean over B examples falls as 1/sqrt(B)). The
-    # constant is the sparse-embedding regime of fastText-style models (large rates: each n-gram row is
-    # touched by few examples of a batch).
-    lr = round(0.75 * math.sqrt(batch), 4)
+    # The embedding rows' per-example rate, whatever the batch (bow's update: each row steps by the mean of its
+    # own occurrences, the linear layer at this rate x sqrt(batch)); one value across 600 to 100 k rows
+    # (BENCHMARKS.md, quality matrix).
+    lr = 0.5
     patience = 0 if epochs <= 5 else _clip(epochs // 3, 3, 10)
     return {
         "preprocess.buckets": buckets,

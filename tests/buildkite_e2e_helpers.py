@@ -24,11 +24,11 @@ AGENT_TOKEN = "bk-agent-job-token"
 APPROVER_TOKEN = "bk-approver-token"
 APPROVER = "alice-approver"
 # Small and fast; tracking off (the flow's W&B path has its own tests).
-# As tests/conftest.py's small_params: batch 16 at rate 8 learns something in three epochs.
+# As tests/conftest.py's small_params: batch 16 at rate 4 learns the demo in three epochs.
 SMALL = [
     "train.epochs=3",
     "train.batch_size=16",
-    "train.learning_rate=8.0",
+    "train.learning_rate=4.0",
     "preprocess.buckets=4096",
     "model.embedding_dim=16",
     'tracking.backend="none"',

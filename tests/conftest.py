@@ -156,7 +156,7 @@ def small_params(**overrides):
     ov = {
         "train.epochs": 3,
         "train.batch_size": 16,
-        "train.learning_rate": 8.0,
+        "train.learning_rate": 4.0,
         "train.warmup_fraction": 0.0,
         "train.patience": 4,
         "preprocess.buckets": 4096,

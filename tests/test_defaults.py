@@ -32,6 +32,25 @@ def _rows(n: int, vocab: int, seed: int = 0, labels=("neg", "pos")) -> pd.DataFr
     return pd.DataFrame({"split": split, "text": texts, "label": [labels[i % len(labels)] for i in range(n)]})
 
 
+def test_statistics_streamed_from_the_snapshot_equal_those_of_the_rows_in_memory(tmp_path, monkeypatch):
+    """The snapshot is read in batches (memory holds the sample, not the table); the stride sample and the
+    counts are the same as over the whole table, whatever the batch size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rows(5_000, 900, labels=("a", "b", "c"))
+    rows.loc[rows.index % 7 == 3, "split"] = "evaluation"
+    path = tmp_path / "snapshot.parquet"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path, row_group_size=333)
+    monkeypatch.setattr(defaults, "STATS_SAMPLE_ROWS", 700)  # a stride of 5 over 3,4xx training rows
+    in_memory = defaults.stats_of_rows(rows, ngram_max=2)
+    assert in_memory.train_rows // in_memory.sampled_rows > 1
+    for batch in (3, 97, 1_000, 65_536):  # 3: batches with no training row on the stride, or none at all
+        monkeypatch.setattr("trainkite.snapshot.BATCH_ROWS", batch)
+        assert defaults.dataset_stats(path, ngram_max=2) == in_memory
+    assert defaults.dataset_stats(path, ngram_max=2, labels=5).labels == 5
+
+
 def _all_unset() -> Params:
     p = load_params(None)
     assert p.unresolved() == [f"{s}.{k}" for s, k in AUTO_KEYS]  # the shipped file leaves every one to the data

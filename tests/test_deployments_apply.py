@@ -33,7 +33,10 @@ def _client():
 
 
 def _snapshot() -> dict:
-    """Every object apply manages, with its server-side `updated` timestamp."""
+    """Every object apply manages, as stored. Fields a polling worker moves on its own (a deployment's
+    and a pool's `updated`, `last_polled` and `status`) are left out: a worker of another module may poll
+    between two snapshots, and that is not apply writing."""
+    polled = {"updated", "last_polled", "status"}
     with _client() as client:
         out = {}
         for spec in DEPLOYMENTS:
@@ -41,13 +44,13 @@ def _snapshot() -> dict:
                 d = client.read_deployment_by_name(spec.full_name)
             except Exception:
                 continue
-            out[spec.full_name] = (str(d.id), d.updated, d.model_dump(mode="json", exclude={"last_polled", "status"}))
+            out[spec.full_name] = (str(d.id), d.model_dump(mode="json", exclude=polled))
         for name in (PROCESS_POOL, ECS_POOL):
             pool = client.read_work_pool(name)
-            out[name] = (str(pool.id), pool.updated, pool.base_job_template)
+            out[name] = (str(pool.id), pool.model_dump(mode="json", exclude=polled))
         for name in (RELEASE_AUTOMATION, STALE_AUTOMATION, UNSTARTED_AUTOMATION):
             [automation] = client.read_automations_by_name(name)
-            out[name] = (str(automation.id), None, automation.model_dump(mode="json"))
+            out[name] = (str(automation.id), automation.model_dump(mode="json"))
     return out
 
 
