@@ -88,7 +88,7 @@ class TreeRSS:
     """Peak total RSS of a process and all its descendants, sampled from /proc."""
 
     def __init__(self, pid: int, every: float = 0.05):
-        self.pid, self.every, self.peak = pid, every, 0
+        self.pid, self.every, self.peak, self.peak_anon = pid, every, 0, 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -113,23 +113,28 @@ class TreeRSS:
     def _run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self._stop.is_set():
-            total = 0
+            total = anon = 0
             for p in self._tree():
                 try:
                     with open(f"/proc/{p}/statm") as f:
-                        total += int(f.read().split()[1]) * page
+                        fields = f.read().split()
+                    total += int(fields[1]) * page
+                    # resident - shared: what the process owns, without the pages of the memory-mapped feature
+                    # files and libraries (the kernel can drop and re-read those).
+                    anon += (int(fields[1]) - int(fields[2])) * page
                 except (OSError, ValueError, IndexError):
                     pass
             self.peak = max(self.peak, total)
+            self.peak_anon = max(self.peak_anon, anon)
             self._stop.wait(self.every)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._t.join()
-        return self.peak
+        return self.peak, self.peak_anon
 
 
-def timed(cmd: list[str], env: dict, cwd: Path = REPO) -> tuple[float, int, subprocess.CompletedProcess]:
+def timed(cmd: list[str], env: dict, cwd: Path = REPO) -> tuple[float, tuple[int, int], subprocess.CompletedProcess]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid)
@@ -212,16 +217,17 @@ def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path)
         env = {**os.environ, "TRAINKITE_HOME": str(home)}
         overrides = [f"data.path={json.dumps(str(folder))}", *TRAIN]
         sets = [a for o in overrides for a in ("--set", o)]
-        wall, peak, proc = timed([sys.executable, "-m", "cli", "train", *sets, "--json"], env)
+        wall, (peak, peak_anon), proc = timed([sys.executable, "-m", "cli", "train", *sets, "--json"], env)
         if proc.returncode != 0:
             raise SystemExit(f"trainkite train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout)
         whole = {
             "wall_s": wall,
             "peak_rss_tree_mb": peak / 2**20,
+            "peak_rss_tree_not_shared_mb": peak_anon / 2**20,
             "test_accuracy": res.get("metrics", {}).get("test_accuracy"),
         }
-        s_wall, s_peak, sp = timed(
+        s_wall, (s_peak, _), sp = timed(
             [sys.executable, "-c", STAGES, str(folder), str(work / "stages"), json.dumps(TRAIN)], env
         )
         if sp.returncode != 0:

@@ -32,7 +32,7 @@ CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 # streaming pipeline; `encode_v1` still encodes them, so they serve as trained), 2 = the same tokens, each
 # n-gram's hash combined from its tokens' blake2b. Recorded in features.json and the manifest.
 FEATURE_SCHEMA = 2
-BATCH_ROWS = 65_536
+BATCH_ROWS = 16_384  # rows per encoded batch: 64 k rows x 2 threads held ~350 MB of temporaries at 1 M rows
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -285,6 +285,7 @@ def preprocess(
         drain(0)
     for w in writers.values():
         w.close()
+    pa.default_memory_pool().release_unused()  # the batches' Arrow buffers, kept by the allocator for reuse
     return publish_features(out, list(writers), ref, store)
 
 

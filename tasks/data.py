@@ -538,6 +538,9 @@ def fetch_dataset(
         if con is not None:
             con.close()
         shutil.rmtree(tmp, ignore_errors=True)
+        # Arrow's allocator keeps the freed query batches (100+ MB at a million rows) for reuse; the next
+        # steps allocate through numpy and torch, so give them back.
+        pa.default_memory_pool().release_unused()
     key = stage(store, snap, run_key(prefix, "snapshot.parquet")) if store is not None and prefix else None
     return DatasetRef(
         snapshot_path=str(snap),

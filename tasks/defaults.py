@@ -27,7 +27,7 @@ from trainkite.snapshot import iter_snapshot
 
 # Statistics read at most this many training texts (a deterministic stride sample); beyond that the
 # vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
-STATS_SAMPLE_ROWS = 200_000
+STATS_SAMPLE_ROWS = 50_000
 _WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 
