@@ -110,14 +110,13 @@ def _champion_comparison(
     model_id: str,
 ) -> dict:
     from tasks.champion import compare_with_champion
-    from trainkite.snapshot import local_snapshot, read_snapshot
+    from trainkite.snapshot import local_snapshot, split_texts
 
     # The human-labelled set is what both models are judged on; without one, the test split.
     split = "evaluation" if "evaluation" in split_probs else "test"
     if split not in split_probs:
         return {"verdict": "not compared", "champion": None, "reason": "no evaluation or test rows"}
-    rows = read_snapshot(local_snapshot(dataset, store))
-    texts = rows.loc[rows["split"] == split, "text"].tolist()
+    texts = split_texts(local_snapshot(dataset, store), split)
     return compare_with_champion(
         store=store,
         model_name=params.model.name,

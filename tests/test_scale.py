@@ -17,6 +17,7 @@ from tasks import data
 from models import registry as model_types, features as pp
 from trainkite.errors import DataError
 from trainkite.manifest import ModelRef, recorded_schemas
+from trainkite.snapshot import split_texts
 from trainkite.store import LocalStore
 
 WORDS = [
@@ -146,6 +147,7 @@ def test_older_models_keep_their_featurizer_and_say_which_schema_changed(params_
     feats = pp.preprocess(ds, p.preprocess, store, tmp_path / "wd", schema=1)
     arrays = pp.load_features(feats, store, tmp_path / "wd")
     texts = data.read_snapshot(ds.snapshot_path).query("split == 'test'")["text"].tolist()
+    assert split_texts(ds.snapshot_path, "test") == texts  # the champion comparison's read, batch by batch
     ids, offsets = pp.encode_v1(texts, p.preprocess)
     assert np.array_equal(arrays["test_ids"], ids) and np.array_equal(arrays["test_offsets"], offsets)
     assert pp.encoder_for(None) is pp.encode_v1 and pp.encoder_for(pp.FEATURE_SCHEMA) is pp.encode

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -42,6 +43,14 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
     import pandas as pd  # not at import: serving reads no snapshot, and its image needs no pandas
 
     return pd.read_parquet(path)
+
+
+def split_texts(path: str | Path, split: str) -> list[str]:
+    """The texts of one split, in the snapshot's order, read without the other splits' rows or columns."""
+    texts: list[str] = []
+    for batch in iter_snapshot(path, columns=("split", "text")):
+        texts.extend(batch.column(1).filter(pc.equal(batch.column(0), split)).to_pylist())
+    return texts
 
 
 def iter_snapshot(path: str | Path, batch_rows: int | None = None, columns=("split", "text", "label")):
