@@ -62,7 +62,7 @@ BOW = [
     "model.embedding_dim=16",
     "train.epochs=5",
     "train.batch_size=256",
-    "train.learning_rate=12.8",
+    "train.learning_rate=0.5",  # the shipped rate (tasks/defaults.py)
     "train.threads=1",
 ]
 

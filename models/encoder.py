@@ -174,13 +174,17 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, 
 
 def pad_batch(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows padded to the longest of the batch (pad id 0 = [PAD]) and their attention mask."""
-    ends = np.append(offsets[1:], len(ids))
-    lengths = ends[rows] - offsets[rows]
+    # Only the rows' own bounds are read: a copy of the whole offsets array per batch made an epoch quadratic.
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.asarray(offsets[rows], dtype=np.int64)
+    nxt = np.minimum(rows + 1, len(offsets) - 1)
+    ends = np.where(rows + 1 < len(offsets), np.asarray(offsets[nxt], dtype=np.int64), len(ids))
+    lengths = ends - starts
     width = int(lengths.max()) if len(rows) else 1
     out = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
-        out[i, :n] = ids[offsets[r] : offsets[r] + n]
+    for i, (start, n) in enumerate(zip(starts, lengths, strict=True)):
+        out[i, :n] = ids[start : start + n]
         mask[i, :n] = 1
     return torch.from_numpy(out), torch.from_numpy(mask)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -45,11 +45,13 @@ def compare_with_champion(
     y: np.ndarray,
     challenger_probs: np.ndarray,
     labels: list[str],
-    texts: list[str],
+    read_texts: Callable[[], list[str]],
     primary_metric: str,
     seed: int = tasks.compare.DEFAULT_SEED,
 ) -> dict:
-    """The comparison dict stored in metrics.json and the manifest; never raises for a missing champion."""
+    """The comparison dict stored in metrics.json and the manifest; never raises for a missing champion.
+
+    `read_texts` gives the scored split's texts; it is called only when there is a champion to score them."""
     base = {"split": split, "challenger": {"model_id": model_id}, "allow_worse": allow_worse()}
     found = aliases.champion_for_training(store, model_name)
     if found is None:
@@ -67,6 +69,7 @@ def compare_with_champion(
             "champion": champ,
             "reason": "this model is the champion",
         }
+    texts = read_texts()
     if len(texts) != len(y):
         # The texts come from the data snapshot, the labels from the features: they must be the same rows.
         return {

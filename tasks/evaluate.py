@@ -116,7 +116,6 @@ def _champion_comparison(
     split = "evaluation" if "evaluation" in split_probs else "test"
     if split not in split_probs:
         return {"verdict": "not compared", "champion": None, "reason": "no evaluation or test rows"}
-    texts = split_texts(local_snapshot(dataset, store), split)
     return compare_with_champion(
         store=store,
         model_name=params.model.name,
@@ -125,7 +124,7 @@ def _champion_comparison(
         y=arrays[f"{split}_y"],
         challenger_probs=split_probs[split],
         labels=features.labels,
-        texts=texts,
+        read_texts=lambda: split_texts(local_snapshot(dataset, store), split),
         primary_metric=params.evaluation.primary_metric,
         seed=params.train.seed,
     )

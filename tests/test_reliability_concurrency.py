@@ -83,6 +83,23 @@ def four_trainings(prefect_api, tmp_path_factory) -> dict:
     return {"store": LocalStore(root), "results": {name: finish(p, 240) for name, p in procs.items()}}
 
 
+def test_a_run_whose_scratch_went_with_another_runs_publish_is_told_the_model_id_is_taken(tmp_path):
+    """The race above, made certain: two runs of one model ID share its scratch; the first to publish removes
+    it, and the other's next read of a staged file says why, with the exit code of a taken ID."""
+    from trainkite.errors import ModelIdTaken
+    from trainkite.runfiles import local_copy, run_key
+    from trainkite.store import StoreError
+
+    store = LocalStore(tmp_path / "store")
+    key = run_key("sentiment/race-1", "snapshot.parquet")
+    with pytest.raises(StoreError, match="does not exist"):  # not published: the plain error
+        local_copy(store, key, tmp_path / "a" / "snapshot.parquet")
+    store.put_bytes(b"{}", f"sentiment/race-1/{mf.MANIFEST}")
+    with pytest.raises(ModelIdTaken, match="published .* by another run while this one ran") as err:
+        local_copy(store, key, tmp_path / "b" / "snapshot.parquet")
+    assert err.value.exit_code == 2 and "a model ID is never reused" in str(err.value)
+
+
 def test_two_trainings_publish_different_models_into_one_store_at_once(four_trainings):
     results, store = four_trainings["results"], four_trainings["store"]
     for mid in ("conc-a", "conc-b"):

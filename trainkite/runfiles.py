@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainkite.store import ArtifactStore
+from trainkite.errors import ModelIdTaken
+from trainkite.store import ArtifactStore, StoreError
 
 
 SCRATCH_ROOT = "_scratch"
@@ -55,8 +56,31 @@ def local_copy(store: ArtifactStore, key: str, local: Path) -> Path:
     direct = store.local_path(key)
     if direct is not None and direct.is_file():
         return direct
-    store.download(key, local)
+    try:
+        store.download(key, local)
+    except StoreError:
+        taken = _taken_meanwhile(store, key)
+        if taken is None:
+            raise
+        raise taken from None
     return local
+
+
+def _taken_meanwhile(store: ArtifactStore, key: str) -> ModelIdTaken | None:
+    """When a run's scratch file is gone because another run of the same model ID published it (and removed
+    the scratch they shared), the error that says so; None when the model is not published."""
+    from trainkite.manifest import MANIFEST
+
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] != SCRATCH_ROOT:
+        return None
+    name, model_id = parts[1], parts[2]
+    if not store.exists(f"{name}/{model_id}/{MANIFEST}"):
+        return None
+    return ModelIdTaken(
+        f"model {model_id} was published at {store.uri(f'{name}/{model_id}')} by another run while this one ran "
+        "(its files in the shared scratch are gone with it); a model ID is never reused (start a new build or run)"
+    )
 
 
 def garbage(store: ArtifactStore, runs: Path | None, unfinished: bool = False) -> dict[str, list[str]]:
