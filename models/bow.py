@@ -46,17 +46,7 @@ class BowClassifier(nn.Module):
 
 def batch_slices(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gather the ids of `rows` (texts) into one flat array + offsets for EmbeddingBag."""
-    # Only the rows' own bounds are read: `offsets` may be a memory-mapped array of millions of texts.
-    n = len(offsets)
-    starts = np.asarray(offsets[rows], dtype=np.int64)
-    nxt = rows + 1
-    ends = np.where(nxt < n, np.asarray(offsets[np.minimum(nxt, n - 1)], dtype=np.int64), n_ids)
-    lengths = ends - starts
-    new_offsets = np.zeros(len(rows), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=new_offsets[1:])
-    # Vectorised ranges: position i of text r maps to starts[r] + i.
-    idx = np.repeat(starts - new_offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-    return idx, new_offsets
+    return bow_features.ranges(*bow_features.row_bounds(offsets, n_ids, rows))
 
 
 @torch.inference_mode()

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from models.features import row_bounds
 from trainkite.errors import IntegrityError, UserInputError
 from trainkite.lineage import file_sha256
 
@@ -174,12 +175,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, 
 
 def pad_batch(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows padded to the longest of the batch (pad id 0 = [PAD]) and their attention mask."""
-    # Only the rows' own bounds are read: a copy of the whole offsets array per batch made an epoch quadratic.
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = np.asarray(offsets[rows], dtype=np.int64)
-    nxt = np.minimum(rows + 1, len(offsets) - 1)
-    ends = np.where(rows + 1 < len(offsets), np.asarray(offsets[nxt], dtype=np.int64), len(ids))
-    lengths = ends - starts
+    starts, lengths = row_bounds(offsets, len(ids), rows)
     width = int(lengths.max()) if len(rows) else 1
     out = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)

@@ -87,13 +87,26 @@ def _piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, n
     return np.asarray(flat, dtype=np.uint64), starts
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + c) for each (s, c), without a Python loop."""
+def ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenation of arange(s, s + c) for each (s, c), without a Python loop, and where each range starts
+    in it (the offsets of the concatenation)."""
     total = int(counts.sum())
     first = np.zeros(len(counts), dtype=np.int64)
     if len(counts):
         np.cumsum(counts[:-1], out=first[1:])
-    return np.repeat(starts - first, counts) + np.arange(total, dtype=np.int64)
+    return np.repeat(starts - first, counts) + np.arange(total, dtype=np.int64), first
+
+
+def row_bounds(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each text of `rows` starts in the flat ids and how many ids it has (the stored form: flat ids +
+    the offset of each text). Only those rows' bounds are read: `offsets` may be a memory-mapped array of
+    millions of texts, and a copy of it per batch made an epoch quadratic."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(offsets)
+    starts = np.asarray(offsets[rows], dtype=np.int64)
+    nxt = rows + 1
+    ends = np.where(nxt < n, np.asarray(offsets[np.minimum(nxt, n - 1)], dtype=np.int64), n_ids)
+    return starts, ends - starts
 
 
 def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +127,7 @@ def encode_int32(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     tok_hash, tok_start = _piece_tokens(dic.dictionary.to_pylist(), p)
     occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     occ_tokens = np.diff(tok_start)[occ]
-    h = tok_hash[_ranges(tok_start[occ], occ_tokens)]
+    h = tok_hash[ranges(tok_start[occ], occ_tokens)[0]]
     row = np.repeat(piece_rows, occ_tokens)
     full = np.bincount(row, minlength=n).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     text_start = np.zeros(n, dtype=np.int64)

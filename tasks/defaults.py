@@ -18,12 +18,11 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
-from trainkite.snapshot import iter_snapshot
+from trainkite.snapshot import iter_snapshot, split_texts
 
 # Statistics read at most this many training texts (a deterministic stride sample); beyond that the
 # vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
@@ -98,14 +97,8 @@ def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = Non
         if labels is None:
             kept = pc.filter(batch.column(1), pc.not_equal(split, "evaluation"))
             seen_labels.update(pc.unique(kept).to_pylist())
-    n, step = counts["train"], _stride(counts["train"])
-    sample: list[str] = []
-    position = 0  # index of the batch's first training row among all training rows
-    for batch in iter_snapshot(snapshot, columns=("split", "text")):
-        texts = pc.filter(batch.column(1), pc.equal(batch.column(0), "train"))
-        first = -position % step  # the first row of this batch on the stride
-        sample.extend(texts.take(pa.array(range(first, len(texts), step), type=pa.int64())).to_pylist())
-        position += len(texts)
+    n = counts["train"]
+    sample = split_texts(snapshot, "train", every=_stride(n))
     return _stats(sample, n, counts["validation"], labels or len(seen_labels), ngram_max)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -45,11 +46,15 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def split_texts(path: str | Path, split: str) -> list[str]:
-    """The texts of one split, in the snapshot's order, read without the other splits' rows or columns."""
+def split_texts(path: str | Path, split: str, every: int = 1) -> list[str]:
+    """The texts of one split, in the snapshot's order (with `every` > 1, its 0th, every-th, ... text: a
+    deterministic stride sample), read batch by batch without the other splits' rows or columns."""
     texts: list[str] = []
+    position = 0  # the index, within the split, of the batch's first text of it
     for batch in iter_snapshot(path, columns=("split", "text")):
-        texts.extend(batch.column(1).filter(pc.equal(batch.column(0), split)).to_pylist())
+        rows = batch.column(1).filter(pc.equal(batch.column(0), split))
+        texts.extend(rows.take(pa.array(range(-position % every, len(rows), every), type=pa.int64())).to_pylist())
+        position += len(rows)
     return texts
 
 
