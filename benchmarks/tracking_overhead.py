@@ -34,8 +34,14 @@ from cli.prefect_server import begin_api, ensure_api
 begin_api()
 from flows.train import train
 ensure_api()
+try:  # as `trainkite train` runs it, where the code has it
+    from cli.prefect_server import local_flow_run
+except ImportError:
+    import contextlib
+    local_flow_run = contextlib.contextmanager(lambda flow: (yield flow))
 t0 = time.perf_counter()
-state = train(params=params, model_id=sys.argv[1], return_state=True)
+with local_flow_run(train) as run_flow:
+    state = run_flow(params=params, model_id=sys.argv[1], return_state=True)
 flow_s = time.perf_counter() - t0
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

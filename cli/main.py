@@ -372,9 +372,7 @@ def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = Fals
         handler = _ProgressHandler(progress)
         progress_logger.addHandler(handler)
         progress_logger.setLevel(logging.INFO)
-        from prefect import tags
-
-        from cli.prefect_server import run_tag
+        from cli.prefect_server import local_flow_run
 
         view = None if verbose or as_json else _TerminalView(handler)
         consoles = _console_handlers() if view else []
@@ -383,10 +381,8 @@ def _run_train(params, model_id: str, build, as_json: bool, verbose: bool = Fals
         if view:
             handler.line(f"training {model_id}  (every log line is in the Prefect UI; --verbose prints them here)")
         try:
-            # The tag names this process, so a later `trainkite server stop`/`status` can mark the run Crashed
-            # if this process is killed before it can report an end.
-            with contextlib.redirect_stdout(sys.stderr), tags(run_tag()):
-                return train_flow(params=params, model_id=model_id, build=build)
+            with contextlib.redirect_stdout(sys.stderr), local_flow_run(train_flow) as run_flow:
+                return run_flow(params=params, model_id=model_id, build=build)
         except Exception as e:
             if _api_gone(e):
                 raise TrainkiteError(
@@ -535,7 +531,7 @@ def server_prepare(as_json: JsonOpt = False) -> None:
 @server_app.command("stop")
 def server_stop(
     force: Annotated[
-        bool, typer.Option("--force", help="Stop even while flow runs are active (they are marked Crashed first).")
+        bool, typer.Option("--force", help="Stop even while flow runs are active: local runs are interrupted first (as Ctrl-C), the rest marked Crashed.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -103,11 +103,15 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (an exited one its parent has not reaped yet, a zombie, does not)."""
     try:
         os.kill(pid, 0)
-        return True
     except OSError:
         return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _free_port(preferred: int = 4200) -> int:
@@ -222,6 +226,11 @@ def _wait(state: dict, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _healthy(state["url"]):
+            # A server that has just come up: the runs its previous life left Running, whose processes are gone
+            # (killed with it, or after their client gave up on it), are recorded Crashed now, not only at the
+            # next `server status`.
+            with contextlib.suppress(Exception):
+                reap_orphans(state["url"])
             return {**state, "healthy": True}
         if not _alive(state["pid"]):
             raise TrainkiteError(f"the local Prefect server exited; see {state.get('log')}")
@@ -248,17 +257,77 @@ def run_tag(pid: int | None = None) -> str:
     return f"{PID_TAG}{pid}:{_proc_started(pid)}@{socket.gethostname()}"
 
 
-def _process_gone(tag: str) -> bool:
-    """True when the tag names a process on this host that no longer runs (pid dead, or reused)."""
+def _tag_with_process(flow, flow_run, state) -> None:
+    """on_running hook: put this process's tag on the flow run (see `run_tag`)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=sorted({*(flow_run.tags or []), run_tag()}))
+
+
+@contextlib.contextmanager
+def local_flow_run(flow):
+    """Around a flow that a CLI command runs in-process; yields the flow to call.
+
+    - The flow run is tagged with this process (a later `server stop`/`status` marks it Crashed if the process
+      is killed before it reports an end). The tag goes on the flow run only, through an on_running hook: a tag
+      in Prefect's `tags()` context lands on every task run too, and each tagged task run asks the API for
+      that tag's concurrency slots first (an extra write that waited 2 s on the SQLite server in half of the
+      demo runs measured).
+    - No flow-run heartbeats unless something watches them: Prefect's heartbeat thread sleeps in 1 s steps and
+      is joined at the flow's end (up to a second of every command). Only the stale-run automation reads
+      heartbeats, and only for runs of a Buildkite build; a laptop's run is reaped through its tag. Inside a
+      Buildkite job, or when PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set, Prefect's own setting stands.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    watched = os.environ.get("BUILDKITE") == "true" or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ
+    beats = contextlib.nullcontext() if watched else temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    with beats:
+        yield flow.with_options(on_running=[*flow.on_running_hooks, _tag_with_process])
+
+
+def _tagged_process(tag: str) -> tuple[int, bool] | None:
+    """(pid, still running) for a pid tag naming a process on this host; None for another host's or an odd tag."""
     try:
         pid_part, host = tag[len(PID_TAG) :].rsplit("@", 1)
         pid_s, started = pid_part.split(":", 1)
         pid = int(pid_s)
     except ValueError:
-        return False
+        return None
     if host != socket.gethostname():
-        return False  # another machine's process: not ours to judge
-    return not _alive(pid) or (started != "" and _proc_started(pid) not in ("", started))
+        return None  # another machine's process: not ours to judge
+    return pid, _alive(pid) and (started == "" or _proc_started(pid) in ("", started))
+
+
+def _process_gone(tag: str) -> bool:
+    """True when the tag names a process on this host that no longer runs (pid dead, or reused)."""
+    proc = _tagged_process(tag)
+    return proc is not None and not proc[1]
+
+
+# How long `server stop --force` gives interrupted runs to report their own end before it marks them Crashed.
+INTERRUPT_WAIT_S = 30.0
+
+
+def interrupt_local_runs(runs: list[dict], wait_s: float = INTERRUPT_WAIT_S) -> list[int]:
+    """Interrupt (SIGINT, as Ctrl-C does) the live local processes of `runs` and wait for them to exit; the
+    pids signalled. Each then ends its own run while the API still answers: Crashed, its scratch and last
+    checkpoint kept, its resume command printed, instead of retrying a gone API for minutes."""
+    pids = []
+    for run in runs:
+        for tag in run["tags"]:
+            proc = _tagged_process(tag) if tag.startswith(PID_TAG) else None
+            if proc and proc[1] and proc[0] != os.getpid():
+                try:
+                    os.kill(proc[0], signal.SIGINT)
+                    pids.append(proc[0])
+                except OSError:
+                    pass
+    deadline = time.monotonic() + wait_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
 
 
 def _api(url: str, method: str, path: str, body: dict | None = None):
@@ -325,6 +394,8 @@ def stop(force: bool = False) -> bool:
                 f"{' ...' if len(active) > 5 else ''}; stopping it would strand them. Wait for "
                 "them, cancel them in the UI, or run `trainkite server stop --force`"
             )
+        if active and interrupt_local_runs(active):
+            active = active_runs(current["url"])  # the interrupted ones reported their own end
         for run in active:
             mark_crashed(
                 current["url"],

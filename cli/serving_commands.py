@@ -117,7 +117,7 @@ def deploy(
         params = load_cli_params(params_file, [*(overrides or []), *_flag_overrides(root, image)])
         _preflight(params, model_id, target, port, allow_older)
         configure_quiet_offline_env()
-        from cli.prefect_server import begin_api, ensure_api
+        from cli.prefect_server import begin_api, ensure_api, local_flow_run
 
         begin_api()  # the server comes up while the flow's imports load
         from flows.deploy import deploy as deploy_flow
@@ -130,8 +130,8 @@ def deploy(
             # Serving first, recorded second: the log never says "deployed" for a server that did not start.
             served = cli_local.start(model_id, port, params.artifacts.root)
         try:
-            with contextlib.redirect_stdout(sys.stderr):
-                result = deploy_flow(
+            with contextlib.redirect_stdout(sys.stderr), local_flow_run(deploy_flow) as run_flow:
+                result = run_flow(
                     model_id=model_id,
                     target=target,
                     params=params,

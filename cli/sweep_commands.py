@@ -65,7 +65,7 @@ def sweep(
         from trainkite.home import configure_quiet_offline_env
 
         configure_quiet_offline_env()
-        from cli.prefect_server import begin_api, ensure_api
+        from cli.prefect_server import begin_api, ensure_api, local_flow_run
 
         begin_api()  # the server comes up while the flow's imports load
         from flows.sweep import sweep as sweep_flow
@@ -76,8 +76,8 @@ def sweep(
         from cli.sweep_view import SweepView
 
         view = contextlib.nullcontext() if verbose or as_json else SweepView(plan)
-        with contextlib.redirect_stdout(sys.stderr), view:
-            state = sweep_flow(
+        with contextlib.redirect_stdout(sys.stderr), view, local_flow_run(sweep_flow) as run_flow:
+            state = run_flow(
                 params=params,
                 grid=parsed,
                 random=random,

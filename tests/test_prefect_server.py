@@ -64,3 +64,61 @@ def test_begin_api_starts_in_the_background_and_ensure_api_waits_then_reuses(tmp
         assert ps.stop() is True
     assert ps.status() is None
     assert ps.stop() is False
+
+
+def _events(url: str, run_id, names: list[str]) -> list[str]:
+    r = requests.post(
+        f"{url}/events/filter",
+        json={
+            "filter": {"event": {"name": names}, "resource": {"id": [f"prefect.flow-run.{run_id}"]}},
+            "limit": 50,
+        },
+        timeout=10,
+    )
+    r.raise_for_status()
+    return [e["event"] for e in r.json()["events"]]
+
+
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_local_commands_flow_run_names_its_process_and_sends_heartbeats_only_when_watched(
+    prefect_api, monkeypatch, watched
+):
+    """Prefect joins its heartbeat thread, which sleeps in 1 s steps, at every flow's end. A laptop's run is
+    reaped through its pid tag, so it sends none; a Buildkite job's run (or one whose environment asks) does."""
+    import time
+
+    from prefect import flow, task
+
+    if watched:
+        monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    else:
+        monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+        monkeypatch.delenv("BUILDKITE", raising=False)
+
+    @task(name="probe-step")
+    def step():
+        return 1
+
+    @flow(name="heartbeat-probe")
+    def probe():
+        return step()
+
+    with ps.local_flow_run(probe) as run:
+        state = run(return_state=True)
+    run_id = state.state_details.flow_run_id
+    deadline = time.monotonic() + 30
+    seen: list[str] = []
+    while time.monotonic() < deadline:  # events reach the server asynchronously; the final one comes last
+        seen = _events(prefect_api, run_id, ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed"])
+        if "prefect.flow-run.Completed" in seen and (not watched or "prefect.flow-run.heartbeat" in seen):
+            break
+        time.sleep(0.5)
+    assert "prefect.flow-run.Completed" in seen
+    assert ("prefect.flow-run.heartbeat" in seen) is watched, seen
+    tags = requests.get(f"{prefect_api}/flow_runs/{run_id}", timeout=10).json()["tags"]
+    assert ps.run_tag() in tags, "the flow run names its process"
+    task_runs = requests.post(
+        f"{prefect_api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [str(run_id)]}}}, timeout=10
+    ).json()
+    assert [t["name"].rsplit("-", 1)[0] for t in task_runs] == ["probe-step"]
+    assert ps.run_tag() not in task_runs[0]["tags"], "a tagged task run asks the API for concurrency slots first"

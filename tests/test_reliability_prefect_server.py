@@ -77,7 +77,9 @@ def test_four_first_starts_make_one_server_and_stop_guards_active_runs(tmp_path)
         url = states[0]["url"]
 
         flow_id = requests.post(f"{url}/flows/", json={"name": "reliability-probe"}, timeout=10).json()["id"]
-        alive = _run(url, flow_id, "still-training", ps.run_tag(os.getpid()))
+        # A live process that does not report to the API (it only exits on SIGINT), standing in for a run.
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stderr=subprocess.DEVNULL)
+        alive = _run(url, flow_id, "still-training", ps.run_tag(sleeper.pid))
         dead_proc = subprocess.Popen(["true"])
         dead_proc.wait()
         killed = _run(url, flow_id, "was-killed", f"{ps.PID_TAG}{dead_proc.pid}:1@{os.uname().nodename}")
@@ -94,13 +96,42 @@ def test_four_first_starts_make_one_server_and_stop_guards_active_runs(tmp_path)
         assert "Traceback" not in refused.stderr
         assert requests.get(f"{url}/health", timeout=5).status_code == 200
 
-        # --force stops it, and the run does not stay Running for good on a server that is gone.
+        # --force interrupts the run's process, then marks what did not report its own end Crashed: no run
+        # stays Running for good on a server that is gone.
         forced = _tk(home, "server", "stop", "--force", "--json")
         assert forced.returncode == 0 and json.loads(forced.stdout) == {"stopped": True}, forced.stderr
+        assert sleeper.wait(10) != 0, "the run's process was interrupted"
         assert _servers_of(home / "prefect") == []
         restarted = json.loads(_tk(home, "server", "start", "--json").stdout)
         state = _state(restarted["url"], alive)
         assert state["type"] == "CRASHED" and "--force" in state["message"]
+    finally:
+        _tk(home, "server", "stop", "--force", timeout=120)
+
+
+def test_a_server_that_comes_back_records_the_runs_its_killed_life_left_running(tmp_path):
+    """The server is SIGKILLed (nothing reaps then) with a run whose process is gone; the next start marks it."""
+    import signal
+
+    home = tmp_path / "home"
+    try:
+        first = json.loads(_tk(home, "server", "start", "--json").stdout)
+        url = first["url"]
+        flow_id = requests.post(f"{url}/flows/", json={"name": "reliability-probe"}, timeout=10).json()["id"]
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        orphan = _run(url, flow_id, "left-running", f"{ps.PID_TAG}{dead.pid}:1@{os.uname().nodename}")
+        os.killpg(first["pid"], signal.SIGKILL)
+        for _ in range(100):
+            if not _servers_of(home / "prefect"):
+                break
+            import time
+
+            time.sleep(0.1)
+        second = json.loads(_tk(home, "server", "start", "--json").stdout)
+        assert second["pid"] != first["pid"]
+        state = _state(second["url"], orphan)
+        assert state["type"] == "CRASHED" and "is gone" in state["message"], state
     finally:
         _tk(home, "server", "stop", "--force", timeout=120)
 
@@ -115,3 +146,48 @@ def test_a_damaged_state_file_is_no_server(tmp_path, monkeypatch):
 @pytest.mark.parametrize("tag, gone", [(f"{ps.PID_TAG}1:@elsewhere", False), ("trainkite-pid:x", False)])
 def test_other_hosts_and_odd_tags_are_left_alone(tag, gone):
     assert ps._process_gone(tag) is gone
+
+
+def test_stop_force_during_a_training_ends_it_at_once_and_it_reports_its_own_end(tmp_path):
+    """A real `trainkite train` against the home's local server: `server stop --force` interrupts it as Ctrl-C
+    would, so it ends while the API still answers (Crashed, resume command, exit 130, valid --json) instead of
+    retrying a gone API for minutes."""
+    import time
+
+    from tests.buildkite_e2e_helpers import SMALL
+
+    home = tmp_path / "home"
+    try:
+        started = json.loads(_tk(home, "server", "start", "--json").stdout)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        train = subprocess.Popen(
+            [sys.executable, "-m", "cli", "train", *(a for o in SMALL for a in ("--set", o)), "--set", "train.epochs=200",
+             "--set", "train.batch_size=2", "--set", "train.patience=0", "--model-id", "stopped-1", "--json"],
+            cwd=REPO,
+            env={**env, "TRAINKITE_HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        state = home / "artifacts" / "_scratch" / "sentiment" / "stopped-1" / "checkpoints" / "last.json"
+        deadline = time.monotonic() + 240
+        while not state.is_file() and time.monotonic() < deadline and train.poll() is None:
+            time.sleep(0.1)
+        assert state.is_file(), train.communicate()[1][-3000:]
+
+        forced = _tk(home, "server", "stop", "--force", "--json")
+        assert forced.returncode == 0, forced.stderr
+        out, err = train.communicate(timeout=30)  # ended by the stop, not by minutes of client retries
+        assert train.returncode == 130, err[-3000:]
+        assert json.loads(out)["error"] == "interrupted" and "--model-id stopped-1" in json.loads(out)["resume"]
+        assert "Traceback" not in err
+        assert state.is_file(), "the checkpoint a resume needs is kept"
+
+        url = json.loads(_tk(home, "server", "start", "--json").stdout)["url"]
+        assert url == started["url"] or url
+        runs = requests.post(f"{url}/flow_runs/filter", json={"limit": 20}, timeout=10).json()
+        (run,) = [r for r in runs if "stopped-1" in json.dumps(r.get("parameters", {}))]
+        assert run["state"]["type"] == "CRASHED", run["state"]
+        assert "--force" not in (run["state"]["message"] or ""), "the run reported its own end"
+    finally:
+        _tk(home, "server", "stop", "--force", timeout=120)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.fixtures_models import trained_model_dir  # noqa: F401
 from trainkite import manifest as mf
 from trainkite.errors import IntegrityError, UserInputError
 from trainkite.store import LocalStore, StoreError
@@ -152,3 +153,54 @@ def test_store_error_names_the_advice():
 
     e = disk_error("write x", OSError(errno.ENOSPC, "No space left on device", "/s/x"))
     assert isinstance(e, StoreError) and "No space left on device (/s/x); the disk is full" in str(e)
+
+
+# Runs inside its own mount namespace (`unshare -m`): a tmpfs holding a copy of a store, remounted read-only,
+# so permission bits cannot be bypassed by root; nothing of it outlives the namespace.
+_READ_ONLY = r"""
+import json, shutil, subprocess, sys
+store, mount, model_id, *train = sys.argv[1:]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mount], check=True)
+shutil.copytree(store, mount, dirs_exist_ok=True)
+subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+def cli(*args):
+    p = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
+    return {"rc": p.returncode, "out": p.stdout, "err": p.stderr}
+print(json.dumps({
+    "models": cli("models", "--root", mount, "--json"),
+    "predict": cli("predict", model_id, "--root", mount, "--text", "the pay is fair", "--json"),
+    "verify": cli("verify", model_id, "--root", mount, "--json"),
+    "train": cli("train", *train, "--set", f"artifacts.root={json.dumps(mount)}", "--model-id", "ro-2", "--json"),
+}))
+"""
+
+
+def test_a_read_only_store_serves_its_models_and_refuses_a_training_by_name(trained_model_dir, tmp_path):
+    from tests.buildkite_e2e_helpers import SMALL
+
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"needs a private mount namespace (unshare -m as root): {probe.stderr.decode().strip()}")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    train = [a for o in SMALL for a in ("--set", o)]
+    out = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", _READ_ONLY, str(trained_model_dir.parent.parent), str(mount),
+         "base-1", *train],
+        cwd=REPO,
+        env={**os.environ, "TRAINKITE_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout)
+    assert r["models"]["rc"] == 0 and [m["model_id"] for m in json.loads(r["models"]["out"])["models"]] == ["base-1"]
+    assert r["predict"]["rc"] == 0, r["predict"]["err"][-2000:]
+    assert json.loads(r["predict"]["out"])["predictions"][0]["model_id"] == "base-1"
+    assert r["verify"]["rc"] == 0, r["verify"]["err"][-2000:]
+    train_out = r["train"]
+    assert train_out["rc"] == 1, train_out["err"][-3000:]
+    error = json.loads(train_out["out"])["error"]
+    assert "Read-only file system" in error and str(mount) in error and "writable artifacts.root" in error, error
+    assert "Traceback" not in train_out["err"]
