@@ -18,6 +18,8 @@ module starts from ``ECSWorker.get_default_base_job_template()`` and adds:
   ``match_latest_revision_in_family`` (no task definition revision per run) and CloudWatch
   logs in the stack's log group (``awslogs-create-group`` off: the log group exists and
   the roles may not create groups);
+* ``TRAINKITE_DOCKER_IMAGE`` in the container's environment, the ``image`` variable, so every model's
+  lineage names the image it was trained in;
 * a ``secrets`` variable (``[{"name": "WANDB_API_KEY", "valueFrom": "<secret ARN>"}]``)
   so API keys reach the container as ECS secrets, by ARN, never as plain env values.
 
@@ -104,6 +106,8 @@ def gpu_base_job_template(
     container["resourceRequirements"] = [{"type": "GPU", "value": "{{ gpu_count }}"}]
     container["secrets"] = "{{ secrets }}"
     container["linuxParameters"] = {"sharedMemorySize": "{{ shared_memory_mib }}"}
+    # The image a model was trained in goes into its lineage (trainkite.lineage), as the Batch job definition does.
+    container["environment"] = [{"name": "TRAINKITE_DOCKER_IMAGE", "value": "{{ image }}"}]
 
     # --- run request: capacity provider strategy, never a launch type -----------------
     config["task_run_request"].pop("launchType", None)

@@ -138,6 +138,7 @@ def test_rendered_requests_are_valid_ecs_calls(ecs_model):
     assert task_definition["requiresCompatibilities"] == ["EC2"]
     assert task_definition["executionRoleArn"] == VALUES["execution_role_arn"]
     assert container["image"] == VALUES["image"]
+    assert container["environment"] == [{"name": "TRAINKITE_DOCKER_IMAGE", "value": VALUES["image"]}]
     # non-Fargate: the worker also puts cpu/memory on the container
     assert (container["cpu"], container["memory"]) == (G5_XLARGE_CPU, G5_XLARGE_MEMORY_MIB)
     assert container["linuxParameters"]["sharedMemorySize"] == 2048

@@ -432,3 +432,88 @@ def test_local_container_pool_runs_the_train_flow_in_the_train_image(images, pre
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def test_train_image_runs_the_ecs_task_the_gpu_pool_renders(images, aws, prefect_api, tmp_path):
+    """A flow run of the `train-ecs-gpu` deployment, rendered by prefect-aws's own ECS worker code into the
+    RegisterTaskDefinition and RunTask requests it would send; then the train image run with exactly that
+    container's command and environment (secrets as ECS injects them), against moto's S3 and our Prefect.
+    What stands in for AWS: the engine instead of an ECS agent, and CPU instead of the GPU."""
+    import asyncio
+
+    import boto3
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect_aws.workers.ecs_worker import ECSJobConfiguration, ECSWorker
+
+    from deployments.apply import apply
+    from deployments.specs import ECS_POOL
+    from tests.conftest import small_params
+
+    report = apply()
+    assert any(p["name"] == ECS_POOL and p["status"] != "skipped" for p in report["pools"]), report["pools"]
+    bucket = "ecs-" + uuid.uuid4().hex[:8]
+    boto3.client("s3", endpoint_url=aws).create_bucket(Bucket=bucket)
+    params = small_params(**{"artifacts.root": f"s3://{bucket}/models", "train.device": "cpu"}).model_dump(mode="json")
+    wandb_secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:trainkite/wandb-api-key-AbCdEf"
+    flow_run = run_deployment(
+        "train/train-ecs-gpu",
+        parameters={"params": params, "model_id": "ecs-1"},
+        job_variables={
+            "image": images["train"],
+            "execution_role_arn": "arn:aws:iam::123456789012:role/trainkite-TrainingExecutionRole",
+            "task_role_arn": "arn:aws:iam::123456789012:role/trainkite-TrainingTaskRole",
+            "secrets": [{"name": "WANDB_API_KEY", "valueFrom": wandb_secret}],
+        },
+        timeout=0,
+    )
+
+    async def render():
+        async with get_client() as client:
+            pool = await client.read_work_pool(ECS_POOL)
+            configuration = await ECSJobConfiguration.resolve_for_flow_run(
+                flow_run, client=client, work_pool=pool, worker_name="test-ecs"
+            )
+        worker = ECSWorker(work_pool_name=ECS_POOL)
+        task_definition = worker._prepare_task_definition(configuration, region="us-east-1", flow_run=flow_run)
+        arn = "arn:aws:ecs:us-east-1:123456789012:task-definition/prefect_trainkite-gpu:1"
+        return task_definition, worker._prepare_task_run_request(
+            configuration, task_definition, arn, new_task_definition_registered=True
+        )
+
+    task_definition, run_request = asyncio.run(render())
+    (container,) = task_definition["containerDefinitions"]
+    (override,) = run_request["overrides"]["containerOverrides"]
+    assert container["image"] == images["train"]
+    env = {e["name"]: e["value"] for e in [*container.get("environment", []), *override.get("environment", [])]}
+    canary = "canary-" + uuid.uuid4().hex
+    for secret in container.get("secrets", []):
+        env[secret["name"]] = canary  # ECS resolves each ARN into the container's environment
+    assert env["WANDB_API_KEY"] == canary and env["PREFECT__FLOW_RUN_ID"] == str(flow_run.id)
+    assert env["TRAINKITE_DOCKER_IMAGE"] == images["train"], "the model's lineage names the image it ran in"
+    # What the task role and ECS give a task: credentials (moto's), the region; our servers on the host.
+    env.update(
+        {
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret",
+            "AWS_ENDPOINT_URL": aws,
+            "WANDB_MODE": "offline",  # no W&B server here (tracking is off in these params anyway)
+        }
+    )
+    command = override.get("command") or container.get("command")
+    c = Container(images["train"], *command, env=env)
+    try:
+        code = c.wait(timeout=900)
+        logs = c.logs()
+    finally:
+        c.remove()
+    assert code == 0, logs[-5000:]
+    assert canary not in logs
+
+    run = requests.get(f"{prefect_api}/flow_runs/{flow_run.id}", timeout=10).json()
+    assert run["state"]["type"] == "COMPLETED", (run["state"], logs[-3000:])
+    s3 = boto3.client("s3", endpoint_url=aws)
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="models/sentiment/ecs-1/manifest.json")["Body"].read())
+    assert manifest["lineage"]["docker_image"] == images["train"]
+    assert manifest["lineage"]["git"]["commit"] == images["train"].rsplit(":", 1)[1]
