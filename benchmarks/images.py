@@ -320,6 +320,13 @@ def main() -> None:
                         p.wait(timeout=60)
         r["machine"]["load_avg_end"] = os.getloadavg()
     finally:
+        if args.train_models:  # the trainings started the temporary home's local Prefect server
+            subprocess.run(
+                [str(Path(sys.executable).parent / "trainkite"), "server", "stop", "--force"],
+                env={**os.environ, "TRAINKITE_HOME": str(tmp / "home")},
+                capture_output=True,
+                timeout=120,
+            )
         shutil.rmtree(tmp, ignore_errors=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "images.json").write_text(json.dumps(r, indent=2))
