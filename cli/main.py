@@ -531,7 +531,12 @@ def server_prepare(as_json: JsonOpt = False) -> None:
 @server_app.command("stop")
 def server_stop(
     force: Annotated[
-        bool, typer.Option("--force", help="Stop even while flow runs are active: local runs are interrupted first (as Ctrl-C), the rest marked Crashed.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Stop even while flow runs are active: local runs are interrupted first (as Ctrl-C), "
+            "the rest marked Crashed.",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -207,7 +207,13 @@ def confusion_request(report: EvalReport, labels: list[str]) -> dict | None:
         for j, count in enumerate(row):
             y_true += [i] * count
             y_pred += [j] * count
-    return {"key": f"{split}_confusion", "title": f"{split} confusion", "labels": labels, "y_true": y_true, "y_pred": y_pred}
+    return {
+        "key": f"{split}_confusion",
+        "title": f"{split} confusion",
+        "labels": labels,
+        "y_true": y_true,
+        "y_pred": y_pred,
+    }
 
 
 DATA_FILES = ("data/snapshot.parquet", "data/source.json")

@@ -158,11 +158,25 @@ def test_stop_force_during_a_training_ends_it_at_once_and_it_reports_its_own_end
 
     home = tmp_path / "home"
     try:
-        started = json.loads(_tk(home, "server", "start", "--json").stdout)
+        assert _tk(home, "server", "start", "--json").returncode == 0
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         train = subprocess.Popen(
-            [sys.executable, "-m", "cli", "train", *(a for o in SMALL for a in ("--set", o)), "--set", "train.epochs=200",
-             "--set", "train.batch_size=2", "--set", "train.patience=0", "--model-id", "stopped-1", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "train",
+                *(a for o in SMALL for a in ("--set", o)),
+                "--set",
+                "train.epochs=200",
+                "--set",
+                "train.batch_size=2",
+                "--set",
+                "train.patience=0",
+                "--model-id",
+                "stopped-1",
+                "--json",
+            ],
             cwd=REPO,
             env={**env, "TRAINKITE_HOME": str(home)},
             stdout=subprocess.PIPE,
@@ -184,7 +198,6 @@ def test_stop_force_during_a_training_ends_it_at_once_and_it_reports_its_own_end
         assert state.is_file(), "the checkpoint a resume needs is kept"
 
         url = json.loads(_tk(home, "server", "start", "--json").stdout)["url"]
-        assert url == started["url"] or url
         runs = requests.post(f"{url}/flow_runs/filter", json={"limit": 20}, timeout=10).json()
         (run,) = [r for r in runs if "stopped-1" in json.dumps(r.get("parameters", {}))]
         assert run["state"]["type"] == "CRASHED", run["state"]

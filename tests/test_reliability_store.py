@@ -175,7 +175,7 @@ print(json.dumps({
 """
 
 
-def test_a_read_only_store_serves_its_models_and_refuses_a_training_by_name(trained_model_dir, tmp_path):
+def test_a_read_only_store_serves_its_models_and_refuses_a_training_by_name(trained_model_dir, tmp_path):  # noqa: F811
     from tests.buildkite_e2e_helpers import SMALL
 
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
@@ -185,8 +185,17 @@ def test_a_read_only_store_serves_its_models_and_refuses_a_training_by_name(trai
     mount.mkdir()
     train = [a for o in SMALL for a in ("--set", o)]
     out = subprocess.run(
-        ["unshare", "-m", sys.executable, "-c", _READ_ONLY, str(trained_model_dir.parent.parent), str(mount),
-         "base-1", *train],
+        [
+            "unshare",
+            "-m",
+            sys.executable,
+            "-c",
+            _READ_ONLY,
+            str(trained_model_dir.parent.parent),
+            str(mount),
+            "base-1",
+            *train,
+        ],
         cwd=REPO,
         env={**os.environ, "TRAINKITE_HOME": str(tmp_path / "home")},
         capture_output=True,

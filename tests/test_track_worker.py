@@ -107,12 +107,12 @@ def test_a_changed_wandb_environment_gets_a_new_worker(worker_env, monkeypatch):
 
 def test_the_training_process_never_imports_wandb(tmp_path):
     """The point of the worker: W&B's import (a second of bytecode under the GIL) runs in another process."""
-    code = f"""
+    code = """
 import json, sys
 from tasks import track
 req = json.loads(sys.argv[1])
 reply = track._get_worker().request(req)
-print(json.dumps({{"run_id": reply["run_id"], "wandb_imported": "wandb" in sys.modules}}))
+print(json.dumps({"run_id": reply["run_id"], "wandb_imported": "wandb" in sys.modules}))
 """
     (tmp_path / "wandb").mkdir()
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb")}
