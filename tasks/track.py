@@ -58,11 +58,14 @@ class _Worker:
 
     def _read_replies(self) -> None:
         for line in self.proc.stdout:
-            self.replies.put(json.loads(line))
+            try:
+                self.replies.put(json.loads(line))
+            except ValueError:  # the protocol is one JSON object per line; anything else is noise
+                log.debug("wandb worker: %s", line.rstrip())
         self.replies.put(None)
 
     def _read_stderr(self) -> None:
-        # W&B's own output stays out of the terminal (the worker's stderr is a pipe); --verbose shows it.
+        # W&B's own output stays out of the terminal (the worker's stderr is a pipe), at debug level here.
         for line in self.proc.stderr:
             self.stderr_tail.append(line.rstrip())
             log.debug("wandb: %s", line.rstrip())
