@@ -127,6 +127,13 @@ class Container:
     def remove(self) -> None:
         _engine_run("rm", "-f", self.name, check=False)
 
+    def run_to_end(self, timeout: float) -> tuple[int, str]:
+        """Wait for the container to exit; (exit code, logs), the container removed either way."""
+        try:
+            return self.wait(timeout=timeout), self.logs()
+        finally:
+            self.remove()
+
 
 def _sagemaker_model_dir(folder: Path, dest: Path) -> Path:
     """What SageMaker puts at /opt/ml/model: the deploy step's model.tar.gz, extracted; readable by uid 10001."""
@@ -302,12 +309,7 @@ def test_train_image_runs_the_batch_job_definition(images, aws, prefect_api, tmp
             "PREFECT_API_URL": prefect_api,
         }
     )
-    c = Container(images["train"], *command, env=env)
-    try:
-        code = c.wait(timeout=900)
-        logs = c.logs()
-    finally:
-        c.remove()
+    code, logs = Container(images["train"], *command, env=env).run_to_end(timeout=900)
     assert code == 0, logs[-5000:]
     for name in ("WANDB_API_KEY", "BUILDKITE_API_TOKEN"):
         assert env[name] not in logs
@@ -502,12 +504,7 @@ def test_train_image_runs_the_ecs_task_the_gpu_pool_renders(images, aws, prefect
         }
     )
     command = override.get("command") or container.get("command")
-    c = Container(images["train"], *command, env=env)
-    try:
-        code = c.wait(timeout=900)
-        logs = c.logs()
-    finally:
-        c.remove()
+    code, logs = Container(images["train"], *command, env=env).run_to_end(timeout=900)
     assert code == 0, logs[-5000:]
     assert canary not in logs
 
