@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Failed, State
 
 from params.model import DEFAULT_PARAMS_FILE, Params, load_params
 from flows import deploy_steps as steps
@@ -32,7 +33,7 @@ def deploy(
     approval_timeout_s: int = 3600,
     allow_older: bool = False,
     local_port: int = 8080,
-) -> dict:
+) -> dict | State:
     """Put one published, verified model live on a target.
 
     Args:
@@ -53,10 +54,14 @@ def deploy(
     if require_approval:
         answer = _await_approval(params, candidate, live, target, endpoint, approval_timeout_s)
         if answer is None:
-            # The expired pause makes Prefect fail this run whatever it does next ("never resumed"), and
-            # may refuse new task runs: record with the plain function, outside orchestration.
+            # Once the pause expires, Prefect's server may fail the run at any moment (its pause-expiry
+            # service) and refuses new task runs: record with the plain function, outside orchestration,
+            # and end Failed ourselves so the run's final state does not depend on that service's timing.
             steps.record.fn(params, candidate, target, endpoint, "approval_timeout", live, approval)
-            return {"deployed": False, "status": "approval_timeout"}
+            return Failed(
+                message=f"nobody approved {candidate.model_id} within {approval_timeout_s} s: not deployed",
+                data={"deployed": False, "status": "approval_timeout"},
+            )
         if not answer.approve:
             entry = steps.record(
                 params, candidate, target, endpoint, "rejected", live, {**approval, "approval_note": answer.note}
