@@ -45,32 +45,69 @@ def database_template() -> Path:
     return cache / "trainkite" / f"prefect-{importlib.metadata.version('prefect')}.db"
 
 
-def prepare_database() -> Path:
-    """Run Prefect's own migrations once into an empty database kept as a template.
+# The schema of an empty database as Prefect's migrations leave it, for the pinned Prefect (`requirements.lock`):
+# executing it takes 0.2 s where the migrations take 15-20 s of a fresh install. Its first line names the Prefect
+# version it was dumped from; any other version migrates as before. `tests/test_prefect_server.py` checks it
+# against a real migration (regenerate with `python -m cli.prefect_server --write-schema`).
+SCHEMA_SNAPSHOT = Path(__file__).with_name("prefect_schema.sql")
 
-    Migrating a new SQLite database is most of a first server start (6-7 s of 10 here); every new
-    TRAINKITE_HOME (and test session) then starts from a copy. The install script calls this.
+
+def _snapshot_sql() -> str | None:
+    """The shipped schema, when it was dumped from the installed Prefect."""
+    try:
+        text = SCHEMA_SNAPSHOT.read_text()
+    except OSError:
+        return None
+    first = text.split("\n", 1)[0]
+    return text if first == f"-- prefect {importlib.metadata.version('prefect')}" else None
+
+
+def migrate_empty_database(folder: Path) -> Path:
+    """`folder/prefect.db`, migrated by Prefect itself (its `server database upgrade`)."""
+    env = {**os.environ, "PREFECT_HOME": str(folder), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise TrainkiteError(f"preparing the Prefect database failed: {done.stderr.strip()[-800:]}")
+    return folder / "prefect.db"
+
+
+def schema_dump(db: Path) -> str:
+    """The database as SQL (schema and rows), with the Prefect version it belongs to on the first line."""
+    with sqlite3.connect(db) as conn:
+        body = "\n".join(conn.iterdump())
+    return f"-- prefect {importlib.metadata.version('prefect')}\n{body}\n"
+
+
+def prepare_database() -> Path:
+    """An empty database as Prefect's migrations leave it, kept as a template (one per Prefect version).
+
+    Migrating a new SQLite database is most of a first server start; every new TRAINKITE_HOME (and test session)
+    then starts from a copy. Built from the shipped schema snapshot when it matches the installed Prefect, else by
+    Prefect's own migrations. The install script calls this.
     """
     template = database_template()
     if template.is_file():
         return template
     template.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
-        env = {**os.environ, "PREFECT_HOME": tmp, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
-        done = subprocess.run(
-            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-            env=env,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise TrainkiteError(f"preparing the Prefect database failed: {done.stderr.strip()[-800:]}")
+        sql = _snapshot_sql()
+        if sql is None:
+            db = migrate_empty_database(Path(tmp))
+        else:
+            db = Path(tmp) / "prefect.db"
+            with sqlite3.connect(db) as conn:
+                conn.executescript(sql)
         partial = Path(tmp) / "template.db"
         # The backup API folds the write-ahead log in: one self-contained file.
-        with sqlite3.connect(Path(tmp) / "prefect.db") as src, sqlite3.connect(partial) as dst:
+        with sqlite3.connect(db) as src, sqlite3.connect(partial) as dst:
             src.backup(dst)
         os.replace(partial, template)  # atomic: a concurrent preparer never sees half a file
     return template
@@ -457,3 +494,12 @@ def ensure_api() -> str:
 _held: list = []
 # A server begun by begin_api that ensure_api still has to wait for.
 _pending: list[dict] = []
+
+
+if __name__ == "__main__":
+    # python -m cli.prefect_server --write-schema: refresh the schema snapshot after upgrading Prefect.
+    if sys.argv[1:] != ["--write-schema"]:
+        raise SystemExit("usage: python -m cli.prefect_server --write-schema")
+    with tempfile.TemporaryDirectory() as folder:
+        SCHEMA_SNAPSHOT.write_text(schema_dump(migrate_empty_database(Path(folder))))
+    print(SCHEMA_SNAPSHOT)

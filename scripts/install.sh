@@ -51,7 +51,8 @@ else
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -c requirements.lock -e ".${extras}"
 fi
-# Prefect's migrations of an empty database, once per Prefect version: a first local run starts ~6 s sooner.
+# An empty Prefect database (from the shipped schema, or Prefect's migrations), once per Prefect version: a first
+# local run starts ~6 s sooner.
 say "preparing the local Prefect database template"
 .venv/bin/trainkite server prepare >/dev/null
 if [ "${1:-}" = "--dev" ]; then
