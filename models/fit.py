@@ -44,6 +44,7 @@ class TrainedModel(BaseModel):
     epochs_run: int
     device: str
     resumed_from_epoch: int | None = None
+    refit: dict | None = None  # {"epochs", "rows", "train_loss"} when train.refit made the published weights
     train_seconds: float
     samples_per_second: float
 
@@ -243,12 +244,17 @@ def fit(
                 tracker.checkpoint_state(epoch, identity),
                 trainer.optimizer,
             )
+    final_state, refit = tracker.best_state, None
+    if tp.refit and tracker.best_epoch:
+        final_state, refit = refit_on_validation(make_trainer, params, features, store, workdir, device, tracker)
+        seen += refit["rows"] * refit["epochs"]
     elapsed = time.perf_counter() - started
     return finish_training(
         store,
         ref,
         workdir,
-        tracker.best_state,
+        final_state,
+        refit=refit,
         labels=features.labels,
         history=tracker.history,
         best_epoch=tracker.best_epoch,
@@ -257,6 +263,52 @@ def fit(
         elapsed=elapsed,
         seen=seen,
     )
+
+
+def with_validation_in_train(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays with the validation rows appended to the training rows, for any model kind's layout
+    (`<split>_<part>`; a ragged `_offsets` array indexes its split's `_ids`)."""
+    out = dict(arrays)
+    for key in arrays:
+        if not key.startswith("train_"):
+            continue
+        part = key[len("train_") :]
+        train, val = arrays[key], arrays[f"validation_{part}"]
+        if part == "offsets":
+            val = np.asarray(val, dtype=train.dtype) + len(arrays["train_ids"])
+        out[key] = np.concatenate([np.asarray(train), np.asarray(val)])
+    return out
+
+
+def refit_on_validation(
+    make_trainer: Callable[..., KindTrainer],
+    params: Params,
+    features: FeaturesRef,
+    store: ArtifactStore,
+    workdir: Path,
+    device: str,
+    tracker: EpochTracker,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The second fit of `train.refit`: from the same seed, on train + validation, for the epochs early stopping
+    chose, under the same rate schedule (the rate it had at that epoch); its last weights are the model's.
+
+    Nothing validates it (its validation rows are training rows now), so it is not checkpointed: a re-run
+    whose first fit is checkpointed as finished runs this again, to the same weights.
+    """
+    tp = params.train
+    gen = make_deterministic(tp.seed, tp.threads, device)
+    trainer = make_trainer(
+        params, with_validation_in_train(load_features(features, store, workdir)), features.labels, device, gen
+    )
+    log.info("refit: %d epochs on train + validation (%d rows)", tracker.best_epoch, trainer.n_train)
+    trainer.model.train()
+    for epoch in range(1, tracker.best_epoch + 1):
+        loss_sum = 0.0
+        for i, (rows, lr) in enumerate(epoch_batches(tp, trainer.n_train, epoch), 1):
+            loss_sum += trainer.step(rows, lr)
+            check_divergence(epoch, loss_sum / min(trainer.n_train, i * tp.batch_size), trainer.n_classes)
+    state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+    return state, {"epochs": tracker.best_epoch, "rows": trainer.n_train, "train_loss": loss_sum / trainer.n_train}
 
 
 # A model whose mean loss per row is this many times a uniform guess's (ln of the class count) is not
@@ -415,6 +467,7 @@ def finish_training(
     resumed: int | None,
     elapsed: float,
     seen: int,
+    refit: dict | None = None,
 ) -> TrainedModel:
     """Save the best weights, stage them in the store for re-runs, and describe the result (any model type)."""
     bad = non_finite_tensors(best_state)
@@ -436,6 +489,7 @@ def finish_training(
         epochs_run=len(history),
         device=device,
         resumed_from_epoch=resumed,
+        refit=refit,
         train_seconds=round(elapsed, 3),
         samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
     )

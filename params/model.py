@@ -154,6 +154,14 @@ class TrainParams(_Section):
         le=1000,
         description="Early stopping: epochs without validation improvement (0 = off). Unset = from the epochs.",
     )
+    refit: bool | None = Field(
+        None,
+        description=(
+            "After early stopping has picked the epoch on the validation split, train again from the same seed "
+            "on train + validation for that many epochs and publish those weights (the test split stays out). "
+            "Unset = from the row count (small data, where a tenth more rows is worth a second short fit)."
+        ),
+    )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
@@ -273,6 +281,7 @@ AUTO_KEYS: tuple[tuple[str, str], ...] = (
     ("train", "learning_rate"),
     ("train", "warmup_fraction"),
     ("train", "patience"),
+    ("train", "refit"),
 )
 
 

@@ -64,11 +64,20 @@ def evaluate(
     arrays = load_features(features, store, workdir)
     probs_of = split_scorer(trained, params, arrays, len(features.labels), store)
     metrics: dict = {"best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run, "history": trained.history}
+    if trained.refit:
+        # The refit trained on the validation rows: their honest score is the first fit's at its best epoch.
+        best = next(r for r in trained.history if r["epoch"] == trained.best_epoch)
+        metrics["refit"] = trained.refit
+        metrics["validation"] = {
+            "accuracy": best["val_accuracy"],
+            "macro_f1": best["val_macro_f1"],
+            "measured_on": f"the first fit at epoch {trained.best_epoch}, before the refit trained on these rows",
+        }
     plots: dict[str, str] = {}
     split_probs: dict[str, np.ndarray] = {}
     for split in ("validation", "test", "evaluation"):
         y = arrays[f"{split}_y"]
-        if len(y) == 0:
+        if len(y) == 0 or split in metrics:
             continue
         probs = split_probs[split] = probs_of(split)
         metrics[split] = score(y, probs, features.labels)

@@ -159,6 +159,7 @@ def small_params(**overrides):
         "train.learning_rate": 4.0,
         "train.warmup_fraction": 0.0,
         "train.patience": 4,
+        "train.refit": False,
         "preprocess.buckets": 4096,
         "model.embedding_dim": 16,
         "tracking.backend": "none",
