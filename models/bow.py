@@ -15,7 +15,7 @@ from torch import nn
 
 from models import features as bow_features
 from models.features import FEATURE_SCHEMA, FeaturesRef
-from models.fit import TrainedModel, fit, local_weights, sgd_step
+from models.fit import WINDOW_ROWS, TrainedModel, fit, local_weights, release_pages, sgd_step
 from models.metrics import score
 from params.model import Params, PreprocessParams
 from trainkite.errors import IntegrityError
@@ -94,6 +94,9 @@ class BowTrainer:
         self.fc_rate = math.sqrt(params.train.batch_size)
         self.n_train = len(arrays["train_offsets"])
         self.use_amp = device == "cuda" and params.train.amp
+        # Window by window (train.shuffle = "blocks"), the feature pages of the window just finished go back.
+        self.release_every = -(-WINDOW_ROWS // params.train.batch_size) if params.train.shuffle == "blocks" else 0
+        self.steps = 0
 
     def step(self, rows: np.ndarray, lr: float) -> float:
         tr_ids, tr_off = self.arrays["train_ids"], self.arrays["train_offsets"]
@@ -114,6 +117,9 @@ class BowTrainer:
         loss.backward()
         self._embedding_step(ids, lr, len(rows))
         sgd_step(self.fc_params, lr * self.fc_rate)
+        self.steps += 1
+        if self.release_every and self.steps % self.release_every == 0:
+            release_pages(tr_ids, tr_off, self.arrays["train_y"])
         return float(ce.detach()) * len(rows)
 
     @torch.no_grad()
@@ -138,6 +144,8 @@ class BowTrainer:
     def validate(self) -> dict:
         a = self.arrays
         probs = predict_proba(self.model, a["validation_ids"], a["validation_offsets"], device=self.device)
+        if self.release_every:
+            release_pages(a["validation_ids"], a["validation_offsets"], a["validation_y"])
         return score(a["validation_y"], probs, self.labels)
 
 

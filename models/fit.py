@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -372,6 +373,48 @@ def learning_rate(tp, step: int, total_steps: int) -> float:
     return tp.learning_rate * max(0.0, 1.0 - (step - warmup) / max(1, total_steps - warmup))
 
 
+# train.shuffle = "blocks": the rows are visited in windows of WINDOW_BLOCKS blocks of SHUFFLE_BLOCK_ROWS
+# consecutive rows (a random block order, a random row order within each window), so the memory-mapped features
+# a window touches are a few MB of contiguous pages that `release_window` hands back, instead of a random row
+# order that leaves every page of a multi-GB file resident. 16 random blocks from all over the table per window.
+SHUFFLE_BLOCK_ROWS = 8192
+WINDOW_BLOCKS = 16
+WINDOW_ROWS = SHUFFLE_BLOCK_ROWS * WINDOW_BLOCKS
+
+
+def epoch_order(tp, n: int, epoch: int) -> np.ndarray:
+    """One epoch's row order: a seeded permutation of all rows, or of windows of blocks (`train.shuffle`)."""
+    eg = torch.Generator()
+    eg.manual_seed(tp.seed * 1000 + epoch)
+    if tp.shuffle != "blocks":
+        return torch.randperm(n, generator=eg).numpy()
+    # The partial last block, if any, goes last: every window but the last is then WINDOW_ROWS rows, so a
+    # trainer releasing pages every WINDOW_ROWS rows releases whole windows.
+    full = n // SHUFFLE_BLOCK_ROWS
+    blocks = torch.randperm(full, generator=eg).numpy()
+    if n % SHUFFLE_BLOCK_ROWS:
+        blocks = np.append(blocks, full)
+    windows = []
+    for w in range(0, len(blocks), WINDOW_BLOCKS):
+        rows = np.concatenate(
+            [
+                np.arange(b * SHUFFLE_BLOCK_ROWS, min(n, (b + 1) * SHUFFLE_BLOCK_ROWS))
+                for b in blocks[w : w + WINDOW_BLOCKS]
+            ]
+        )
+        windows.append(rows[torch.randperm(len(rows), generator=eg).numpy()])
+    return np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)
+
+
+def release_pages(*arrays: np.ndarray) -> None:
+    """Drop the pages of memory-mapped arrays from this process (they stay in the page cache; the next touch
+    maps them again): what bounds RSS when a training walks a feature file larger than it needs at once."""
+    for a in arrays:
+        mm = getattr(a, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
 def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
     """One epoch's batches (row indices) with their learning rate, for every model type.
 
@@ -379,9 +422,7 @@ def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
     linearly to 0 over the whole run, after a linear warm-up over `warmup_fraction` of it. Progress is
     reported after each 50th step and the last.
     """
-    eg = torch.Generator()
-    eg.manual_seed(tp.seed * 1000 + epoch)
-    order = torch.randperm(n, generator=eg).numpy()
+    order = epoch_order(tp, n, epoch)
     steps_per_epoch = max(1, -(-n // tp.batch_size))
     total_steps = steps_per_epoch * tp.epochs
     for b in range(steps_per_epoch):

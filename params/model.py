@@ -162,6 +162,14 @@ class TrainParams(_Section):
             "Unset = from the row count (small data, where a tenth more rows is worth a second short fit)."
         ),
     )
+    shuffle: Literal["rows", "blocks"] | None = Field(
+        None,
+        description=(
+            "Each epoch's order: a permutation of all rows, or of windows of 16 blocks of 8,192 consecutive rows "
+            "(shuffled within each window), which keeps the memory-mapped features a training touches at once to "
+            "a few MB. Unset = from the size of the features (blocks past a few hundred MB)."
+        ),
+    )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
@@ -282,6 +290,7 @@ AUTO_KEYS: tuple[tuple[str, str], ...] = (
     ("train", "warmup_fraction"),
     ("train", "patience"),
     ("train", "refit"),
+    ("train", "shuffle"),
 )
 
 

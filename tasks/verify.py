@@ -136,12 +136,14 @@ def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -
     return verify_fetched(folder, manifest, model_id, tolerance)
 
 
-def made_before_refit(recorded: dict) -> dict:
-    """A model's parameters recorded before `train.refit` existed: it was trained without one."""
+# What a model trained before a key existed was trained with.
+KEYS_ADDED_LATER = {"refit": False, "shuffle": "rows"}
+
+
+def with_keys_added_later(recorded: dict) -> dict:
+    """A model's recorded parameters, with each train key added since filled in as it then trained."""
     train = recorded.get("train", {})
-    if "refit" in train:
-        return recorded
-    return {**recorded, "train": {**train, "refit": False}}
+    return {**recorded, "train": {**KEYS_ADDED_LATER, **train}}
 
 
 def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float = 1e-4) -> VerifyReport:
@@ -152,7 +154,7 @@ def verify_fetched(folder: Path, manifest: dict, model_id: str, tolerance: float
     if recorded is None:
         recorded = stored
     params_changes = diff_params(recorded, stored)
-    params = validate_params(made_before_refit(recorded), source=f"manifest of {model_id}")
+    params = validate_params(with_keys_added_later(recorded), source=f"manifest of {model_id}")
     device = models.fit.pick_device("cpu")
     params = params.model_copy(update={"train": params.train.model_copy(update={"device": device})})
     work = Path(tempfile.mkdtemp(prefix=f"verify-{model_id}-"))

@@ -13,7 +13,7 @@ from models.fit import with_validation_in_train
 from params import validate_params
 from tasks import data, defaults
 from tasks.evaluate import evaluate
-from tasks.verify import made_before_refit
+from tasks.verify import with_keys_added_later
 from tests.test_scale import _params, _table, generated_rows
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore
@@ -92,8 +92,9 @@ def test_small_data_refits_large_data_and_fine_tuning_do_not_and_a_set_key_wins(
     assert defaults.resolve_params(params_factory(**{"train.refit": False}), _stats(5_000))[0].train.refit is False
 
 
-def test_a_model_recorded_before_the_key_existed_is_rebuilt_without_a_refit(params_factory):
-    recorded = params_factory().model_dump(mode="json")
-    del recorded["train"]["refit"]
-    assert validate_params(made_before_refit(recorded)).train.refit is False
-    assert made_before_refit({**recorded, "train": {**recorded["train"], "refit": True}})["train"]["refit"] is True
+def test_a_model_recorded_before_the_keys_existed_is_rebuilt_as_it_was_trained(params_factory):
+    recorded = params_factory(**{"train.refit": True, "train.shuffle": "blocks"}).model_dump(mode="json")
+    assert with_keys_added_later(recorded) == recorded  # a recorded value is kept
+    del recorded["train"]["refit"], recorded["train"]["shuffle"]
+    old = validate_params(with_keys_added_later(recorded)).train
+    assert (old.refit, old.shuffle) == (False, "rows")

@@ -8,6 +8,7 @@ summary with the comparison.
 from __future__ import annotations
 
 import json
+import time
 import os
 from pathlib import Path
 
@@ -19,7 +20,18 @@ BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks, 7-byte r
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def wandb_records(path: Path) -> list:
+def wandb_records(path: Path, timeout: float = 30.0) -> list:
+    """The records of a run's transaction log, once it holds the run's end: W&B's service writes the file through
+    a buffer that may reach the disk a moment after `run.finish()` returned (seen on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _read_records(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
