@@ -206,7 +206,7 @@ def fasttext_run(csv: Path, work: Path, lr: float, seed: int = 17, validation: f
     }
 
 
-def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path) -> dict:
+def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path, extra: list[str]) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"bench-scale-{rows}-", dir=keep))
     try:
         folder = work / "data"
@@ -215,7 +215,7 @@ def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path)
         build_s = time.perf_counter() - t0
         size_mb = (folder / "comments.csv").stat().st_size / 2**20
         env = {**os.environ, "TRAINKITE_HOME": str(home)}
-        overrides = [f"data.path={json.dumps(str(folder))}", *TRAIN]
+        overrides = [f"data.path={json.dumps(str(folder))}", *TRAIN, *extra]
         sets = [a for o in overrides for a in ("--set", o)]
         wall, (peak, peak_anon), proc = timed([sys.executable, "-m", "cli", "train", *sets, "--json"], env)
         if proc.returncode != 0:
@@ -228,7 +228,7 @@ def one_size(sst2: Path, rows: int, ft_lr: float, keep: Path | None, home: Path)
             "test_accuracy": res.get("metrics", {}).get("test_accuracy"),
         }
         s_wall, (s_peak, _), sp = timed(
-            [sys.executable, "-c", STAGES, str(folder), str(work / "stages"), json.dumps(TRAIN)], env
+            [sys.executable, "-c", STAGES, str(folder), str(work / "stages"), json.dumps([*TRAIN, *extra])], env
         )
         if sp.returncode != 0:
             raise SystemExit(f"stages failed:\n{sp.stderr[-3000:]}")
@@ -258,6 +258,7 @@ def main() -> None:
     ap.add_argument("--rows-10m", action="store_true", help="add the 10,000,000-row size (long on 2 cores)")
     ap.add_argument("--ft-lr", type=float, default=0.1, help="fastText learning rate (its default)")
     ap.add_argument("--tmp", type=Path, default=None, help="where the corpora are written (default: $TMPDIR)")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", help="trainkite only (experiments)")
     args = ap.parse_args()
     sizes = [int(r) for r in args.rows.split(",") if r] + ([10_000_000] if args.rows_10m else [])
     print(
@@ -285,7 +286,7 @@ def main() -> None:
     )
     try:
         for rows in sizes:
-            r = one_size(args.data, rows, args.ft_lr, args.tmp, home)
+            r = one_size(args.data, rows, args.ft_lr, args.tmp, home, args.overrides)
             out.append(r)
             print(json.dumps(r), flush=True)
     finally:

@@ -375,10 +375,11 @@ def learning_rate(tp, step: int, total_steps: int) -> float:
 
 # train.shuffle = "blocks": the rows are visited in windows of WINDOW_BLOCKS blocks of SHUFFLE_BLOCK_ROWS
 # consecutive rows (a random block order, a random row order within each window), so the memory-mapped features
-# a window touches are a few MB of contiguous pages that `release_window` hands back, instead of a random row
-# order that leaves every page of a multi-GB file resident. 16 random blocks from all over the table per window.
-SHUFFLE_BLOCK_ROWS = 8192
-WINDOW_BLOCKS = 16
+# a window touches are some 40 MB that `release_pages` hands back, instead of a random row order that leaves
+# every page of a multi-GB file resident. Small blocks, many per window: the snapshot is sorted by text, so a
+# block is a run of similar texts, and a window mixes 256 of them from all over the table.
+SHUFFLE_BLOCK_ROWS = 1024
+WINDOW_BLOCKS = 256
 WINDOW_ROWS = SHUFFLE_BLOCK_ROWS * WINDOW_BLOCKS
 
 
