@@ -375,11 +375,12 @@ def learning_rate(tp, step: int, total_steps: int) -> float:
 
 # train.shuffle = "blocks": the rows are visited in windows of WINDOW_BLOCKS blocks of SHUFFLE_BLOCK_ROWS
 # consecutive rows (a random block order, a random row order within each window), so the memory-mapped features
-# a window touches are some 40 MB that `release_pages` hands back, instead of a random row order that leaves
-# every page of a multi-GB file resident. Small blocks, many per window: the snapshot is sorted by text, so a
-# block is a run of similar texts, and a window mixes 256 of them from all over the table.
+# in use at once are one window's (some 170 MB at 20 words a row), which `release_pages` hands back as the next
+# begins, instead of a random order that leaves every page of a multi-GB file resident. The snapshot is sorted
+# by text, so near-duplicate texts sit in one block: large windows spread each block's rows over a larger part of
+# the epoch (windows of 256 k rows cost 0.4 points at 1 M rows against a full permutation; BENCHMARKS.md).
 SHUFFLE_BLOCK_ROWS = 1024
-WINDOW_BLOCKS = 256
+WINDOW_BLOCKS = 1024
 WINDOW_ROWS = SHUFFLE_BLOCK_ROWS * WINDOW_BLOCKS
 
 
