@@ -155,7 +155,10 @@ class _ProgressHandler(logging.Handler):
         if self.task is None:
             self.task = self.progress.add_task("train", total=total)
         self.progress.update(
-            self.task, completed=done, total=total, description=f"train  epoch {info['epoch']}/{info['epochs']}"
+            self.task,
+            completed=done,
+            total=total,
+            description=f"{info.get('phase', 'train')}  epoch {info['epoch']}/{info['epochs']}",
         )
 
     def line(self, text: str) -> None:

@@ -305,7 +305,8 @@ def refit_on_validation(
     trainer.model.train()
     for epoch in range(1, tracker.best_epoch + 1):
         loss_sum = 0.0
-        for i, (rows, lr) in enumerate(epoch_batches(tp, trainer.n_train, epoch), 1):
+        batches = epoch_batches(tp, trainer.n_train, epoch, phase="refit", epochs_shown=tracker.best_epoch)
+        for i, (rows, lr) in enumerate(batches, 1):
             loss_sum += trainer.step(rows, lr)
             check_divergence(epoch, loss_sum / min(trainer.n_train, i * tp.batch_size), trainer.n_classes)
     state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
@@ -417,12 +418,14 @@ def release_pages(*arrays: np.ndarray) -> None:
             mm.madvise(mmap.MADV_DONTNEED)
 
 
-def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
+def epoch_batches(
+    tp, n: int, epoch: int, phase: str = "train", epochs_shown: int | None = None
+) -> Iterator[tuple[np.ndarray, float]]:
     """One epoch's batches (row indices) with their learning rate, for every model type.
 
     One generator per epoch: a resumed run shuffles exactly like an uninterrupted one. The rate decays
     linearly to 0 over the whole run, after a linear warm-up over `warmup_fraction` of it. Progress is
-    reported after each 50th step and the last.
+    reported after each 50th step and the last, as `phase` epoch of `epochs_shown` (the refit's own count).
     """
     order = epoch_order(tp, n, epoch)
     steps_per_epoch = max(1, -(-n // tp.batch_size))
@@ -434,7 +437,13 @@ def epoch_batches(tp, n: int, epoch: int) -> Iterator[tuple[np.ndarray, float]]:
             progress.info(
                 "step",
                 extra={
-                    "trainkite_progress": {"epoch": epoch, "epochs": tp.epochs, "step": b + 1, "steps": steps_per_epoch}
+                    "trainkite_progress": {
+                        "phase": phase,
+                        "epoch": epoch,
+                        "epochs": epochs_shown or tp.epochs,
+                        "step": b + 1,
+                        "steps": steps_per_epoch,
+                    }
                 },
             )
 

@@ -4,6 +4,7 @@ Plain functions over real DuckDB, features and torch; the flow-level runs resolv
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,29 @@ def _sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class _Progress(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def emit(self, record):
+        self.seen.append(record.trainkite_progress)
+
+
 def test_the_refit_trains_on_train_and_validation_for_the_chosen_epochs_to_the_same_bytes(params_factory, tmp_path):
     _, ds, _, _, plain, _ = _train(params_factory, tmp_path, "plain", **{"train.refit": False})
-    p, _, store, feats, refit, work = _train(params_factory, tmp_path, "refit", **{"train.refit": True})
+    bar, progress = _Progress(), logging.getLogger("trainkite_progress")
+    level = progress.level
+    progress.addHandler(bar)
+    progress.setLevel(logging.INFO)  # as the CLI sets it
+    try:
+        p, _, store, feats, refit, work = _train(params_factory, tmp_path, "refit", **{"train.refit": True})
+    finally:
+        progress.removeHandler(bar)
+        progress.setLevel(level)
+    # The progress bar says which fit it is and counts the refit's own epochs.
+    phases = {(r["phase"], r["epochs"]) for r in bar.seen}
+    assert phases == {("train", 4), ("refit", refit.best_epoch)}
     _, _, _, _, again, _ = _train(params_factory, tmp_path, "again", **{"train.refit": True})
     assert plain.refit is None and plain.history == refit.history  # the first fit is the same run
     assert refit.refit["epochs"] == refit.best_epoch >= 1
