@@ -167,7 +167,7 @@ class TrainParams(_Section):
         description=(
             "Each epoch's order: a permutation of all rows, or of windows of 1,024 blocks of 1,024 consecutive rows "
             "(shuffled within each window), which keeps the memory-mapped features a training touches at once to "
-            "one window's. Unset = from the size of the features (blocks past a few hundred MB)."
+            "one window's. Unset = from the size of the features (blocks past 1 GiB of them)."
         ),
     )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")

@@ -123,9 +123,10 @@ ENCODER_EXAMPLES = 600_000
 # quarters of them) and the second fit costs seconds; beyond it the rows add little and the fit is the run.
 REFIT_MAX_ROWS = 100_000
 # Past this many bytes of training n-gram ids (int32, about rows x words x ngram_max), an epoch walks the rows in
-# windows of blocks (train.shuffle): a random order over a larger file keeps all of it resident (RSS), where
-# windows keep a few MB. 1 M rows of 20 words are about 160 MB.
-BLOCK_SHUFFLE_BYTES = 256 * 2**20
+# windows of blocks (train.shuffle): a random order keeps the whole file resident (RSS), which past 1 GiB would
+# take the run over a 2 GB budget; windows keep one window's. Below it the random order stays: windows cost
+# accuracy (0.45 points at 3 M rows; BENCHMARKS.md). 1 M rows of 20 words are about 160 MB, 10 M about 1.6 GB.
+BLOCK_SHUFFLE_BYTES = 2**30
 
 
 def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool | str]:

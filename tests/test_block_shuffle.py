@@ -82,10 +82,10 @@ def test_a_block_shuffled_training_learns_and_is_bit_identical(params_factory, t
     assert accs["blocks"] > 0.75 and abs(accs["blocks"] - accs["rows"]) < 0.05
 
 
-def test_features_past_a_few_hundred_mb_get_the_block_order(params_factory):
+def test_features_past_a_gib_get_the_block_order(params_factory):
     unset = params_factory(**{"train.shuffle": None})
-    small = defaults.resolve_params(unset, _stats(1_000_000))[0]  # 20 words x 2-grams: about 160 MB of ids
-    large = defaults.resolve_params(unset, _stats(3_000_000))[0]
+    small = defaults.resolve_params(unset, _stats(3_000_000))[0]  # 20 words x 2-grams: about 480 MB of ids
+    large = defaults.resolve_params(unset, _stats(10_000_000))[0]  # about 1.6 GB
     assert (small.train.shuffle, large.train.shuffle) == ("rows", "blocks")
     assert (
         defaults.resolve_params(params_factory(**{"train.shuffle": "rows"}), _stats(3_000_000))[0].train.shuffle
