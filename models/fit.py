@@ -378,8 +378,8 @@ def learning_rate(tp, step: int, total_steps: int) -> float:
 # consecutive rows (a random block order, a random row order within each window), so the memory-mapped features
 # in use at once are one window's (some 170 MB at 20 words a row), which `release_pages` hands back as the next
 # begins, instead of a random order that leaves every page of a multi-GB file resident. The snapshot is sorted
-# by text, so near-duplicate texts sit in one block: large windows spread each block's rows over a larger part of
-# the epoch (windows of 256 k rows cost 0.4 points at 1 M rows against a full permutation; BENCHMARKS.md).
+# by text, so similar texts sit in one block and train close together in time: that costs accuracy (BENCHMARKS.md,
+# Scale), which is why the row order stays the default.
 SHUFFLE_BLOCK_ROWS = 1024
 WINDOW_BLOCKS = 1024
 WINDOW_ROWS = SHUFFLE_BLOCK_ROWS * WINDOW_BLOCKS

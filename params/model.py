@@ -162,12 +162,13 @@ class TrainParams(_Section):
             "Unset = from the row count (small data, where a tenth more rows is worth a second short fit)."
         ),
     )
-    shuffle: Literal["rows", "blocks"] | None = Field(
-        None,
+    shuffle: Literal["rows", "blocks"] = Field(
+        "rows",
         description=(
-            "Each epoch's order: a permutation of all rows, or of windows of 1,024 blocks of 1,024 consecutive rows "
-            "(shuffled within each window), which keeps the memory-mapped features a training touches at once to "
-            "one window's. Unset = from the size of the features (blocks past 1 GiB of them)."
+            "Each epoch's order: a permutation of all rows, or windows of 1,024 blocks of 1,024 consecutive rows "
+            "(shuffled within each window), which keeps the memory-mapped features resident at once to one "
+            "window's. blocks costs accuracy where similar texts sort together (0.45 points at 3 M rows, 1.35 at "
+            "10 M of the scale benchmark's corpus): for a memory limit that counts page cache."
         ),
     )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
@@ -290,7 +291,6 @@ AUTO_KEYS: tuple[tuple[str, str], ...] = (
     ("train", "warmup_fraction"),
     ("train", "patience"),
     ("train", "refit"),
-    ("train", "shuffle"),
 )
 
 

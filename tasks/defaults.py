@@ -122,14 +122,9 @@ ENCODER_EXAMPLES = 600_000
 # there a tenth more rows is worth points (TF-IDF + LR loses 3-6 on the small sets when it gets three
 # quarters of them) and the second fit costs seconds; beyond it the rows add little and the fit is the run.
 REFIT_MAX_ROWS = 100_000
-# Past this many bytes of training n-gram ids (int32, about rows x words x ngram_max), an epoch walks the rows in
-# windows of blocks (train.shuffle): a random order keeps the whole file resident (RSS), which past 1 GiB would
-# take the run over a 2 GB budget; windows keep one window's. Below it the random order stays: windows cost
-# accuracy (0.45 points at 3 M rows; BENCHMARKS.md). 1 M rows of 20 words are about 160 MB, 10 M about 1.6 GB.
-BLOCK_SHUFFLE_BYTES = 2**30
 
 
-def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool | str]:
+def bow_rules(st: DataStats) -> dict[str, int | float | bool]:
     n = st.train_rows
     # Embedding rows: eight times the distinct n-grams (about 6 % of them then share a row), a power of two.
     buckets = _clip(_pow2_at_least(8 * st.ngrams), 2**14, 2**21)
@@ -154,11 +149,10 @@ def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool
         "train.warmup_fraction": 0.0,
         "train.patience": patience,
         "train.refit": n <= REFIT_MAX_ROWS,
-        "train.shuffle": "blocks" if n * st.mean_tokens * ngram_max * 4 > BLOCK_SHUFFLE_BYTES else "rows",
     }
 
 
-def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float | bool | str]:
+def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float | bool]:
     n = st.train_rows
     if mode == "finetune":
         # The recipe of the encoder benchmarks: AdamW 3e-5, a short warm-up, few passes over large data.
@@ -172,7 +166,6 @@ def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float | bool | st
             "train.patience": 0 if epochs <= 3 else 2,
             # A second fine-tuning is another hour of GPU: the validation rows stay a validation split.
             "train.refit": False,
-            "train.shuffle": "rows",
         }
     batch = _clip(_pow2_at_most(n / 200), 8, 64)
     epochs = _clip(math.ceil(ENCODER_EXAMPLES / max(1, n)), 10, 100)
@@ -183,16 +176,15 @@ def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float | bool | st
         "train.warmup_fraction": 0.0,
         "train.patience": 0 if epochs <= 10 else _clip(epochs // 4, 3, 10),
         "train.refit": n <= REFIT_MAX_ROWS,
-        "train.shuffle": "rows",  # the encoder's arrays are its own layout; it trains on far fewer rows
     }
 
 
-def rules(params: Params, st: DataStats) -> dict[str, int | float | bool | str]:
+def rules(params: Params, st: DataStats) -> dict[str, int | float | bool]:
     """Every rule's value for these statistics (set keys are not consulted)."""
     if params.model.type == "encoder":
         # The encoder has no hash table: buckets and embedding_dim only need a value to be fully resolved.
         return {"preprocess.buckets": 2**14, "model.embedding_dim": 16, **encoder_rules(st, params.model.encoder_mode)}
-    return bow_rules(st, params.preprocess.ngram_max)
+    return bow_rules(st)
 
 
 def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:

@@ -160,7 +160,6 @@ def small_params(**overrides):
         "train.warmup_fraction": 0.0,
         "train.patience": 4,
         "train.refit": False,
-        "train.shuffle": "rows",
         "preprocess.buckets": 4096,
         "model.embedding_dim": 16,
         "tracking.backend": "none",
