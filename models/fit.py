@@ -217,7 +217,8 @@ def fit(
     params.require_resolved()
     device = pick_device(params.train.device)
     gen = make_deterministic(params.train.seed, params.train.threads, device)
-    trainer = make_trainer(params, load_features(features, store, workdir), features.labels, device, gen)
+    arrays = load_features(features, store, workdir)
+    trainer = make_trainer(params, arrays, features.labels, device, gen)
     tp = params.train
     identity = {"features": features.key, "params": params.params_hash(), "device": device}
     tracker, start_epoch, resumed = resume_or_start(
@@ -229,12 +230,8 @@ def fit(
         if tracker.stopped:
             break
         trainer.model.train()
-        loss_sum, lr, epoch_seen = 0.0, tp.learning_rate, 0
-        for rows, lr in epoch_batches(tp, trainer.n_train, epoch):
-            loss_sum += trainer.step(rows, lr)
-            seen += len(rows)
-            epoch_seen += len(rows)
-            check_divergence(epoch, loss_sum / epoch_seen, trainer.n_classes)
+        loss_sum, epoch_seen, lr = train_epoch(trainer, tp, epoch)
+        seen += epoch_seen
         if tracker.end_epoch(epoch, trainer.model, trainer.validate(), loss_sum / trainer.n_train, lr):
             save_checkpoint(
                 store,
@@ -247,7 +244,7 @@ def fit(
             )
     final_state, refit = tracker.best_state, None
     if tp.refit and tracker.best_epoch:
-        final_state, refit = refit_on_validation(make_trainer, params, features, store, workdir, device, tracker)
+        final_state, refit = refit_on_validation(make_trainer, params, arrays, features.labels, device, tracker)
         seen += refit["rows"] * refit["epochs"]
     elapsed = time.perf_counter() - started
     return finish_training(
@@ -281,12 +278,22 @@ def with_validation_in_train(arrays: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
+def train_epoch(trainer: KindTrainer, tp, epoch: int, **shown) -> tuple[float, int, float]:
+    """One pass over the trainer's rows in the epoch's order: (loss summed over rows, rows, last rate), with the
+    divergence guard after every step. `shown` is what the progress bar says (epoch_batches)."""
+    loss_sum, seen, lr = 0.0, 0, tp.learning_rate
+    for rows, lr in epoch_batches(tp, trainer.n_train, epoch, **shown):
+        loss_sum += trainer.step(rows, lr)
+        seen += len(rows)
+        check_divergence(epoch, loss_sum / seen, trainer.n_classes)
+    return loss_sum, seen, lr
+
+
 def refit_on_validation(
     make_trainer: Callable[..., KindTrainer],
     params: Params,
-    features: FeaturesRef,
-    store: ArtifactStore,
-    workdir: Path,
+    arrays: dict[str, np.ndarray],
+    labels: list[str],
     device: str,
     tracker: EpochTracker,
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -298,17 +305,11 @@ def refit_on_validation(
     """
     tp = params.train
     gen = make_deterministic(tp.seed, tp.threads, device)
-    trainer = make_trainer(
-        params, with_validation_in_train(load_features(features, store, workdir)), features.labels, device, gen
-    )
+    trainer = make_trainer(params, with_validation_in_train(arrays), labels, device, gen)
     log.info("refit: %d epochs on train + validation (%d rows)", tracker.best_epoch, trainer.n_train)
     trainer.model.train()
     for epoch in range(1, tracker.best_epoch + 1):
-        loss_sum = 0.0
-        batches = epoch_batches(tp, trainer.n_train, epoch, phase="refit", epochs_shown=tracker.best_epoch)
-        for i, (rows, lr) in enumerate(batches, 1):
-            loss_sum += trainer.step(rows, lr)
-            check_divergence(epoch, loss_sum / min(trainer.n_train, i * tp.batch_size), trainer.n_classes)
+        loss_sum, _, _ = train_epoch(trainer, tp, epoch, phase="refit", epochs_shown=tracker.best_epoch)
     state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     return state, {"epochs": tracker.best_epoch, "rows": trainer.n_train, "train_loss": loss_sum / trainer.n_train}
 

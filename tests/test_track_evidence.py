@@ -8,8 +8,8 @@ summary with the comparison.
 from __future__ import annotations
 
 import json
-import time
 import os
+import time
 from pathlib import Path
 
 from tasks import aliases
