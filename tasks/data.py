@@ -36,7 +36,6 @@ def resolve_data_path(path: str) -> Path:
 
 
 RAW_BATCH_ROWS = 65_536
-# The snapshot's layout and fingerprint: 2 = checked and ordered in DuckDB, fingerprint over Arrow buffers.
 _NESTED = (
     pa.types.is_list,
     pa.types.is_large_list,
@@ -382,9 +381,29 @@ def split_of(text: str, seed: int, validation: float, test: float) -> str:
     return "train"
 
 
-def canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """Row order from SQL engines is not guaranteed; sort so the same rows give the same run."""
-    return df.sort_values(["split", "text", "label"], kind="mergesort").reset_index(drop=True)
+def row_order_key(text: str, label: str, copy: int) -> int:
+    """Snapshot schema 3's order within a split: the first 8 bytes of sha256("<text>\x1f<label>\x1f<copy>"),
+    `copy` numbering identical rows from 0 so that a row's copies spread over the split too."""
+    return int.from_bytes(hashlib.sha256(f"{text}\x1f{label}\x1f{copy}".encode()).digest()[:8], "big")
+
+
+# The same key in DuckDB, over a relation with columns split, text, label and copy.
+_ORDER_KEY_SQL = "('0x' || left(sha256(text || chr(31) || label || chr(31) || copy::VARCHAR), 16))::UBIGINT"
+
+
+def canonical(df: pd.DataFrame, schema: int = SNAPSHOT_SCHEMA) -> pd.DataFrame:
+    """Row order from SQL engines is not guaranteed: the snapshot's order for `schema`, a function of the rows
+    alone (by split, then by row_order_key; schemas 1 and 2 by split, text, label)."""
+    if schema < 3:
+        return df.sort_values(["split", "text", "label"], kind="mergesort").reset_index(drop=True)
+    copy = df.groupby(["split", "text", "label"], sort=False).cumcount()
+    key = np.fromiter(
+        (row_order_key(t, lb, c) for t, lb, c in zip(df["text"], df["label"], copy, strict=True)),
+        dtype=np.uint64,
+        count=len(df),
+    )
+    order = df.assign(_key=key).sort_values(["split", "_key", "text", "label"], kind="mergesort")
+    return order.drop(columns="_key").reset_index(drop=True)
 
 
 def fingerprint_v1(df: pd.DataFrame) -> str:
@@ -402,7 +421,8 @@ class _Fingerprint:
 
     COLUMNS = ("split", "text", "label")
 
-    def __init__(self) -> None:
+    def __init__(self, schema: int = SNAPSHOT_SCHEMA) -> None:
+        self.schema = schema
         self._h = {(c, part): hashlib.sha256() for c in self.COLUMNS for part in ("len", "data")}
 
     def update(self, batch: pa.RecordBatch) -> None:
@@ -422,7 +442,7 @@ class _Fingerprint:
                 self._h[(c, "data")].update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
     def hexdigest(self) -> str:
-        top = hashlib.sha256(f"trainkite.snapshot/{SNAPSHOT_SCHEMA}\n".encode())
+        top = hashlib.sha256(f"trainkite.snapshot/{self.schema}\n".encode())
         for key in sorted(self._h):
             top.update(self._h[key].digest())
         return top.hexdigest()
@@ -484,11 +504,7 @@ def fetch_dataset(
             warnings += check_raw(con, eraw, data, "evaluation.query", "q1")
             parts.append("SELECT 'evaluation' AS split, text, label FROM q1")
         snap_tmp = tmp / "snapshot.parquet"
-        # Binary (code point) order of split, text, label: the canonical order.
-        con.execute(
-            f"COPY (SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY split, text, label) TO "
-            f"{_literal(str(snap_tmp))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})"
-        )
+        write_ordered(con, f"({' UNION ALL '.join(parts)})", snap_tmp, SNAPSHOT_SCHEMA)
         snap_sql = f"read_parquet({_literal(str(snap_tmp))})"
         counts = dict.fromkeys(SPLITS, 0)
         counts.update(dict(con.execute(f"SELECT split, count(*) FROM {snap_sql} GROUP BY split").fetchall()))
@@ -524,7 +540,7 @@ def fetch_dataset(
             raise DataError(
                 "data.query: too few rows for a validation split; add rows or raise data.validation_fraction"
             )
-        fp = snapshot_fingerprint(snap_tmp)
+        fp = snapshot_fingerprint(snap_tmp, schema=SNAPSHOT_SCHEMA)
         snap = workdir / "data" / "snapshot.parquet"
         snap.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(snap_tmp), snap)
@@ -556,13 +572,45 @@ def fetch_dataset(
     )
 
 
+def write_ordered(con, relation: str, out: Path, schema: int) -> None:
+    """COPY the rows of `relation` (split, text, label) to a Parquet snapshot at `out` in `schema`'s canonical
+    order (see `canonical`); DuckDB sorts and groups out of core, under the engine's memory limit."""
+    if schema < 3:
+        query = f"SELECT split, text, label FROM {relation} ORDER BY split, text, label"
+    else:
+        # Identical rows are one group whose copies get numbers 0..n-1: which copy gets which does not matter.
+        query = (
+            "SELECT split, text, label FROM (SELECT split, text, label, unnest(range(count(*))) AS copy "
+            f"FROM {relation} GROUP BY split, text, label) ORDER BY split, {_ORDER_KEY_SQL}, text, label"
+        )
+    con.execute(f"COPY ({query}) TO {_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})")
+
+
+def in_schema_order(path: str | Path, schema: int, workdir: Path) -> Path:
+    """The snapshot at `path` with its rows in `schema`'s order: itself for this code's schema, else a copy
+    under `workdir` (an older model's rows re-fetched today, put back in the order it trained on)."""
+    if schema == SNAPSHOT_SCHEMA:
+        return Path(path)
+    if schema not in (1, 2):
+        raise DataError(f"snapshot schema {schema} is unknown to this code (it knows 1 to {SNAPSHOT_SCHEMA})")
+    out = workdir / "data" / f"snapshot.schema{schema}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = _engine(out.parent)
+    try:
+        write_ordered(con, f"read_parquet({_literal(str(path))})", out, schema)
+    finally:
+        con.close()
+    return out
+
+
 def snapshot_fingerprint(path: str | Path, schema: int = SNAPSHOT_SCHEMA, batch_rows: int | None = None) -> str:
-    """The fingerprint of a snapshot file; `schema` 1 recomputes an older model's (rows re-sorted first)."""
+    """The fingerprint of a snapshot file whose rows are in `schema`'s order (`in_schema_order`): schema 1 is
+    an older model's JSON-lines rule; 2 and 3 hash the Arrow buffers under their own header."""
     if schema == 1:
-        return fingerprint_v1(canonical(read_snapshot(path)))
-    if schema != SNAPSHOT_SCHEMA:
-        raise DataError(f"snapshot schema {schema} is unknown to this code (it knows 1 and {SNAPSHOT_SCHEMA})")
-    fp = _Fingerprint()
+        return fingerprint_v1(canonical(read_snapshot(path), schema=1))
+    if schema not in (2, SNAPSHOT_SCHEMA):
+        raise DataError(f"snapshot schema {schema} is unknown to this code (it knows 1 to {SNAPSHOT_SCHEMA})")
+    fp = _Fingerprint(schema)
     for batch in iter_snapshot(path, batch_rows):
         fp.update(batch)
     return fp.hexdigest()

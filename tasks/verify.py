@@ -86,7 +86,10 @@ def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path
     else:
         how = "query re-run"
         path = Path(data.fetch_dataset(params, workdir).snapshot_path)
-    got = data.snapshot_fingerprint(path, schema=recorded_schemas(manifest)["snapshot"])
+    # An older model trained on its rows in its own schema's order; the rebuild must read them in that order.
+    schema = recorded_schemas(manifest)["snapshot"]
+    path = data.in_schema_order(path, schema, workdir)
+    got = data.snapshot_fingerprint(path, schema=schema)
     if got != expected:
         raise IntegrityError(
             f"model {manifest['model_id']}: the data ({how}) no longer matches its fingerprint "
@@ -137,7 +140,7 @@ def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -
 
 
 # What a model trained before a key existed was trained with.
-KEYS_ADDED_LATER = {"refit": False}  # train.shuffle has a default: "rows", as they trained
+KEYS_ADDED_LATER = {"refit": False, "shuffle": "rows"}
 
 
 def with_keys_added_later(recorded: dict) -> dict:

@@ -49,3 +49,26 @@ def test_without_snapshot_verify_reruns_the_query_and_checks_the_fingerprint(
     comments.iloc[:-1].to_csv(demo_data / "comments.csv", index=False)
     with pytest.raises(IntegrityError, match="no longer matches its fingerprint"):
         verify_model(store, "nosnap-1")
+
+
+def test_a_model_whose_snapshot_was_in_text_order_still_verifies(
+    prefect_api, tk_home, params_factory, demo_data, monkeypatch
+):
+    """Snapshot schema 2 sorted each split by text; a model made then trained on its rows in that order. Its
+    stored snapshot, or its query re-run today (which writes schema 3's hashed order), is read in the order it
+    trained on, so it rebuilds bit for bit."""
+    import tasks.data as data
+    import trainkite.snapshot as snapshot
+
+    with monkeypatch.context() as m:  # train as the code of schema 2 did
+        m.setattr(data, "SNAPSHOT_SCHEMA", 2)
+        m.setattr(snapshot, "SNAPSHOT_SCHEMA", 2)
+        for model_id, keep in (("text-order-1", 2_000_000), ("text-order-2", 0)):
+            _train(params_factory(**{"data.path": str(demo_data), "data.snapshot_max_rows": keep}), model_id)
+    store = open_store()
+    for model_id, how in (("text-order-1", "snapshot"), ("text-order-2", "query re-run")):
+        manifest = json.loads(store.get_bytes(f"sentiment/{model_id}/manifest.json"))
+        assert manifest["lineage"]["data"]["schemas"]["snapshot"] == 2
+        report = verify_model(store, model_id)
+        assert report.ok and report.identical and how in report.data_check
+        assert report.lineage_changes["schema.snapshot"] == {"model": 2, "now": data.SNAPSHOT_SCHEMA}

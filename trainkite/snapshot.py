@@ -20,8 +20,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SPLITS = ("train", "validation", "test", "evaluation")
-# The snapshot's format and fingerprint rule; older models record 1 (see tasks/data.py snapshot_fingerprint).
-SNAPSHOT_SCHEMA = 2
+# The snapshot's format, row order and fingerprint rule; older models record 1 or 2 (tasks/data.py
+# snapshot_fingerprint, in_schema_order). 3 orders each split by a hash of the row, not by its text: any run
+# of consecutive rows is then a random sample of the split, which is what a block-wise batch order needs
+# (models/fit.py epoch_order); sorted by text, near-duplicates sat together.
+SNAPSHOT_SCHEMA = 3
 BATCH_ROWS = 65_536
 
 
