@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from params.model import DataParams, Params
+from tasks.duckdb_signals import signals_kept
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
 from trainkite.runfiles import run_key, stage
@@ -466,6 +467,7 @@ def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
 SNAPSHOT_ROW_GROUP = 131_072
 
 
+@signals_kept()
 def fetch_dataset(
     params: Params, workdir: Path, store: ArtifactStore | None = None, prefix: str | None = None
 ) -> DatasetRef:
@@ -586,6 +588,7 @@ def write_ordered(con, relation: str, out: Path, schema: int) -> None:
     con.execute(f"COPY ({query}) TO {_literal(str(out))} (FORMAT parquet, ROW_GROUP_SIZE {SNAPSHOT_ROW_GROUP})")
 
 
+@signals_kept()
 def in_schema_order(path: str | Path, schema: int, workdir: Path) -> Path:
     """The snapshot at `path` with its rows in `schema`'s order: itself for this code's schema, else a copy
     under `workdir` (an older model's rows re-fetched today, put back in the order it trained on)."""
