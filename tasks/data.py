@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from params.model import DataParams, Params
-from tasks.duckdb_signals import signals_kept
+from tasks.duckdb_signals import interrupt_on_signal, signals_kept
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
 from trainkite.runfiles import run_key, stage
@@ -82,7 +82,9 @@ def open_local(folder: Path):
     import duckdb
 
     files = _table_files(folder)
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con = interrupt_on_signal(
+        duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    )
     try:
         tables = []
         for name, f in files:
@@ -244,7 +246,9 @@ def _engine(tmp: Path):
     """DuckDB for our own SQL over the fetched rows (never the user's): bounded memory, spills to `tmp`."""
     import duckdb
 
-    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con = interrupt_on_signal(
+        duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    )
     con.execute(f"SET temp_directory = {_literal(str(tmp / 'spill'))}")
     con.execute("SET memory_limit = '512MB'")
     con.execute("SET preserve_insertion_order = false")
