@@ -82,9 +82,7 @@ def open_local(folder: Path):
     import duckdb
 
     files = _table_files(folder)
-    con = interrupt_on_signal(
-        duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    )
+    con = _connect()
     try:
         tables = []
         for name, f in files:
@@ -242,13 +240,18 @@ def run_query(data: DataParams, sql: str) -> tuple[pd.DataFrame, dict[str, str |
     return query_athena(data, sql)
 
 
-def _engine(tmp: Path):
-    """DuckDB for our own SQL over the fetched rows (never the user's): bounded memory, spills to `tmp`."""
+def _connect():
+    """An in-memory DuckDB that loads no extensions, interrupted by a signal inside `signals_kept`."""
     import duckdb
 
-    con = interrupt_on_signal(
+    return interrupt_on_signal(
         duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     )
+
+
+def _engine(tmp: Path):
+    """DuckDB for our own SQL over the fetched rows (never the user's): bounded memory, spills to `tmp`."""
+    con = _connect()
     con.execute(f"SET temp_directory = {_literal(str(tmp / 'spill'))}")
     con.execute("SET memory_limit = '512MB'")
     con.execute("SET preserve_insertion_order = false")

@@ -80,15 +80,14 @@ def rows_for_rebuild(folder: Path, manifest: dict, params: Params, workdir: Path
     lin = manifest["lineage"]["data"]
     expected = lin["fingerprint"]
     snap = folder / "data" / "snapshot.parquet"
+    schema = recorded_schemas(manifest)["snapshot"]
     if snap.is_file():
         how = "snapshot"
-        path = snap
+        path = snap  # written in the model's own schema's order
     else:
         how = "query re-run"
-        path = Path(data.fetch_dataset(params, workdir).snapshot_path)
-    # An older model trained on its rows in its own schema's order; the rebuild must read them in that order.
-    schema = recorded_schemas(manifest)["snapshot"]
-    path = data.in_schema_order(path, schema, workdir)
+        # Fetched today in this code's order; an older model trained on its rows in its own schema's order.
+        path = data.in_schema_order(data.fetch_dataset(params, workdir).snapshot_path, schema, workdir)
     got = data.snapshot_fingerprint(path, schema=schema)
     if got != expected:
         raise IntegrityError(
