@@ -78,7 +78,8 @@ def build_model(params: Params, n_classes: int, generator: torch.Generator) -> B
 
 class BowTrainer:
     """bow's part of the fit loop: plain SGD on the per-example mean cross-entropy (+ L2 on the linear layer),
-    each embedding row stepping by the mean over its own occurrences (`_embedding_step`)."""
+    each embedding row stepping by the mean over its own occurrences (`_embedding_step`). On the CPU the same
+    update runs as one compiled loop per batch (`train.kernel = "native"`, models/bow_native.py)."""
 
     def __init__(
         self, params: Params, arrays: dict[str, np.ndarray], labels: list[str], device: str, generator: torch.Generator
@@ -97,8 +98,36 @@ class BowTrainer:
         # Window by window (train.shuffle = "blocks"), the feature pages of the window just finished go back.
         self.release_every = -(-WINDOW_ROWS // params.train.batch_size) if params.train.shuffle == "blocks" else 0
         self.steps = 0
+        self.native = None
+        if device == "cpu" and params.train.kernel == "native":
+            from models.bow_native import NativeStep  # numba: imported by training only, never by serving
+
+            self.native = NativeStep(params.preprocess.buckets)
 
     def step(self, rows: np.ndarray, lr: float) -> float:
+        if self.native is None:
+            loss = self._torch_step(rows, lr)
+        else:
+            emb, fc = self.model.embedding, self.model.fc
+            a = self.arrays
+            loss = self.native(
+                emb.weight.detach().numpy(),
+                fc.weight.detach().numpy(),
+                fc.bias.detach().numpy(),
+                a["train_ids"],
+                a["train_offsets"],
+                a["train_y"],
+                rows,
+                lr,
+                lr * self.fc_rate,
+                self.tp.weight_decay,
+            )
+        self.steps += 1
+        if self.release_every and self.steps % self.release_every == 0:
+            release_pages(self.arrays["train_ids"], self.arrays["train_offsets"], self.arrays["train_y"])
+        return loss
+
+    def _torch_step(self, rows: np.ndarray, lr: float) -> float:
         tr_ids, tr_off = self.arrays["train_ids"], self.arrays["train_offsets"]
         idx, offs = batch_slices(tr_off, len(tr_ids), rows)
         ids = tr_ids[idx]
@@ -117,9 +146,6 @@ class BowTrainer:
         loss.backward()
         self._embedding_step(ids, lr, len(rows))
         sgd_step(self.fc_params, lr * self.fc_rate)
-        self.steps += 1
-        if self.release_every and self.steps % self.release_every == 0:
-            release_pages(tr_ids, tr_off, self.arrays["train_y"])
         return float(ce.detach()) * len(rows)
 
     @torch.no_grad()

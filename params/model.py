@@ -171,6 +171,14 @@ class TrainParams(_Section):
             "rows (the same thing up to one window, 1,048,576 rows; every page of the features resident above)."
         ),
     )
+    kernel: Literal["native", "torch"] = Field(
+        "native",
+        description=(
+            "bow's update on the CPU: native, one compiled loop per batch (numba, one thread; several times "
+            "faster), or torch, the same update in torch ops (models made before native existed). They round "
+            "differently, so each model's weights are reproduced with its own. CUDA and the encoder use torch."
+        ),
+    )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
     threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")

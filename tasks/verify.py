@@ -139,7 +139,7 @@ def verify_model(store: ArtifactStore, model_id: str, tolerance: float = 1e-4) -
 
 
 # What a model trained before a key existed was trained with.
-KEYS_ADDED_LATER = {"refit": False, "shuffle": "rows"}
+KEYS_ADDED_LATER = {"refit": False, "shuffle": "rows", "kernel": "torch"}
 
 
 def with_keys_added_later(recorded: dict) -> dict:
