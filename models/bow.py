@@ -169,6 +169,8 @@ class BowTrainer:
 
     def validate(self) -> dict:
         a = self.arrays
+        if self.release_every:  # the epoch's last window is over too (the only one, up to 1,048,576 rows)
+            release_pages(a["train_ids"], a["train_offsets"], a["train_y"])
         probs = predict_proba(self.model, a["validation_ids"], a["validation_offsets"], device=self.device)
         if self.release_every:
             release_pages(a["validation_ids"], a["validation_offsets"], a["validation_y"])

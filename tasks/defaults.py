@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
@@ -99,6 +100,7 @@ def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = Non
             seen_labels.update(pc.unique(kept).to_pylist())
     n = counts["train"]
     sample = split_texts(snapshot, "train", every=_stride(n))
+    pa.default_memory_pool().release_unused()  # the batches' buffers, which Arrow's allocator keeps for reuse
     return _stats(sample, n, counts["validation"], labels or len(seen_labels), ngram_max)
 
 
