@@ -180,7 +180,15 @@ class TrainParams(_Section):
         ),
     )
     seed: int = Field(1234, ge=0, le=2**32 - 1, description="Seed for weights and shuffling (0 to 2**32-1).")
-    threads: int = Field(1, ge=1, le=256, description="torch CPU threads (fixed for bit-identical weights).")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "torch CPU threads (fixed for bit-identical weights): the encoder, scoring, and bow under "
+            "kernel = torch; bow's native kernel runs on one."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
     amp: bool = Field(True, description="Mixed precision on CUDA.")
     checkpoint_every: int = Field(1, ge=1, le=1000, description="Write a checkpoint every N epochs.")
