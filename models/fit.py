@@ -225,6 +225,7 @@ def fit(
         store, ref, workdir, identity, trainer.model, params, trainer.optimizer
     )
     started = time.perf_counter()
+    saved_at = started
     seen = 0
     for epoch in range(start_epoch, tp.epochs + 1):
         if tracker.stopped:
@@ -232,7 +233,10 @@ def fit(
         trainer.model.train()
         loss_sum, epoch_seen, lr = train_epoch(trainer, tp, epoch)
         seen += epoch_seen
-        if tracker.end_epoch(epoch, trainer.model, trainer.validate(), loss_sum / trainer.n_train, lr):
+        due = tracker.end_epoch(epoch, trainer.model, trainer.validate(), loss_sum / trainer.n_train, lr)
+        last = tracker.stopped or epoch == tp.epochs
+        if due and (last or time.perf_counter() - saved_at >= tp.checkpoint_interval_s):
+            saved_at = time.perf_counter()
             save_checkpoint(
                 store,
                 ref,

@@ -192,6 +192,17 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when present.")
     amp: bool = Field(True, description="Mixed precision on CUDA.")
     checkpoint_every: int = Field(1, ge=1, le=1000, description="Write a checkpoint every N epochs.")
+    checkpoint_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description=(
+            "At most one checkpoint per this many seconds of training (the last epoch's is always written): a "
+            "crash loses at most this and an epoch, and a run of many short epochs does not write its weights "
+            "after each one. A resumed run ends with the same weights whichever epoch it resumes from."
+        ),
+    )
     memory_limit_gib: float = Field(
         8.0,
         gt=0,

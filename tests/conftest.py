@@ -163,6 +163,8 @@ def small_params(**overrides):
         "preprocess.buckets": 4096,
         "model.embedding_dim": 16,
         "tracking.backend": "none",
+        # A checkpoint after every epoch, as the tests of crashes and resumes need (the shipped interval is 30 s).
+        "train.checkpoint_interval_s": 0,
     }
     ov.update(overrides)
     return load_params(REPO / "params" / "sentiment.toml", ov)

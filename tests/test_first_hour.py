@@ -130,6 +130,10 @@ def test_serve_on_a_busy_port_refuses_without_claiming_to_serve(model_factory, c
     assert "serving" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+# A checkpoint every epoch (the shipped 30 s interval would write only the last of these short ones).
+RESUMABLE = ["--set", "train.epochs=40", "--set", "tracking.backend=none", "--set", "train.checkpoint_interval_s=0"]
+
+
 def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, prefect_api):
     import signal
     import time
@@ -138,7 +142,7 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
 
     home = tmp_path / "home"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "train", "--set", "train.epochs=40", "--set", "tracking.backend=none"],
+        [sys.executable, "-m", "cli", "train", *RESUMABLE],
         cwd=REPO,
         text=True,
         env={**os.environ, "TRAINKITE_HOME": str(home)},
@@ -155,7 +159,7 @@ def test_ctrl_c_during_training_prints_the_model_id_and_how_to_resume(tmp_path, 
     mid = next(p.name for p in (home / "artifacts" / "_scratch" / "sentiment").iterdir())
     assert f"interrupted: model {mid} is not finished" in err
     resume = err.strip().splitlines()[-1].strip()
-    assert resume == f"trainkite train --set train.epochs=40 --set tracking.backend=none --model-id {mid}", err
+    assert resume == f"trainkite train {' '.join(RESUMABLE)} --model-id {mid}", err
     assert out == ""
 
 

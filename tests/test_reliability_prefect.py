@@ -138,6 +138,8 @@ def test_a_prefect_server_restart_mid_training_does_not_lose_the_run(private_ser
                 "train.batch_size=2",
                 "--set",
                 "train.patience=0",
+                "--set",
+                "train.checkpoint_interval_s=0",
                 "--model-id",
                 "restart-1",
                 "--json",

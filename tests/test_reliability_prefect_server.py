@@ -173,6 +173,8 @@ def test_stop_force_during_a_training_ends_it_at_once_and_it_reports_its_own_end
                 "train.batch_size=2",
                 "--set",
                 "train.patience=0",
+                "--set",
+                "train.checkpoint_interval_s=0",
                 "--model-id",
                 "stopped-1",
                 "--json",

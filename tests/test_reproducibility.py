@@ -123,6 +123,7 @@ def _latest_flow_run(model_id):
 
 def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, home, tmp_path):
     slow = [*SMALL, "--set", "train.epochs=12", "--set", "train.batch_size=1", "--set", "train.patience=0"]
+    slow += ["--set", "train.checkpoint_interval_s=0"]  # a checkpoint every epoch
     env = {"TRAINKITE_HOME": str(tmp_path / "h")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "train", *slow, "--model-id", "crash-1", "--json"],
