@@ -126,6 +126,8 @@ def run_trainkite(
         "train_s": round(t3 - t2, 2),
         "epochs_run": trained.epochs_run,
         "best_epoch": trained.best_epoch,
+        # The first fit's best validation score of the primary metric (what early stopping chose on).
+        "validation": max(h[f"val_{params.evaluation.primary_metric}"] for h in trained.history),
         "stats": st.model_dump(),
         "resolved": {k: v["value"] for k, v in table.items() if v["source"] == "data"},
     }
