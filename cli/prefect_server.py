@@ -132,11 +132,22 @@ def seed_database(prefect_home_dir: Path) -> bool:
     return True
 
 
-def _healthy(url: str, timeout: float = 2.0) -> bool:
+def _answering_home(url: str, timeout: float = 2.0) -> str | None:
+    """The PREFECT_HOME of the server that answers at `url` ("" when it does not say), or None when none does."""
     try:
-        return requests.get(f"{url}/health", timeout=timeout).status_code == 200
-    except requests.RequestException:
-        return False
+        if requests.get(f"{url}/health", timeout=timeout).status_code != 200:
+            return None
+        return str(requests.get(f"{url}/admin/settings", timeout=timeout).json().get("home") or "")
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    """This home's server answers at `url`. Another TRAINKITE_HOME's server can hold the same port (it bound
+    the port between our check that it was free and our server's start): that one is not ours to use, reap or
+    stop."""
+    served = _answering_home(url, timeout)
+    return served is not None and (served == "" or Path(served).resolve() == prefect_home().resolve())
 
 
 def _alive(pid: int) -> bool:
@@ -223,8 +234,8 @@ def begin(quiet: bool = False) -> dict:
         return _spawn(quiet)
 
 
-def _spawn(quiet: bool) -> dict:
-    port = _free_port()
+def _spawn(quiet: bool, preferred: int = 4200) -> dict:
+    port = _free_port(preferred)
     url = f"http://127.0.0.1:{port}/api"
     ph = prefect_home()
     ph.mkdir(parents=True, exist_ok=True)
@@ -261,7 +272,14 @@ def _wait(state: dict, timeout: float) -> dict:
     if state.get("healthy"):
         return state
     deadline = time.monotonic() + timeout
+    moved = False
     while time.monotonic() < deadline:
+        if not moved and not _alive(state["pid"]) and _answering_home(state["url"]) is not None:
+            # Our server could not bind: another home's took the port first. Start again on a port of the OS's.
+            moved = True
+            with _start_lock():
+                state = _spawn(quiet=True, preferred=0)
+            continue
         if _healthy(state["url"]):
             # A server that has just come up: the runs its previous life left Running, whose processes are gone
             # (killed with it, or after their client gave up on it), are recorded Crashed now, not only at the

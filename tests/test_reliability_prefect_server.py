@@ -206,3 +206,31 @@ def test_stop_force_during_a_training_ends_it_at_once_and_it_reports_its_own_end
         assert "--force" not in (run["state"]["message"] or ""), "the run reported its own end"
     finally:
         _tk(home, "server", "stop", "--force", timeout=120)
+
+
+def test_a_port_taken_by_another_homes_server_is_not_used_and_the_start_moves(tmp_path, monkeypatch):
+    """Two TRAINKITE_HOMEs on one machine (two projects, a benchmark beside a test run): when the other home's
+    server binds 4200 between this home's check that it was free and its own server's start, this home's start
+    comes up on another port, and its status, reaping and stop never act on the other home's server."""
+    other = tmp_path / "other"
+    first = json.loads(_tk(other, "server", "start", "--json").stdout)
+    try:
+        taken = first["port"]
+        monkeypatch.setenv("TRAINKITE_HOME", str(tmp_path / "this"))
+        for k in [k for k in os.environ if k.startswith("PREFECT_")]:
+            monkeypatch.delenv(k)
+        free_port = ps._free_port
+        monkeypatch.setattr(ps, "_free_port", lambda preferred=4200: taken if preferred else free_port(0))
+        mine = ps.start(timeout=180, quiet=True)
+        assert mine["port"] != taken and mine["healthy"]
+        served = requests.get(f"{mine['url']}/admin/settings", timeout=10).json()["home"]
+        assert Path(served).resolve() == (tmp_path / "this" / "prefect").resolve()
+        assert not ps._healthy(first["url"]), "the other home's server is not this home's"
+        assert ps.stop() is True
+        assert requests.get(f"{first['url']}/health", timeout=10).status_code == 200, "the other one still serves"
+    finally:
+        _tk(other, "server", "stop", "--force")
+        monkeypatch.undo()
+        ps_pids = _servers_of(tmp_path / "this" / "prefect")
+        for pid in ps_pids:
+            os.kill(pid, 15)
