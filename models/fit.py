@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
@@ -122,7 +122,9 @@ def save_checkpoint(
     local = workdir / "checkpoint.safetensors"
     with local_write(f"write the checkpoint of epoch {state['epoch']} ({local})"):
         local.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(local))
+        # The state travels inside the weights file too: a process killed between the two writes leaves new
+        # weights beside the previous epoch's state file, and a resume must not pair them.
+        save_file(tensors, str(local), metadata={"trainkite_state": json.dumps(state)})
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
     store.put_bytes(json.dumps(state).encode(), state_key)
@@ -150,6 +152,13 @@ def load_checkpoint(
         local = workdir / "resume.safetensors"
         store.download(weights_key, local)
     tensors = load_file(str(local))
+    with safe_open(str(local), framework="pt") as f:
+        paired = (f.metadata() or {}).get("trainkite_state")
+    if paired is not None:
+        state = json.loads(paired)  # the state these weights were written with
+        if state.get("identity") != identity:
+            log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+            return None
     current = {k[len("current.") :]: v for k, v in tensors.items() if k.startswith("current.")}
     model.load_state_dict(current)
     best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}

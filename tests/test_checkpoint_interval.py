@@ -4,6 +4,7 @@ last epoch), with the same weights as a run that checkpoints every epoch."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,40 @@ def test_the_shipped_interval_is_30_seconds(params_factory):
 
     assert load_params(DEFAULT_PARAMS_FILE).train.checkpoint_interval_s == 30
     assert params_factory().train.checkpoint_interval_s == 0  # the tests' resumes need every epoch's
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_kill_between_a_checkpoints_weights_and_its_state_resumes_to_the_same_weights(
+    params_factory, demo_data, tmp_path
+):
+    """The weights file is written before the state file; a process killed in between leaves epoch 2's weights
+    beside epoch 1's state. The resume must take the state the weights were written with."""
+    p = params_factory(**{"data.path": str(demo_data), "train.patience": 0})
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+
+    def run(name: str, store: LocalStore, workdir: Path) -> str:
+        feats = model_types.featurize(ds, p, store, workdir)
+        trained = model_types.train(feats, p, store, ModelRef("sentiment", name), workdir)
+        return hashlib.sha256(Path(trained.weights_path).read_bytes()).hexdigest()
+
+    clean = run("torn", LocalStore(tmp_path / "clean"), tmp_path / "w-clean")
+    store = LocalStore(tmp_path / "store")
+    put_bytes, states = store.put_bytes, []
+
+    def dies_before_the_second_state(data_, key):
+        if key.endswith("checkpoints/last.json"):
+            states.append(key)
+            if len(states) == 2:
+                raise Killed
+        return put_bytes(data_, key)
+
+    store.put_bytes = dies_before_the_second_state
+    with pytest.raises(Killed):
+        run("torn", store, tmp_path / "w1")
+    store.put_bytes = put_bytes
+    ck = checkpoint_key(ModelRef("sentiment", "torn").prefix, "last.json")
+    assert json.loads(store.get_bytes(ck))["epoch"] == 1  # the state file lags the weights written after it
+    assert run("torn", store, tmp_path / "w2") == clean
