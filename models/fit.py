@@ -124,10 +124,18 @@ def save_checkpoint(
         local.parent.mkdir(parents=True, exist_ok=True)
         # The state travels inside the weights file too: a process killed between the two writes leaves new
         # weights beside the previous epoch's state file, and a resume must not pair them.
-        save_file(tensors, str(local), metadata={"trainkite_state": json.dumps(state)})
+        state_json = json.dumps(state)
+        save_file(tensors, str(local), metadata={"trainkite_state": state_json})
     store.put_file(local, weights_key)
     # The state file is written after the weights, so a state file always has its weights.
-    store.put_bytes(json.dumps(state).encode(), state_key)
+    store.put_bytes(state_json.encode(), state_key)
+
+
+def _made_with(state: dict, identity: dict, ref: ModelRef) -> bool:
+    if state.get("identity") == identity:
+        return True
+    log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+    return False
 
 
 def load_checkpoint(
@@ -144,8 +152,7 @@ def load_checkpoint(
     if not store.exists(state_key):
         return None
     state = json.loads(store.get_bytes(state_key))
-    if state.get("identity") != identity:
-        log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+    if not _made_with(state, identity, ref):
         return None
     local = store.local_path(weights_key)
     if local is None:
@@ -156,8 +163,7 @@ def load_checkpoint(
         paired = (f.metadata() or {}).get("trainkite_state")
     if paired is not None:
         state = json.loads(paired)  # the state these weights were written with
-        if state.get("identity") != identity:
-            log.warning("ignoring checkpoint of %s: it was made with other inputs", ref.model_id)
+        if not _made_with(state, identity, ref):
             return None
     current = {k[len("current.") :]: v for k, v in tensors.items() if k.startswith("current.")}
     model.load_state_dict(current)
