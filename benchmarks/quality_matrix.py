@@ -81,7 +81,12 @@ def cell_tables(name: str, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]
 
 
 def run_trainkite(
-    train: pd.DataFrame, test: pd.DataFrame, params_file: str, overrides: list[str], work: Path, model_type: str = "bow"
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    params_file: str,
+    overrides: list[str],
+    work: Path,
+    model_type: str | None = None,
 ) -> dict:
     folder = work / "tables"
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +103,7 @@ def run_trainkite(
             "tracking.backend": "none",
         },
     )
-    if model_type != "bow":
+    if model_type is not None:
         raw = apply_overrides(raw, {"model.type": model_type})
     if overrides:
         raw = apply_overrides(raw, parse_overrides(overrides))

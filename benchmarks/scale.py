@@ -39,6 +39,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [
+    "model.type='bow'",  # the setup (the epoch keys below would pick it anyway)
     "preprocess.buckets=1048576",
     "preprocess.ngram_max=2",
     "model.embedding_dim=16",

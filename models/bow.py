@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from models import features as bow_features
-from models.features import FEATURE_SCHEMA, FeaturesRef
+from models.features import FeaturesRef
 from models.fit import WINDOW_ROWS, TrainedModel, fit, local_weights, release_pages, sgd_step
 from models.metrics import score
 from params.model import Params, PreprocessParams
 from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef
-from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
 
 
@@ -198,20 +197,8 @@ def load_weights(path: str | Path, buckets: int, dim: int, n_classes: int) -> Bo
 
 
 # The kind's interface (models/registry.py).
-def features_key(fingerprint: str, params: Params) -> str:
-    return bow_features.cache_key(fingerprint, params.preprocess)
-
-
-def featurize(
-    dataset: DatasetRef, params: Params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
-) -> FeaturesRef:
-    params.require_resolved()  # buckets and n-grams come from the data when unset
-    # An older model's schema rebuilds its features with its own featurizer (verify).
-    return bow_features.preprocess(
-        dataset, params.preprocess, store, workdir, schema=FEATURE_SCHEMA if feature_schema is None else feature_schema
-    )
-
-
+features_key = bow_features.kind_features_key
+featurize = bow_features.kind_featurize
 train = train_bow
 
 
@@ -225,13 +212,7 @@ def split_scorer(
 
 
 def feature_config(params: Params, labels: list[str]) -> dict:
-    return {
-        "model_type": "bow",
-        "labels": labels,
-        "preprocess": params.preprocess.model_dump(mode="json"),
-        "feature_schema": FEATURE_SCHEMA,
-        "embedding_dim": params.model.embedding_dim,
-    }
+    return {**bow_features.kind_feature_config("bow", params, labels), "embedding_dim": params.model.embedding_dim}
 
 
 class Scorer:

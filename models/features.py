@@ -221,7 +221,7 @@ def schemas(model_type: str) -> dict[str, int]:
     """The manifest's record of what the rows and features of a new model look like (see manifest.schemas)."""
     from trainkite.snapshot import SNAPSHOT_SCHEMA
 
-    return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type == "bow" else 1}
+    return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type in ("bow", "linear") else 1}
 
 
 def worker_threads() -> int:
@@ -329,6 +329,31 @@ class NpyAppender:
         self._f.seek(0)
         self._f.write(self._header(self.n))
         self._f.close()
+
+
+def kind_features_key(fingerprint: str, params) -> str:
+    """`features_key` of the kinds that read hashed n-grams (bow, linear: models/registry.py)."""
+    return cache_key(fingerprint, params.preprocess)
+
+
+def kind_featurize(
+    dataset: DatasetRef, params, store: ArtifactStore, workdir: Path, feature_schema: int | None = None
+) -> FeaturesRef:
+    """`featurize` of the kinds that read hashed n-grams; `feature_schema` rebuilds an older model's (verify)."""
+    params.require_resolved()  # buckets and n-grams come from the data when unset
+    return preprocess(
+        dataset, params.preprocess, store, workdir, schema=FEATURE_SCHEMA if feature_schema is None else feature_schema
+    )
+
+
+def kind_feature_config(model_type: str, params, labels: list[str]) -> dict:
+    """What `features.json` says of the hashed n-grams a model reads (its scorer encodes texts by it)."""
+    return {
+        "model_type": model_type,
+        "labels": labels,
+        "preprocess": params.preprocess.model_dump(mode="json"),
+        "feature_schema": FEATURE_SCHEMA,
+    }
 
 
 def features_ref(key: str, dataset: DatasetRef) -> FeaturesRef:

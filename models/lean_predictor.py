@@ -2,8 +2,9 @@
 
 The lean serving image (infra/docker/Dockerfile.serve) has neither torch nor transformers, so this
 module must never import them. bow is an embedding-bag mean and a linear layer, read straight from
-`weights.safetensors`; an encoder model carries `model.onnx` (exported at publish, its outputs checked
-against torch's there, see models/onnx_export.py) and the tokenizer's own `tokenizer.json`.
+`weights.safetensors`; linear is a TF-IDF and its weights, scored in numpy by models/linear.py; an encoder
+model carries `model.onnx` (exported at publish, its outputs checked against torch's there, see
+models/onnx_export.py) and the tokenizer's own `tokenizer.json`.
 
 `load_predictor` picks the backend: this one where the model's files allow it, else the torch
 `models.predictor.Predictor` (an encoder published without `model.onnx`), which needs the full image.
@@ -141,6 +142,10 @@ class LeanPredictor:
         self.labels: list[str] = cfg["labels"]
         if self.model_type == "bow":
             self._scorer = BowNumpy(folder, cfg, len(self.labels), self.model_id)
+        elif self.model_type == "linear":
+            from models.linear import Scorer
+
+            self._scorer = Scorer(folder, cfg, self.model_id)
         elif self.model_type == "encoder" and lean_encoder_files(manifest):
             self._scorer = OnnxEncoder(
                 folder / ONNX_FILE, folder / TOKENIZER_FILE, int(cfg["encoder"]["max_length"]), len(self.labels)
@@ -176,7 +181,7 @@ def load_predictor(folder: Path, manifest: dict, backend: str | None = None):
     backend = backend or backend_from_env()
     if backend != "torch":
         cfg = json.loads((folder / "features.json").read_text())
-        if cfg.get("model_type", "bow") == "bow" or lean_encoder_files(manifest):
+        if cfg.get("model_type", "bow") in ("bow", "linear") or lean_encoder_files(manifest):
             return LeanPredictor(folder, manifest)
         if backend == "lean":
             raise IntegrityError(

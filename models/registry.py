@@ -24,6 +24,7 @@ from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore
 
 KINDS: dict[str, str] = {
+    "linear": "models.linear",
     "bow": "models.bow",
     "encoder": "models.encoder_train",
 }

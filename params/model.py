@@ -106,10 +106,12 @@ class ModelParams(_Section):
         pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
         description="Model name: the artifact folder `<root>/<name>/<model-id>/`.",
     )
-    type: Literal["bow", "encoder"] = Field(
-        "bow",
-        description="bow: fastText-style EmbeddingBag + linear. encoder: pretrained sentence encoder "
-        "(all-MiniLM-L6-v2) + linear head; needs `pip install 'trainkite[encoder]'`.",
+    type: Literal["linear", "bow", "encoder"] | None = Field(
+        None,
+        description="linear: logistic regression on the hashed n-grams' TF-IDF, fitted to its optimum. bow: "
+        "fastText-style EmbeddingBag + linear, trained by SGD in streamed batches (any size). encoder: pretrained "
+        "sentence encoder (all-MiniLM-L6-v2) + linear head; needs `pip install 'trainkite[encoder]'`. "
+        "Unset = from the data's size: linear while its whole n-gram matrix is small, bow above.",
     )
     embedding_dim: int | None = Field(
         None, ge=2, le=1024, description="Embedding size (bow). Unset = chosen from the data (label count)."
@@ -148,6 +150,13 @@ class TrainParams(_Section):
         "before it decays (fine-tuning a pretrained encoder wants ~0.06). Unset = per model type.",
     )
     weight_decay: float = Field(0.0, ge=0, le=1, allow_inf_nan=False, description="L2 on the dense layer.")
+    c: float = Field(
+        4.0,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="linear: inverse L2 strength (scikit-learn's LogisticRegression C) over l2-normalised rows.",
+    )
     patience: int | None = Field(
         None,
         ge=0,
@@ -310,6 +319,7 @@ class Params(BaseModel):
 
 
 AUTO_KEYS: tuple[tuple[str, str], ...] = (
+    ("model", "type"),  # first: the other keys' rules depend on it
     ("preprocess", "buckets"),
     ("model", "embedding_dim"),
     ("train", "epochs"),
@@ -323,9 +333,14 @@ AUTO_KEYS: tuple[tuple[str, str], ...] = (
 
 def estimated_memory_bytes(params: Params) -> int:
     """Bytes the bow table needs while training: the weights, the best epoch's copy and the checkpoint's copy
-    (float32 each), plus a sparse gradient of at most one batch's rows. 0 when unknown yet (unset keys) or for
-    the encoder (its size is fixed by the packaged model)."""
-    if params.model.type != "bow" or params.preprocess.buckets is None or params.model.embedding_dim is None:
+    (float32 each), plus a sparse gradient of at most one batch's rows. 0 when unknown yet (unset keys), for
+    the encoder (its size is fixed by the packaged model) and for linear (a weight per class and seen n-gram)."""
+    # Unset, the type is bow wherever an embedding size is set (tasks/defaults.py: model_type).
+    if (
+        params.model.type not in ("bow", None)
+        or params.preprocess.buckets is None
+        or params.model.embedding_dim is None
+    ):
         return 0
     return 3 * params.preprocess.buckets * params.model.embedding_dim * 4
 

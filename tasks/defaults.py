@@ -181,12 +181,62 @@ def encoder_rules(st: DataStats, mode: str) -> dict[str, int | float | bool]:
     }
 
 
-def rules(params: Params, st: DataStats) -> dict[str, int | float | bool]:
-    """Every rule's value for these statistics (set keys are not consulted)."""
-    if params.model.type == "encoder":
+# Up to this many n-gram ids in the rows a linear model is fitted on (training rows x words x n-gram lengths; about
+# 100 k comments of 20 words), the default model is `linear`: the whole run stays under 1 GB and the fit takes
+# seconds. Above it, `bow` streams batches from memory-mapped features in bounded memory (BENCHMARKS.md, Scale).
+LINEAR_MAX_IDS = 4_000_000
+# A linear fit's memory per n-gram id of its rows (ids, pairs, the CSR matrix, the solver's copy), measured: RSS
+# 800 MB at 3.3 M ids, 1.59 GB at 10 M (benchmarks/scale.py with model.type=linear).
+LINEAR_BYTES_PER_ID = 120
+# Keys only an epoch-trained model reads: a user who set one asked for epochs, so the unset type is bow.
+EPOCH_KEYS = ("model.embedding_dim", "train.epochs", "train.batch_size", "train.learning_rate", "train.patience")
+
+
+def model_type(params: Params, st: DataStats) -> str:
+    """The model type of a run that left `model.type` unset: linear for data whose n-gram matrix is small (there it
+    beats SGD-trained bags, BENCHMARKS.md quality matrix), bow above, or when an epoch-only key was set."""
+    if params.model.type is not None:
+        return params.model.type
+    data = params.model_dump(mode="json")
+    if any(data[sec][key] is not None for sec, key in (name.split(".") for name in EPOCH_KEYS)):
+        return "bow"
+    return "linear" if linear_ids(params, st) <= LINEAR_MAX_IDS else "bow"
+
+
+def linear_ids(params: Params, st: DataStats) -> float:
+    """The n-gram ids a linear fit holds at once: its rows (train + validation, the refit's) x words x lengths."""
+    return (st.train_rows + st.validation_rows) * st.mean_tokens * params.preprocess.ngram_max
+
+
+def check_linear_fits(params: Params, st: DataStats) -> None:
+    """A linear model holds its whole TF-IDF matrix in memory: refuse one that would not fit in
+    train.memory_limit_gib before any work, as the bow table's size is refused."""
+    if params.model.type != "linear":
+        return
+    need = linear_ids(params, st) * LINEAR_BYTES_PER_ID
+    limit = params.train.memory_limit_gib * 2**30
+    if need > limit:
+        raise ParamsError(
+            f"model.type = 'linear' holds its whole TF-IDF matrix in memory: about {need / 2**30:.1f} GiB for "
+            f"{st.train_rows:,} training rows of {st.mean_tokens:.0f} words (more than train.memory_limit_gib = "
+            f"{params.train.memory_limit_gib:g}); use model.type = 'bow', which streams, or raise the limit"
+        )
+
+
+def rules(params: Params, st: DataStats) -> dict[str, int | float | bool | str]:
+    """Every rule's value for these statistics (set keys are not consulted). linear reads buckets and refit of
+    bow's rules; the epoch keys it gets are bow's, so its params.json has every key and `model.type = "bow"`
+    alone turns it into the bow run of the same data."""
+    kind = model_type(params, st)
+    if kind == "encoder":
         # The encoder has no hash table: buckets and embedding_dim only need a value to be fully resolved.
-        return {"preprocess.buckets": 2**14, "model.embedding_dim": 16, **encoder_rules(st, params.model.encoder_mode)}
-    return bow_rules(st)
+        return {
+            "model.type": kind,
+            "preprocess.buckets": 2**14,
+            "model.embedding_dim": 16,
+            **encoder_rules(st, params.model.encoder_mode),
+        }
+    return {"model.type": kind, **bow_rules(st)}
 
 
 def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:
@@ -194,6 +244,7 @@ def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dic
     set key as it was. Validated again, so a resolved table that does not fit the memory limit is refused."""
     if not params.unresolved():
         # Nothing to resolve: the params were validated when loaded, and are returned as they are.
+        check_linear_fits(params, st)
         return params, {
             f"{sec}.{key}": {"value": getattr(getattr(params, sec), key), "source": "set"} for sec, key in AUTO_KEYS
         }
@@ -212,4 +263,5 @@ def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dic
         resolved = validate_params(data, source="parameters resolved from the data")
     except ParamsError as err:
         raise ParamsError(f"{err}\n(resolved from {st.train_rows} training rows; set the keys to pin them)") from None
+    check_linear_fits(resolved, st)
     return resolved, table

@@ -154,6 +154,7 @@ def small_params(**overrides):
     # Every data-resolved key pinned, so the model code can be called without the flow's resolution step; batch
     # 16 at rate 4 learns the demo in three epochs (the shipped rate, 0.5, needs more of them).
     ov = {
+        "model.type": "bow",
         "train.epochs": 3,
         "train.batch_size": 16,
         "train.learning_rate": 4.0,

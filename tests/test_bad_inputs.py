@@ -136,7 +136,7 @@ CLI_CASES = [
         P,
         ("train", "--set", 'model.type="transformer"'),
         2,
-        "model.type: Input should be 'bow'",
+        "model.type: Input should be 'linear', 'bow' or 'encoder'",
         unit="test_params.py::test_bad_values_name_the_key",
     ),
     Cli(

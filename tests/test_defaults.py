@@ -127,7 +127,7 @@ def test_unset_keys_survive_json_the_ui_form_and_params_json():
 
 def test_a_resolved_table_that_does_not_fit_in_memory_is_refused_by_name():
     st = defaults.stats_of_rows(_rows(800, 500), 2)
-    p = load_params(None, ["train.memory_limit_gib=0.001"])
+    p = load_params(None, ["train.memory_limit_gib=0.001", "model.type='bow'"])
     with pytest.raises(ParamsError, match="preprocess.buckets x model.embedding_dim"):
         defaults.resolve_params(p, st)
 

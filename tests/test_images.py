@@ -332,7 +332,7 @@ def test_train_image_runs_the_batch_job_definition(images, aws, prefect_api, tmp
         cwd=tmp_path,
         env={**os.environ, "TRAINKITE_ARTIFACTS": f"s3://{bucket}/models", "TRAINKITE_HOME": str(tmp_path / "home")},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["ok"] and report["mode"] == "bit-identical" and report["identical"], report
 

@@ -22,7 +22,7 @@ def test_topic_params_load():
         (["train.epochs=ten"], "train.epochs"),
         (["train.epoch=3"], "unknown key; allowed keys here"),
         (["bogus.x=1"], "unknown section 'bogus'"),
-        (["model.type=cnn"], "'bow' or 'encoder'"),
+        (["model.type=cnn"], "'linear', 'bow' or 'encoder'"),
         (["data.labels=[]"], "data.labels"),
         (["data.source=s3"], "'local' or 'athena'"),
         (["epochs=3"], "must be section.key"),

@@ -263,6 +263,7 @@ LOAD_PATH = [
     "models/predictor.py",
     "models/fit.py",
     "models/bow.py",
+    "models/linear.py",
     "models/features.py",
     "models/encoder.py",
     "models/encoder_train.py",
