@@ -20,6 +20,7 @@ import numpy as np
 
 from models import features as bow_features
 from models.features import FeaturesRef
+from models.lean_predictor import softmax
 from params.model import Params, PreprocessParams
 from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef
@@ -63,12 +64,6 @@ def _weigh(
     val = (1.0 + np.log(counts)) * idf[col].astype(np.float64)
     norm = np.sqrt(np.bincount(row, weights=val * val, minlength=n))
     return row, col, val / norm[row]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class LinearScores:

@@ -197,8 +197,7 @@ def model_type(params: Params, st: DataStats) -> str:
     beats SGD-trained bags, BENCHMARKS.md quality matrix), bow above, or when an epoch-only key was set."""
     if params.model.type is not None:
         return params.model.type
-    data = params.model_dump(mode="json")
-    if any(data[sec][key] is not None for sec, key in (name.split(".") for name in EPOCH_KEYS)):
+    if any(getattr(getattr(params, sec), key) is not None for sec, key in (k.split(".") for k in EPOCH_KEYS)):
         return "bow"
     return "linear" if linear_ids(params, st) <= LINEAR_MAX_IDS else "bow"
 

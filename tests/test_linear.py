@@ -18,23 +18,12 @@ from models import registry as model_types
 from models.features import encode, load_features
 from tasks import data, defaults
 from tasks.verify import verify_model
+from tests.test_refit import _stats
 from tests.test_scale import _params, _table, generated_rows
 from trainkite.manifest import ModelRef
 from trainkite.store import LocalStore, open_store
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _stats(train_rows: int, mean_tokens: float = 20.0) -> defaults.DataStats:
-    return defaults.DataStats(
-        train_rows=train_rows,
-        validation_rows=train_rows // 9,
-        labels=2,
-        vocabulary=5_000,
-        ngrams=50_000,
-        mean_tokens=mean_tokens,
-        sampled_rows=min(train_rows, 50_000),
-    )
 
 
 def test_small_data_resolves_to_linear_large_data_and_epoch_keys_to_bow():

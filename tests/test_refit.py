@@ -91,14 +91,14 @@ def test_validation_rows_follow_the_training_rows_in_every_layout():
     assert out["validation_y"] is arrays["validation_y"] and out["test_y"] is arrays["test_y"]
 
 
-def _stats(rows: int) -> defaults.DataStats:
+def _stats(rows: int, mean_tokens: float = 20.0) -> defaults.DataStats:
     return defaults.DataStats(
         train_rows=rows,
         validation_rows=rows // 9,
         labels=2,
         vocabulary=5_000,
         ngrams=40_000,
-        mean_tokens=20.0,
+        mean_tokens=mean_tokens,
         sampled_rows=min(rows, defaults.STATS_SAMPLE_ROWS),
     )
 
