@@ -474,7 +474,7 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
         def human():
             from rich.table import Table
 
-            t = Table("model ID", "name", "created", "test acc", "test macro-F1", "eval acc")
+            t = Table("model ID", "name", "created", "eval acc", "eval macro-F1", "test acc")
             for r in rows:
                 m = r["metrics"]
                 t.add_row(
@@ -483,7 +483,7 @@ def models(root: RootOpt = None, as_json: JsonOpt = False) -> None:
                     r["created_at"],
                     *(
                         f"{m[k]:.4f}" if k in m else "-"
-                        for k in ("test_accuracy", "test_macro_f1", "evaluation_accuracy")
+                        for k in ("evaluation_accuracy", "evaluation_macro_f1", "test_accuracy")
                     ),
                 )
             print_table(t)

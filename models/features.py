@@ -217,11 +217,15 @@ def cache_key(fingerprint: str, p: PreprocessParams, schema: int = FEATURE_SCHEM
     return h.hexdigest()[:24]
 
 
+# The model kinds that read these hashed n-grams (the encoder tokenizes for itself).
+NGRAM_KINDS = ("bow", "linear")
+
+
 def schemas(model_type: str) -> dict[str, int]:
     """The manifest's record of what the rows and features of a new model look like (see manifest.schemas)."""
     from trainkite.snapshot import SNAPSHOT_SCHEMA
 
-    return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type in ("bow", "linear") else 1}
+    return {"snapshot": SNAPSHOT_SCHEMA, "features": FEATURE_SCHEMA if model_type in NGRAM_KINDS else 1}
 
 
 def worker_threads() -> int:

@@ -140,12 +140,8 @@ class LeanPredictor:
         cfg = json.loads((folder / "features.json").read_text())
         self.model_type: str = cfg.get("model_type", "bow")
         self.labels: list[str] = cfg["labels"]
-        if self.model_type == "bow":
-            self._scorer = BowNumpy(folder, cfg, len(self.labels), self.model_id)
-        elif self.model_type == "linear":
-            from models.linear import Scorer
-
-            self._scorer = Scorer(folder, cfg, self.model_id)
+        if self.model_type in NUMPY_SCORERS:
+            self._scorer = NUMPY_SCORERS[self.model_type](folder, cfg, len(self.labels), self.model_id)
         elif self.model_type == "encoder" and lean_encoder_files(manifest):
             self._scorer = OnnxEncoder(
                 folder / ONNX_FILE, folder / TOKENIZER_FILE, int(cfg["encoder"]["max_length"]), len(self.labels)
@@ -162,6 +158,16 @@ class LeanPredictor:
 
     def predict(self, texts: list[str]) -> list[dict]:
         return as_predictions(self.predict_proba(texts), self.labels, self.model_id)
+
+
+def _linear_scorer(folder: Path, cfg: dict, n_classes: int, model_id: str):
+    from models.linear import Scorer
+
+    return Scorer(folder, cfg, model_id)
+
+
+# The kinds scored in plain numpy, whatever their files: (folder, features.json, classes, model ID) -> scorer.
+NUMPY_SCORERS = {"bow": BowNumpy, "linear": _linear_scorer}
 
 
 def lean_encoder_files(manifest: dict) -> bool:
@@ -181,7 +187,7 @@ def load_predictor(folder: Path, manifest: dict, backend: str | None = None):
     backend = backend or backend_from_env()
     if backend != "torch":
         cfg = json.loads((folder / "features.json").read_text())
-        if cfg.get("model_type", "bow") in ("bow", "linear") or lean_encoder_files(manifest):
+        if cfg.get("model_type", "bow") in NUMPY_SCORERS or lean_encoder_files(manifest):
             return LeanPredictor(folder, manifest)
         if backend == "lean":
             raise IntegrityError(

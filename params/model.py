@@ -21,6 +21,8 @@ PARAMS_DIR = Path(__file__).resolve().parent
 # With the loss a per-example mean, no model type wants a rate near this; above it a run only diverges.
 LR_MAX = 50.0
 GIB = 2**30
+# The test split's share when no separate evaluation set is given.
+DEFAULT_TEST_FRACTION = 0.1
 DEFAULT_PARAMS_FILE = PARAMS_DIR / "sentiment.toml"
 
 
@@ -49,7 +51,13 @@ class DataParams(_Section):
     )
     split_seed: int = Field(17, description="Seed of the stable hash split (train/validation/test).")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of rows for validation.")
-    test_fraction: float = Field(0.1, ge=0, lt=0.5, description="Share of rows for the test split.")
+    test_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="Share of rows for the test split. Unset: 0 when evaluation.query names a human-labelled "
+        f"set (that set is the test, and every other row trains), else {DEFAULT_TEST_FRACTION}.",
+    )
     snapshot_max_rows: int = Field(
         2_000_000, ge=0, description="Store the exact rows (Parquet) with the model up to this many rows."
     )
@@ -74,7 +82,8 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _fractions(self) -> DataParams:
-        if self.validation_fraction + self.test_fraction >= 0.8:
+        test = DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction
+        if self.validation_fraction + test >= 0.8:
             raise ValueError("validation_fraction + test_fraction must leave at least 20% for training")
         if self.text_column == self.label_column:
             raise ValueError(
@@ -277,6 +286,14 @@ class Params(BaseModel):
     artifacts: ArtifactsParams = Field(default_factory=ArtifactsParams, description="Where models go.")
     tracking: TrackingParams = Field(default_factory=TrackingParams, description="W&B.")
     deploy: DeployParams = Field(default_factory=DeployParams, description="Serving target.")
+
+    @model_validator(mode="after")
+    def _test_split(self) -> Params:
+        # Resolved at load, not after fetch: the split is drawn in the fetch. A separate evaluation set judges
+        # the model, so a test split carved from the training rows would only take rows from the fit.
+        if self.data.test_fraction is None:
+            self.data.test_fraction = 0.0 if self.evaluation.query else DEFAULT_TEST_FRACTION
+        return self
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> Params:

@@ -17,13 +17,15 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from models.features import ranges
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
-from trainkite.snapshot import iter_snapshot, split_texts
+from trainkite.snapshot import iter_snapshot, split_text_array
 
 # Statistics read at most this many training texts (a deterministic stride sample); beyond that the
 # vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
@@ -50,25 +52,56 @@ def _heaps(count: int, sampled: int, total: int) -> int:
     return int(count * (total / sampled) ** 0.6)
 
 
+def _token_sequences(sample) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every sampled text's lowercased word tokens as dense ids, flat and in text order, the text each one
+    belongs to, and the count of distinct tokens: `_WORD.findall(text.lower())` per text, but run once per
+    distinct space-separated piece (no token spans a space), as the features' encoder does."""
+    texts = sample if isinstance(sample, pa.Array) else pa.array([str(t) for t in sample], type=pa.string())
+    pieces = pc.split_pattern(texts, " ")
+    piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
+    dic = pc.dictionary_encode(pc.list_flatten(pieces))
+    vocab: dict[str, int] = {}
+    flat: list[int] = []
+    starts = [0]
+    for piece in dic.dictionary.to_pylist():
+        flat.extend(vocab.setdefault(tok, len(vocab)) for tok in _WORD.findall(piece.lower()))
+        starts.append(len(flat))
+    start = np.asarray(starts, dtype=np.int64)
+    occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = np.diff(start)[occ]
+    tokens = np.asarray(flat, dtype=np.int64)[ranges(start[occ], counts)[0]]
+    return tokens, np.repeat(piece_rows, counts), len(vocab)
+
+
+def _distinct_grams(tokens: np.ndarray, rows: np.ndarray, vocabulary: int, ngram_max: int) -> int:
+    """Distinct 2..ngram_max-grams within texts. A k-gram is its (k-1)-gram's dense id and its last token,
+    renumbered densely at each k, so the keys never overflow whatever k."""
+    total = 0
+    gram = tokens
+    for k in range(2, ngram_max + 1):
+        n = len(tokens) - k + 1
+        if n <= 0:
+            break
+        key = gram[:n] * max(1, vocabulary) + tokens[k - 1 :]
+        within = rows[k - 1 :] == rows[:n]  # rows ascend: first and last token in one text
+        total += len(np.unique(key[within]))
+        if k < ngram_max:
+            gram = np.unique(key, return_inverse=True)[1].astype(np.int64)
+    return total
+
+
 def _stats(sample, train_rows: int, validation_rows: int, labels: int, ngram_max: int) -> DataStats:
     """The statistics from a stride sample of the training texts and the split counts."""
-    words: set[str] = set()
-    grams: set[str] = set()
-    tokens = 0
-    for text in sample:
-        toks = _WORD.findall(str(text).lower())
-        tokens += len(toks)
-        words.update(toks)
-        for k in range(2, ngram_max + 1):
-            grams.update(" ".join(toks[i : i + k]) for i in range(len(toks) - k + 1))
+    tokens, rows, words = _token_sequences(sample)
+    grams = _distinct_grams(tokens, rows, words, ngram_max)
     m = len(sample)
     return DataStats(
         train_rows=train_rows,
         validation_rows=validation_rows,
         labels=labels,
-        vocabulary=_heaps(len(words), m, train_rows),
-        ngrams=_heaps(len(words) + len(grams), m, train_rows),
-        mean_tokens=round(tokens / m, 3) if m else 0.0,
+        vocabulary=_heaps(words, m, train_rows),
+        ngrams=_heaps(words + grams, m, train_rows),
+        mean_tokens=round(len(tokens) / m, 3) if m else 0.0,
         sampled_rows=m,
     )
 
@@ -99,7 +132,7 @@ def dataset_stats(snapshot: str | Path, ngram_max: int, labels: int | None = Non
             kept = pc.filter(batch.column(1), pc.not_equal(split, "evaluation"))
             seen_labels.update(pc.unique(kept).to_pylist())
     n = counts["train"]
-    sample = split_texts(snapshot, "train", every=_stride(n))
+    sample = split_text_array(snapshot, "train", every=_stride(n))
     pa.default_memory_pool().release_unused()  # the batches' buffers, which Arrow's allocator keeps for reuse
     return _stats(sample, n, counts["validation"], labels or len(seen_labels), ngram_max)
 
@@ -241,13 +274,8 @@ def rules(params: Params, st: DataStats) -> dict[str, int | float | bool | str]:
 def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:
     """(resolved params, {key: {"value", "source": "set" | "data"}}): every unset key from the rules, every
     set key as it was. Validated again, so a resolved table that does not fit the memory limit is refused."""
-    if not params.unresolved():
-        # Nothing to resolve: the params were validated when loaded, and are returned as they are.
-        check_linear_fits(params, st)
-        return params, {
-            f"{sec}.{key}": {"value": getattr(getattr(params, sec), key), "source": "set"} for sec, key in AUTO_KEYS
-        }
-    values = rules(params, st)
+    missing = params.unresolved()
+    values = rules(params, st) if missing else {}
     data = params.model_dump(mode="json")
     table: dict[str, dict] = {}
     for section, key in AUTO_KEYS:
@@ -258,9 +286,13 @@ def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dic
             table[name] = {"value": values[name], "source": "data"}
         else:
             table[name] = {"value": current, "source": "set"}
-    try:
-        resolved = validate_params(data, source="parameters resolved from the data")
-    except ParamsError as err:
-        raise ParamsError(f"{err}\n(resolved from {st.train_rows} training rows; set the keys to pin them)") from None
+    resolved = params  # nothing to resolve: validated when loaded, returned as it is
+    if missing:
+        try:
+            resolved = validate_params(data, source="parameters resolved from the data")
+        except ParamsError as err:
+            raise ParamsError(
+                f"{err}\n(resolved from {st.train_rows} training rows; set the keys to pin them)"
+            ) from None
     check_linear_fits(resolved, st)
     return resolved, table

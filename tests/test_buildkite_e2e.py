@@ -80,7 +80,7 @@ def test_pipeline_trains_reviews_and_deploys(new_run, process_worker):
     assert meta["model-id"] == f"trainkite-{run.number}"
     assert meta["training-status"] == "passed"
     assert os.path.isdir(meta["model-data-path"]) and meta["model-data-path"].endswith(meta["model-id"])
-    assert "test_accuracy=" in meta["metrics"] and meta["wandb-run-id"] == "none"
+    assert "evaluation_accuracy=" in meta["metrics"] and meta["wandb-run-id"] == "none"
     assert json.loads(meta["model-env"])["TRAINKITE_MODEL_ID"] == meta["model-id"]
 
     # The flow unblocks in its notify task; its last task (Prefect artifacts) runs after that.
@@ -105,7 +105,7 @@ def test_pipeline_trains_reviews_and_deploys(new_run, process_worker):
     assert review.returncode == 0, review.stderr
     note = run.annotations()["trainkite-review"]
     assert note["style"] == "success"
-    assert "| test_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
+    assert "| evaluation_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
     assert "tracking was off" in note["body"]
 
     _no_token_in(

@@ -22,7 +22,8 @@ def test_demo_data_fetch(params_factory, demo_data, tmp_path):
     assert ds.counts["evaluation"] == 200 and ds.counts["train"] > 600
     assert len(ds.fingerprint) == 64
     snap = data.read_snapshot(ds.snapshot_path)
-    assert set(snap["split"]) == {"train", "validation", "test", "evaluation"}
+    # The human-labelled evaluation set is the test: no test split is carved from the training rows.
+    assert set(snap["split"]) == {"train", "validation", "evaluation"}
 
 
 def test_parquet_tables_work(params_factory, tmp_path):

@@ -51,6 +51,33 @@ def test_statistics_streamed_from_the_snapshot_equal_those_of_the_rows_in_memory
     assert defaults.dataset_stats(path, ngram_max=2, labels=5).labels == 5
 
 
+def _counted_per_text(texts: list[str], ngram_max: int) -> tuple[int, int, int]:
+    """(distinct words, distinct 1..ngram_max-grams, tokens): the statistics' definition, one text at a time."""
+    words, grams, tokens = set(), set(), 0
+    for text in texts:
+        toks = defaults._WORD.findall(text.lower())
+        tokens += len(toks)
+        words.update(toks)
+        for k in range(2, ngram_max + 1):
+            grams.update(tuple(toks[i : i + k]) for i in range(len(toks) - k + 1))
+    return len(words), len(words) + len(grams), tokens
+
+
+@pytest.mark.parametrize("ngram_max", [1, 2, 3, 4])
+def test_vectorised_statistics_count_what_a_per_text_tokenizer_counts(ngram_max):
+    """The statistics tokenise each distinct space-separated piece once; the counts are those of tokenising
+    every text whole: case, apostrophes, tabs and newlines, runs of spaces, scripts without spaces, repeated
+    and empty texts, n-grams never crossing from one text into the next."""
+    rng = random.Random(ngram_max)
+    pieces = ["İstanbul", "ΟΔΟΣ", "don't", "'quoted'", "a\tb\nc", "Straße", "ǅ", "ﬁ", "naïve", "!!!", "日本語",
+              "rock'n'roll", "x", "X", "", "w1", "w2", "W1,", "end."]  # fmt: skip
+    texts = [" ".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(400)]
+    texts += ["", "   ", "a a a a a", "a  b", texts[0]]
+    st = defaults._stats(texts, len(texts), 0, 2, ngram_max)
+    words, grams, tokens = _counted_per_text(texts, ngram_max)
+    assert (st.vocabulary, st.ngrams, st.mean_tokens) == (words, grams, round(tokens / len(texts), 3))
+
+
 def _all_unset() -> Params:
     p = load_params(None)
     assert p.unresolved() == [f"{s}.{k}" for s, k in AUTO_KEYS]  # the shipped file leaves every one to the data

@@ -432,7 +432,7 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
     result = deploy(model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=10)
     t.join()
     assert result["deployed"] and result["approved_by"] == "prefect-ui" and result["approval_note"] == "beats champ-1"
-    assert "champ-1" in seen["form"] and "cand-2" in seen["form"] and "test_accuracy" in seen["form"]
+    assert "champ-1" in seen["form"] and "cand-2" in seen["form"] and "evaluation_accuracy" in seen["form"]
 
     state = deploy(
         model_id="cand-2", target="local", params=params, require_approval=True, approval_timeout_s=2, return_state=True

@@ -15,6 +15,18 @@ def test_topic_params_load():
     assert p.model.name == "topic" and len(p.data.labels) == 6
 
 
+def test_the_test_split_is_resolved_from_whether_an_evaluation_set_judges_the_model():
+    """With evaluation.query, the human-labelled set is the test: no training row is held back for one. Without
+    it, a tenth of the rows is. A set value wins either way, and the resolved value is what params.json stores."""
+    shipped = load_params(None)
+    assert shipped.evaluation.query and shipped.data.test_fraction == 0.0
+    assert load_params(REPO / "params" / "topic.toml").data.test_fraction == 0.0
+    assert load_params(None, ["evaluation.query=''"]).data.test_fraction == 0.1
+    assert load_params(None, ["data.test_fraction=0.2"]).data.test_fraction == 0.2
+    assert load_params(None, ["data.test_fraction=0.2", "evaluation.query=''"]).data.test_fraction == 0.2
+    assert '"test_fraction":0.0' in shipped.canonical_json()
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [

@@ -61,7 +61,7 @@ def test_review_compares_with_the_deployed_champion_and_gates_a_worse_model(new_
     assert review.returncode == 0, review.stderr[-3000:]
     note = first.annotations()["trainkite-review"]
     assert note["style"] == "success" and "No champion yet" in note["body"]
-    assert "| test_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
+    assert "| evaluation_accuracy |" in note["body"] and meta["model-data-path"] in note["body"]
     uploaded = _artifacts(first)
     assert list(uploaded) == [f"trainkite-review/{meta['model-id']}/challenger-confusion.png"]
     assert (

@@ -79,10 +79,10 @@ def _params(params_factory, folder, **ov):
             "data.path": str(folder),
             "data.query": "SELECT text, label FROM t",
             "data.labels": ["negative", "positive"],
+            "evaluation.query": None,  # no human-labelled set: the test split is drawn from the table
             **ov,
         }
     )
-    p.evaluation.query = None
     return p
 
 

@@ -52,13 +52,18 @@ def read_snapshot(path: str | Path) -> pd.DataFrame:
 def split_texts(path: str | Path, split: str, every: int = 1) -> list[str]:
     """The texts of one split, in the snapshot's order (with `every` > 1, its 0th, every-th, ... text: a
     deterministic stride sample), read batch by batch without the other splits' rows or columns."""
-    texts: list[str] = []
+    return split_text_array(path, split, every).to_pylist()
+
+
+def split_text_array(path: str | Path, split: str, every: int = 1) -> pa.Array:
+    """`split_texts` as one Arrow string array: no Python object per text."""
+    chunks: list[pa.Array] = []
     position = 0  # the index, within the split, of the batch's first text of it
     for batch in iter_snapshot(path, columns=("split", "text")):
         rows = batch.column(1).filter(pc.equal(batch.column(0), split))
-        texts.extend(rows.take(pa.array(range(-position % every, len(rows), every), type=pa.int64())).to_pylist())
+        chunks.append(rows.take(pa.array(range(-position % every, len(rows), every), type=pa.int64())))
         position += len(rows)
-    return texts
+    return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
 
 
 def iter_snapshot(path: str | Path, batch_rows: int | None = None, columns=("split", "text", "label")):
