@@ -109,6 +109,19 @@ def row_bounds(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.nd
     return starts, ends - starts
 
 
+def piece_tokens(texts, per_piece) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's tokens, flat and in text order, and the text each belongs to. `per_piece(distinct pieces)`
+    gives the tokens of each distinct space-separated piece, flat, and where each piece's start (len + 1): no
+    token spans a space, so the Python work is once per distinct piece, not per text."""
+    pieces = pc.split_pattern(_as_arrow(texts), " ")
+    piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
+    dic = pc.dictionary_encode(pc.list_flatten(pieces))
+    values, start = per_piece(dic.dictionary.to_pylist())
+    occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = np.diff(start)[occ]
+    return values[ranges(start[occ], counts)[0]], np.repeat(piece_rows, counts)
+
+
 def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """EmbeddingBag input for `texts` (a list of str or an Arrow string array): flat bucket ids (int64) and
     the offset where each text's ids start (int64). Per text, per token in order: the 1..ngram_max-grams
@@ -121,14 +134,7 @@ def encode_int32(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """`encode` with int32 ids (buckets are at most 2**24): the stored form."""
     arr = _as_arrow(texts)
     n = len(arr)
-    pieces = pc.split_pattern(arr, " ")
-    piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
-    dic = pc.dictionary_encode(pc.list_flatten(pieces))
-    tok_hash, tok_start = _piece_tokens(dic.dictionary.to_pylist(), p)
-    occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    occ_tokens = np.diff(tok_start)[occ]
-    h = tok_hash[ranges(tok_start[occ], occ_tokens)[0]]
-    row = np.repeat(piece_rows, occ_tokens)
+    h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p))
     full = np.bincount(row, minlength=n).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     text_start = np.zeros(n, dtype=np.int64)
     if n:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from models.features import ranges
+from models.features import piece_tokens
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
 from trainkite.snapshot import iter_snapshot, split_text_array
 
@@ -54,23 +54,20 @@ def _heaps(count: int, sampled: int, total: int) -> int:
 
 def _token_sequences(sample) -> tuple[np.ndarray, np.ndarray, int]:
     """Every sampled text's lowercased word tokens as dense ids, flat and in text order, the text each one
-    belongs to, and the count of distinct tokens: `_WORD.findall(text.lower())` per text, but run once per
-    distinct space-separated piece (no token spans a space), as the features' encoder does."""
-    texts = sample if isinstance(sample, pa.Array) else pa.array([str(t) for t in sample], type=pa.string())
-    pieces = pc.split_pattern(texts, " ")
-    piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
-    dic = pc.dictionary_encode(pc.list_flatten(pieces))
+    belongs to, and the count of distinct tokens: `_WORD.findall(text.lower())` per text."""
     vocab: dict[str, int] = {}
-    flat: list[int] = []
-    starts = [0]
-    for piece in dic.dictionary.to_pylist():
-        flat.extend(vocab.setdefault(tok, len(vocab)) for tok in _WORD.findall(piece.lower()))
-        starts.append(len(flat))
-    start = np.asarray(starts, dtype=np.int64)
-    occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    counts = np.diff(start)[occ]
-    tokens = np.asarray(flat, dtype=np.int64)[ranges(start[occ], counts)[0]]
-    return tokens, np.repeat(piece_rows, counts), len(vocab)
+
+    def word_ids(pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        flat: list[int] = []
+        starts = [0]
+        for piece in pieces:
+            flat.extend(vocab.setdefault(tok, len(vocab)) for tok in _WORD.findall(piece.lower()))
+            starts.append(len(flat))
+        return np.asarray(flat, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+
+    texts = sample if isinstance(sample, pa.Array) else [str(t) for t in sample]
+    tokens, rows = piece_tokens(texts, word_ids)
+    return tokens, rows, len(vocab)
 
 
 def _distinct_grams(tokens: np.ndarray, rows: np.ndarray, vocabulary: int, ngram_max: int) -> int:
