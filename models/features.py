@@ -33,6 +33,9 @@ CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 # n-gram's hash combined from its tokens' blake2b. Recorded in features.json and the manifest.
 FEATURE_SCHEMA = 2
 BATCH_ROWS = 16_384  # rows per encoded batch: 64 k rows x 2 threads held ~350 MB of temporaries at 1 M rows
+# From this many rows, preprocess tokenises ASCII in compiled code: ~4 us of Python per distinct piece
+# against numba's import and load (~1.5 s), which a table this size repays.
+NATIVE_MIN_ROWS = 250_000
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -72,8 +75,7 @@ def _as_arrow(texts) -> pa.Array:
         return pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in texts], type=pa.string())
 
 
-def _piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """Token hashes of each distinct piece, flat, and where each piece's hashes start (len + 1)."""
+def _python_piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     seen: dict[str, int] = {}
     flat: list[int] = []
     starts = np.zeros(len(pieces) + 1, dtype=np.int64)
@@ -85,6 +87,27 @@ def _piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, n
             flat.append(h)
         starts[i + 1] = len(flat)
     return np.asarray(flat, dtype=np.uint64), starts
+
+
+def _piece_tokens(pieces: pa.Array, p: PreprocessParams, native: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Token hashes of each distinct piece, flat, and where each piece's hashes start (len + 1). `native`:
+    ASCII pieces in one compiled pass (models/tokens_native.py, the same hashes), the rest in Python."""
+    if not native:
+        return _python_piece_tokens(pieces.to_pylist(), p)
+    from models.tokens_native import ascii_tokens  # numba: training's preprocess only, never serving
+
+    counts, fast = ascii_tokens(pieces, p.lowercase)
+    slow = np.flatnonzero(counts < 0)
+    slow_flat, slow_starts = _python_piece_tokens(pieces.take(pa.array(slow)).to_pylist(), p)
+    counts[slow] = np.diff(slow_starts)
+    starts = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    flat = np.empty(int(starts[-1]), dtype=np.uint64)
+    is_fast = np.ones(len(counts), dtype=bool)
+    is_fast[slow] = False
+    flat[ranges(starts[:-1][is_fast], counts[is_fast])[0]] = fast
+    flat[ranges(starts[slow], counts[slow])[0]] = slow_flat
+    return flat, starts
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,12 +134,12 @@ def row_bounds(offsets: np.ndarray, n_ids: int, rows: np.ndarray) -> tuple[np.nd
 
 def piece_tokens(texts, per_piece) -> tuple[np.ndarray, np.ndarray]:
     """Every text's tokens, flat and in text order, and the text each belongs to. `per_piece(distinct pieces)`
-    gives the tokens of each distinct space-separated piece, flat, and where each piece's start (len + 1): no
-    token spans a space, so the Python work is once per distinct piece, not per text."""
+    (an Arrow string array) gives the tokens of each distinct space-separated piece, flat, and where each
+    piece's start (len + 1): no token spans a space, so the work is once per distinct piece, not per text."""
     pieces = pc.split_pattern(_as_arrow(texts), " ")
     piece_rows = pc.list_parent_indices(pieces).to_numpy(zero_copy_only=False).astype(np.int64)
     dic = pc.dictionary_encode(pc.list_flatten(pieces))
-    values, start = per_piece(dic.dictionary.to_pylist())
+    values, start = per_piece(dic.dictionary)
     occ = dic.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     counts = np.diff(start)[occ]
     return values[ranges(start[occ], counts)[0]], np.repeat(piece_rows, counts)
@@ -130,11 +153,12 @@ def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), offsets
 
 
-def encode_int32(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """`encode` with int32 ids (buckets are at most 2**24): the stored form."""
+def encode_int32(texts, p: PreprocessParams, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`encode` with int32 ids (buckets are at most 2**24): the stored form. `native` tokenises ASCII in
+    compiled code: the same ids, worth numba's load (about a second) on large tables only."""
     arr = _as_arrow(texts)
     n = len(arr)
-    h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p))
+    h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p, native))
     full = np.bincount(row, minlength=n).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     text_start = np.zeros(n, dtype=np.int64)
     if n:
@@ -250,17 +274,24 @@ def preprocess(
     batch_rows: int | None = None,
     threads: int | None = None,
     schema: int = FEATURE_SCHEMA,
+    native: bool | None = None,
 ) -> FeaturesRef:
     """Encode every split and keep the arrays in the store's feature cache (reused across runs).
 
     The snapshot is read in batches, encoded on `threads` worker threads (Arrow and numpy release the
     GIL) and appended in order to one .npy file per array: the result is byte-identical whatever the batch
     size or thread count, and memory holds a few batches, not the table. `schema` 1 rebuilds the features of
-    a model made before schema 2 (`trainkite verify`).
+    a model made before schema 2 (`trainkite verify`). `native` (default: from the table's size) changes the
+    speed, never the ids.
     """
     ref = features_ref(cache_key(dataset.fingerprint, p, schema), dataset)
     if schema == FEATURE_SCHEMA:
-        enc = encode_int32
+        if native is None:
+            native = sum(dataset.counts.values()) >= NATIVE_MIN_ROWS
+
+        def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+            return encode_int32(texts, p, native)
+
     else:
         v1 = encoder_for(schema)
 

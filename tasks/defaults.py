@@ -57,10 +57,10 @@ def _token_sequences(sample) -> tuple[np.ndarray, np.ndarray, int]:
     belongs to, and the count of distinct tokens: `_WORD.findall(text.lower())` per text."""
     vocab: dict[str, int] = {}
 
-    def word_ids(pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def word_ids(pieces: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         flat: list[int] = []
         starts = [0]
-        for piece in pieces:
+        for piece in pieces.to_pylist():
             flat.extend(vocab.setdefault(tok, len(vocab)) for tok in _WORD.findall(piece.lower()))
             starts.append(len(flat))
         return np.asarray(flat, dtype=np.int64), np.asarray(starts, dtype=np.int64)

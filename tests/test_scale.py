@@ -96,18 +96,21 @@ def _table(folder: Path, df: pd.DataFrame, name: str = "t") -> Path:
     return folder
 
 
-def test_same_fingerprint_features_and_weights_whatever_the_batch_size_and_threads(
+def test_same_fingerprint_features_and_weights_whatever_the_batch_size_threads_and_tokeniser(
     params_factory, tmp_path, monkeypatch
 ):
     folder = _table(tmp_path / "src", generated_rows(8_000))
     p = _params(params_factory, folder, **{"train.epochs": 2, "preprocess.buckets": 1 << 14})
     results = []
-    for i, (raw_rows, rows, threads) in enumerate([(65_536, 65_536, 1), (997, 1_234, 2), (5_000, 333, 3)]):
+    runs = [(65_536, 65_536, 1, False), (997, 1_234, 2, True), (5_000, 333, 3, None)]
+    for i, (raw_rows, rows, threads, native) in enumerate(runs):
         monkeypatch.setattr(data, "RAW_BATCH_ROWS", raw_rows)
         ds = data.fetch_dataset(p, tmp_path / f"wd{i}")
         assert data.snapshot_fingerprint(ds.snapshot_path, batch_rows=rows) == ds.fingerprint
         store = LocalStore(tmp_path / f"store{i}")
-        feats = pp.preprocess(ds, p.preprocess, store, tmp_path / f"wd{i}", batch_rows=rows, threads=threads)
+        feats = pp.preprocess(
+            ds, p.preprocess, store, tmp_path / f"wd{i}", batch_rows=rows, threads=threads, native=native
+        )
         arrays = pp.load_features(feats, store, tmp_path / f"wd{i}")
         assert isinstance(arrays["train_ids"], np.memmap) and arrays["train_ids"].dtype == np.int32
         digest = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()}
