@@ -97,14 +97,13 @@ def _piece_tokens(pieces: pa.Array, p: PreprocessParams, native: bool) -> tuple[
     from models.tokens_native import ascii_tokens  # numba: training's preprocess only, never serving
 
     counts, fast = ascii_tokens(pieces, p.lowercase)
-    slow = np.flatnonzero(counts < 0)
+    is_fast = counts >= 0
+    slow = np.flatnonzero(~is_fast)
     slow_flat, slow_starts = _python_piece_tokens(pieces.take(pa.array(slow)).to_pylist(), p)
     counts[slow] = np.diff(slow_starts)
     starts = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
     flat = np.empty(int(starts[-1]), dtype=np.uint64)
-    is_fast = np.ones(len(counts), dtype=bool)
-    is_fast[slow] = False
     flat[ranges(starts[:-1][is_fast], counts[is_fast])[0]] = fast
     flat[ranges(starts[slow], counts[slow])[0]] = slow_flat
     return flat, starts
@@ -155,7 +154,7 @@ def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_int32(texts, p: PreprocessParams, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`encode` with int32 ids (buckets are at most 2**24): the stored form. `native` tokenises ASCII in
-    compiled code: the same ids, worth numba's load (about a second) on large tables only."""
+    compiled code: the same ids, worth numba's load on large tables only (`NATIVE_MIN_ROWS`)."""
     arr = _as_arrow(texts)
     n = len(arr)
     h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p, native))
