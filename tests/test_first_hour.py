@@ -293,3 +293,21 @@ def test_sweep_shows_one_line_per_configuration_and_its_state(tmp_path, prefect_
         assert states == ["queued", "running", "completed"], (rate, mine)
     # Not every run's log lines interleaved: those stay in the Prefect UI.
     assert "Task run '" not in proc.stderr and "| INFO" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not os.environ.get("PYTHONDONTWRITEBYTECODE"), reason="Python caches bytecode by itself here")
+def test_install_compiled_what_a_run_imports_where_python_caches_none():
+    """Where PYTHONDONTWRITEBYTECODE is set no process ever writes bytecode, so scripts/install.sh compiles the
+    imports of a run once: without it every command compiles them from source again (5-6 s of a demo train)."""
+    import importlib.util
+
+    import flows.train
+    import prefect.server.api.server
+    import torch
+
+    missing = [
+        m.__name__
+        for m in (flows.train, torch, prefect.server.api.server)
+        if not Path(importlib.util.cache_from_source(m.__file__)).is_file()
+    ]
+    assert not missing, f"no bytecode for {missing}: rerun scripts/install.sh"
