@@ -55,7 +55,7 @@ fi
 # images, containers): then every process compiles its imports from source again, 5-6 s of each `trainkite
 # train` here (12 s with bytecode, 18 s without, measured on the demo). Only then is it worth compiling here, and
 # only what a run imports (the flow; the server a first run starts), in parallel with the database template:
-# 11-14 s of install on two cores, where uv's --compile-bytecode of the whole venv takes about 95 s. The bytecode
+# 10-11 s of install on two cores, where uv's --compile-bytecode of the whole venv takes about 95 s. The bytecode
 # lands in .venv and the checkout's own __pycache__ folders (ignored by git).
 compile_imports() { env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import $1" || say "could not import $1 to compile it"; }
 pids=()
