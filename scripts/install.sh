@@ -52,17 +52,18 @@ else
   .venv/bin/python -m pip install -q -c requirements.lock -e ".${extras}"
 fi
 # uv installs no bytecode. Python caches it at a module's first import, unless PYTHONDONTWRITEBYTECODE is set (CI
-# images, containers): then every process compiles its imports from source again, 5-6 s of each `trainkite
-# train` here (12 s with bytecode, 18 s without, measured on the demo). Only then is it worth compiling here, and
-# only what a run imports (the flow; the server a first run starts), in parallel with the database template:
-# 10-11 s of install on two cores, where uv's --compile-bytecode of the whole venv takes about 95 s. The bytecode
-# lands in .venv and the checkout's own __pycache__ folders (ignored by git).
-compile_imports() { env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -c "import $1" || say "could not import $1 to compile it"; }
+# images, containers): then every process compiles its imports from source again (a demo `trainkite train`: 12 s
+# with bytecode, 18 s without). Only then is it worth compiling here, and only what a run imports (cli/bytecode.py
+# names it: the flow, the fits and plots its steps import, the server a first run starts), one process per group
+# in parallel with the database template, where uv's --compile-bytecode of the whole venv takes about 95 s. The
+# bytecode lands in .venv and the checkout's own __pycache__ folders (ignored by git).
 pids=()
 if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
   say "PYTHONDONTWRITEBYTECODE is set: compiling the bytecode of a local run once, here"
-  compile_imports "flows.train, cli.main" & pids+=($!)
-  compile_imports prefect.server.api.server & pids+=($!)
+  for group in flow fit server; do
+    { env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m cli.bytecode "$group" || say "could not compile the $group imports"; } &
+    pids+=($!)
+  done
 fi
 # An empty Prefect database (from the shipped schema, or Prefect's migrations), once per Prefect version: a first
 # local run starts ~6 s sooner.
