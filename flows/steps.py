@@ -27,7 +27,7 @@ from tasks import provenance
 import tasks.publish
 import tasks.track
 from models.features import FeaturesRef
-from models.fit import TrainedModel
+from models.trained import TrainedModel
 from tasks.retrain import RetrainDecision
 from tasks.retrain import decide as retrain_decide
 from trainkite.errors import UserInputError

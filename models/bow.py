@@ -15,7 +15,8 @@ from torch import nn
 
 from models import features as bow_features
 from models.features import FeaturesRef
-from models.fit import WINDOW_ROWS, TrainedModel, fit, local_weights, release_pages, sgd_step
+from models.fit import WINDOW_ROWS, fit, release_pages, sgd_step
+from models.trained import TrainedModel, local_weights
 from models.metrics import score
 from params.model import Params, PreprocessParams
 from trainkite.errors import IntegrityError

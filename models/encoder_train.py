@@ -22,7 +22,8 @@ from params.model import Params
 from models import encoder as enc
 from models.metrics import score
 from models.features import FeaturesRef
-from models.fit import TrainedModel, fit, local_weights, pick_device
+from models.fit import fit, pick_device
+from models.trained import TrainedModel, local_weights
 from trainkite.manifest import ModelRef
 from trainkite.snapshot import DatasetRef
 from trainkite.store import ArtifactStore

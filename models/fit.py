@@ -19,35 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from params.model import Params
 from models.features import FeaturesRef, load_features
-from trainkite.errors import IntegrityError, TrainingDiverged
+from trainkite.errors import TrainingDiverged
+from models.trained import TrainedModel, finish_training, with_validation_in_train
 from trainkite.manifest import ModelRef
-from trainkite.runfiles import checkpoint_key, local_copy, run_key, stage
+from trainkite.runfiles import checkpoint_key
 from trainkite.store import ArtifactStore, local_write
 
 log = logging.getLogger("trainkite.train")
 # Step-level progress for the CLI's progress bar; kept off the Prefect API and the root logger.
 progress = logging.getLogger("trainkite_progress")
 progress.propagate = False
-
-
-class TrainedModel(BaseModel):
-    weights_path: str
-    weights_key: str
-    labels: list[str]
-    history: list[dict]
-    best_epoch: int
-    epochs_run: int
-    device: str
-    resumed_from_epoch: int | None = None
-    refit: dict | None = None  # {"epochs", "rows", "train_loss"} when train.refit made the published weights
-    train_seconds: float
-    samples_per_second: float
 
 
 def pick_device(requested: str) -> str:
@@ -282,21 +268,6 @@ def fit(
     )
 
 
-def with_validation_in_train(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays with the validation rows appended to the training rows, for any model kind's layout
-    (`<split>_<part>`; a ragged `_offsets` array indexes its split's `_ids`)."""
-    out = dict(arrays)
-    for key in arrays:
-        if not key.startswith("train_"):
-            continue
-        part = key[len("train_") :]
-        train, val = arrays[key], arrays[f"validation_{part}"]
-        if part == "offsets":
-            val = np.asarray(val, dtype=train.dtype) + len(arrays["train_ids"])
-        out[key] = np.concatenate([np.asarray(train), np.asarray(val)])
-    return out
-
-
 def train_epoch(trainer: KindTrainer, tp, epoch: int, **shown) -> tuple[float, int, float]:
     """One pass over the trainer's rows in the epoch's order: (loss summed over rows, rows, last rate), with the
     divergence guard after every step. `shown` is what the progress bar says (epoch_batches)."""
@@ -356,32 +327,6 @@ def check_divergence(epoch: int, mean_loss: float, n_classes: int) -> None:
             f"training diverged at epoch {epoch} (loss {mean_loss:.4g} per row, over "
             f"{limit:.4g} = {DIVERGED_LOSS_FACTOR:g} x a uniform guess's); lower "
             "train.learning_rate or train.batch_size. Nothing was published"
-        )
-
-
-def non_finite_tensors(tensors: dict) -> list[str]:
-    """Names of the tensors holding NaN or inf (torch or numpy values)."""
-    bad = []
-    for name, t in tensors.items():
-        finite = torch.isfinite(t).all() if isinstance(t, torch.Tensor) else np.isfinite(t).all()
-        if not bool(finite):
-            bad.append(name)
-    return sorted(bad)
-
-
-def check_finite_weights(path: str | Path) -> None:
-    """Refuse a weights file with NaN/inf in it: publish calls it, so no such model reaches the store."""
-    from safetensors.numpy import load_file as load_numpy
-
-    try:
-        tensors = load_numpy(str(path))
-    except SafetensorError as err:
-        raise IntegrityError(f"{Path(path).name} is not a safetensors file ({str(err)[:200]})") from None
-    bad = non_finite_tensors({k: v for k, v in tensors.items() if v.dtype.kind == "f"})
-    if bad:
-        raise TrainingDiverged(
-            f"{Path(path).name} holds non-finite values (NaN/inf) in {', '.join(bad[:5])}: the "
-            "training diverged; refusing to publish it"
         )
 
 
@@ -525,48 +470,3 @@ class EpochTracker:
             "stopped": self.stopped,
             "best_is_current": self.best_epoch == epoch,
         }
-
-
-def finish_training(
-    store: ArtifactStore,
-    ref: ModelRef,
-    workdir: Path,
-    best_state: dict[str, torch.Tensor],
-    *,
-    labels: list[str],
-    history: list[dict],
-    best_epoch: int,
-    device: str,
-    resumed: int | None,
-    elapsed: float,
-    seen: int,
-    refit: dict | None = None,
-) -> TrainedModel:
-    """Save the best weights, stage them in the store for re-runs, and describe the result (any model type)."""
-    bad = non_finite_tensors(best_state)
-    if bad:
-        raise TrainingDiverged(
-            f"training diverged (best epoch {best_epoch}): non-finite values in "
-            f"{', '.join(bad[:5])}; lower train.learning_rate. Nothing was published"
-        )
-    weights = workdir / "weights.safetensors"
-    with local_write(f"write {weights}"):
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(weights))
-    weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
-    return TrainedModel(
-        weights_path=str(weights),
-        weights_key=weights_key,
-        labels=labels,
-        history=history,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        device=device,
-        resumed_from_epoch=resumed,
-        refit=refit,
-        train_seconds=round(elapsed, 3),
-        samples_per_second=round(seen / elapsed, 1) if elapsed > 0 else 0.0,
-    )
-
-
-def local_weights(trained: TrainedModel, store: ArtifactStore) -> Path:
-    return local_copy(store, trained.weights_key, Path(trained.weights_path))

@@ -155,9 +155,7 @@ def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: Mode
     """Fit on the training split, score the validation split, and (train.refit) fit again on both: one history row,
     the same record as an epoch-trained model's (`best_epoch` 1). No checkpoint: a re-run refits to the same
     weights in seconds."""
-    import torch
-
-    from models.fit import finish_training, with_validation_in_train
+    from models.trained import finish_training, with_validation_in_train
     from models.features import load_features
     from models.metrics import score
 
@@ -199,7 +197,7 @@ def train(features: FeaturesRef, params: Params, store: ArtifactStore, ref: Mode
         store,
         ref,
         workdir,
-        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+        tensors,
         refit=refit,
         labels=labels,
         history=history,
@@ -229,7 +227,7 @@ featurize = bow_features.kind_featurize
 
 
 def split_scorer(trained, params: Params, arrays: dict[str, np.ndarray], n_classes: int, store: ArtifactStore):
-    from models.fit import local_weights
+    from models.trained import local_weights
 
     scores = LinearScores(load_tensors(local_weights(trained, store)), params.preprocess.buckets, n_classes)
     return lambda split: scores(arrays[f"{split}_ids"], arrays[f"{split}_offsets"])

@@ -19,11 +19,6 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-from torch import nn
-
-from models import encoder as enc
 from trainkite.errors import IntegrityError
 
 log = logging.getLogger("trainkite.publish")
@@ -71,31 +66,40 @@ PROBE_TEXTS = [
 ]
 
 
-class _Probs(nn.Module):
-    """(input_ids, attention_mask) -> softmax probabilities, as models.encoder.EncoderScorer computes them."""
+def _probs_module(weights: Path, cfg: dict, n_classes: int):
+    """(input_ids, attention_mask) -> softmax probabilities, as models.encoder.EncoderScorer computes them. Torch is
+    imported here, not by the module: publish imports this module for every model kind."""
+    import torch
+    from safetensors.torch import load_file
+    from torch import nn
 
-    def __init__(self, weights: Path, cfg: dict, n_classes: int):
-        super().__init__()
-        want = cfg["encoder"]
-        _, backbone = enc.load_backbone()
-        state = load_file(str(weights))
-        self.frozen = want["mode"] == "frozen"
-        if self.frozen:
-            self.pooling = want.get("pooling", "mean")
-            self.backbone = backbone
-            self.head = enc.Head(enc.pooled_width(backbone, self.pooling), n_classes, self.pooling)
-            self.head.load_state_dict(state)
-        else:
-            self.model = enc.EncoderClassifier(backbone, n_classes)
-            self.model.load_state_dict(state)
-        self.eval()
+    from models import encoder as enc
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.frozen:
-            logits = self.head(enc.pooled(self.backbone, ids, mask, self.pooling))
-        else:
-            logits = self.model(ids, mask)
-        return torch.softmax(logits.float(), dim=-1)
+    class Probs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            want = cfg["encoder"]
+            _, backbone = enc.load_backbone()
+            state = load_file(str(weights))
+            self.frozen = want["mode"] == "frozen"
+            if self.frozen:
+                self.pooling = want.get("pooling", "mean")
+                self.backbone = backbone
+                self.head = enc.Head(enc.pooled_width(backbone, self.pooling), n_classes, self.pooling)
+                self.head.load_state_dict(state)
+            else:
+                self.model = enc.EncoderClassifier(backbone, n_classes)
+                self.model.load_state_dict(state)
+            self.eval()
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            if self.frozen:
+                logits = self.head(enc.pooled(self.backbone, ids, mask, self.pooling))
+            else:
+                logits = self.model(ids, mask)
+            return torch.softmax(logits.float(), dim=-1)
+
+    return Probs()
 
 
 def available() -> str | None:
@@ -110,12 +114,15 @@ def available() -> str | None:
 
 def export_encoder(weights: Path, cfg: dict, n_classes: int, model_id: str, out_dir: Path) -> tuple[dict, dict]:
     """Write model.onnx and tokenizer.json to `out_dir`, check them, and return (files, manifest entry)."""
+    import torch
+
+    from models import encoder as enc
     from models.lean_predictor import OnnxEncoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, tok_path = out_dir / ONNX_FILE, out_dir / TOKENIZER_FILE
     shutil.copyfile(enc.require() / TOKENIZER_FILE, tok_path)
-    module = _Probs(weights, cfg, n_classes)
+    module = _probs_module(weights, cfg, n_classes)
     example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
     axes = {0: "batch", 1: "tokens"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():

@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from models.features import FeaturesRef
-from models.fit import TrainedModel
+from models.trained import TrainedModel
 from params.model import Params
 from trainkite.errors import IntegrityError
 from trainkite.manifest import ModelRef

@@ -13,7 +13,7 @@ from trainkite.snapshot import DatasetRef
 from models.metrics import score
 from models.features import FeaturesRef, load_features
 from models.registry import split_scorer
-from models.fit import TrainedModel
+from models.trained import TrainedModel
 from trainkite.runfiles import run_key, stage
 from trainkite.store import ArtifactStore
 

@@ -15,7 +15,7 @@ from trainkite.snapshot import DatasetRef, local_snapshot
 from models.features import schemas
 from tasks.evaluate import EvalReport
 from models.onnx_export import serving_files
-from models.fit import TrainedModel, check_finite_weights
+from models.trained import TrainedModel, check_finite_weights
 from models.registry import feature_config
 from trainkite import manifest as mf
 from trainkite.lineage import code_version, docker_image, git_info, package_versions

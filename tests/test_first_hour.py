@@ -298,32 +298,46 @@ def test_sweep_shows_one_line_per_configuration_and_its_state(tmp_path, prefect_
 # Packages whose import from source costs a run seconds; a few small modules outside cli/bytecode.py's groups do not.
 COSTLY = {"cli", "flows", "tasks", "models", "params", "trainkite", "buildkite", "prefect", "torch", "numba"}
 COSTLY |= {"llvmlite", "sklearn", "scipy", "matplotlib", "numpy", "pandas", "pyarrow", "duckdb", "pydantic", "anyio"}
-REPORT_MISSING = """
+REPORT_IMPORTS = """
 import atexit, json, sys
 from cli.bytecode import missing
-atexit.register(lambda: print("MISSING " + json.dumps(missing()), file=sys.stderr))
+atexit.register(lambda: print("IMPORTS " + json.dumps({"from_source": missing(), "torch": "torch" in sys.modules}),
+                              file=sys.stderr))
 sys.argv = ["trainkite", *sys.argv[1:]]
 from cli.main import main
 main()
 """
 
 
-@pytest.mark.skipif(not os.environ.get("PYTHONDONTWRITEBYTECODE"), reason="Python caches bytecode by itself here")
-@pytest.mark.parametrize("model_type", ["bow", "linear"])
-def test_install_compiled_what_a_run_imports_where_python_caches_none(tmp_path, prefect_api, model_type):
-    """Where PYTHONDONTWRITEBYTECODE is set no process ever writes bytecode, so scripts/install.sh compiles what a
-    run imports once (cli/bytecode.py): without it every command compiles it from source again (a demo train: 10 s
-    with it, 14 s without). A real run says what it imported from source, the steps' own imports included."""
+@pytest.fixture(scope="module", params=["bow", "linear"])
+def run_imports(request, tmp_path_factory, prefect_api):
+    """A real `trainkite train` of each kind, and what it imported: {"model_type", "from_source", "torch"}."""
     proc = subprocess.run(
-        [sys.executable, "-c", REPORT_MISSING, "train", *SMALL, "--set", f"model.type='{model_type}'", "--json"],
+        [sys.executable, "-c", REPORT_IMPORTS, "train", *SMALL, "--set", f"model.type='{request.param}'", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "TRAINKITE_HOME": str(tmp_path / "home")},
+        env={**os.environ, "TRAINKITE_HOME": str(tmp_path_factory.mktemp("home"))},
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = [ln for ln in proc.stderr.splitlines() if ln.startswith("MISSING ")]
-    from_source = [name for name in json.loads(report[-1][len("MISSING ") :]) if name.split(".")[0] in COSTLY]
+    report = [ln for ln in proc.stderr.splitlines() if ln.startswith("IMPORTS ")]
+    return {"model_type": request.param, **json.loads(report[-1][len("IMPORTS ") :])}
+
+
+@pytest.mark.skipif(not os.environ.get("PYTHONDONTWRITEBYTECODE"), reason="Python caches bytecode by itself here")
+def test_install_compiled_what_a_run_imports_where_python_caches_none(run_imports):
+    """Where PYTHONDONTWRITEBYTECODE is set no process ever writes bytecode, so scripts/install.sh compiles what a
+    run imports once (cli/bytecode.py): without it every command compiles it from source again (a demo train: 10 s
+    with it, 14 s without). A real run says what it imported from source, the steps' own imports included."""
+    from_source = [name for name in run_imports["from_source"] if name.split(".")[0] in COSTLY]
     assert not from_source, f"imported from source: {from_source}; add them to cli/bytecode.py, rerun install.sh"
+
+
+def test_a_linear_run_never_imports_torch(run_imports):
+    """`linear` (what small tables resolve to, the demo's) fits in scikit-learn and scores in numpy: importing
+    torch would add 1.5-2 s to every such run. Only the torch kinds' fit loop and exporters import it."""
+    if run_imports["model_type"] != "linear":
+        pytest.skip("bow trains in torch")
+    assert run_imports["torch"] is False

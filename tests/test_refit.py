@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models import registry as model_types
-from models.fit import with_validation_in_train
+from models.trained import with_validation_in_train
 from params import validate_params
 from tasks import data, defaults
 from tasks.evaluate import evaluate

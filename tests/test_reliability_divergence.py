@@ -15,7 +15,8 @@ from safetensors.numpy import save_file
 
 from models import registry as model_types
 from tasks.data import fetch_dataset
-from models.fit import DIVERGED_LOSS_FACTOR, check_divergence, check_finite_weights
+from models.fit import DIVERGED_LOSS_FACTOR, check_divergence
+from models.trained import check_finite_weights
 from trainkite.errors import TrainingDiverged, UserInputError
 from trainkite.manifest import ModelRef
 from trainkite.store import open_store
