@@ -335,9 +335,9 @@ def test_install_compiled_what_a_run_imports_where_python_caches_none(run_import
     assert not from_source, f"imported from source: {from_source}; add them to cli/bytecode.py, rerun install.sh"
 
 
+@pytest.mark.parametrize("run_imports", ["linear"], indirect=True)
 def test_a_linear_run_never_imports_torch(run_imports):
     """`linear` (what small tables resolve to, the demo's) fits in scikit-learn and scores in numpy: importing
     torch would add 1.5-2 s to every such run. Only the torch kinds' fit loop and exporters import it."""
-    if run_imports["model_type"] != "linear":
-        pytest.skip("bow trains in torch")
+    assert run_imports["model_type"] == "linear"
     assert run_imports["torch"] is False
