@@ -52,8 +52,8 @@ else
   .venv/bin/python -m pip install -q -c requirements.lock -e ".${extras}"
 fi
 # uv installs no bytecode. Python caches it at a module's first import, unless PYTHONDONTWRITEBYTECODE is set (CI
-# images, containers): then every process compiles its imports from source again (a demo `trainkite train`: 12 s
-# with bytecode, 18 s without). Only then is it worth compiling here, and only what a run imports (cli/bytecode.py
+# images, containers): then every process compiles its imports from source again (a demo `trainkite train`: 10 s
+# with bytecode, 14 s without). Only then is it worth compiling here, and only what a run imports (cli/bytecode.py
 # names it: the flow, the fits and plots its steps import, the server a first run starts), one process per group
 # in parallel with the database template, where uv's --compile-bytecode of the whole venv takes about 95 s. The
 # bytecode lands in .venv and the checkout's own __pycache__ folders (ignored by git).
