@@ -398,6 +398,7 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.flow_runs import resume_flow_run
 
     from flows.deploy import deploy
@@ -422,7 +423,15 @@ def test_approval_approve_and_timeout(prefect_api, model_factory, params_factory
                 runs = [r for r in paused if r.parameters.get("model_id") == "cand-2" and r.created >= started]
                 if runs:
                     keyset = runs[0].state.state_details.run_input_keyset
-                    seen["form"] = c.read_flow_run_input(runs[0].id, keyset["description"])
+                    # Prefect sets the Paused state before it saves the form's schema and description,
+                    # so a run can be seen paused a moment before its form can be read or answered.
+                    try:
+                        seen["form"] = c.read_flow_run_input(runs[0].id, keyset["description"])
+                    except PrefectHTTPStatusError as exc:
+                        if exc.response.status_code != 404:
+                            raise
+                        time.sleep(0.2)
+                        continue
                     resume_flow_run(runs[0].id, run_input={"approve": True, "note": "beats champ-1"})
                     return
             time.sleep(0.2)
