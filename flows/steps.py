@@ -13,7 +13,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
@@ -26,7 +26,7 @@ import tasks.notify
 from tasks import provenance
 import tasks.publish
 import tasks.track
-from models.features import FeaturesRef
+from models.features import FeaturesRef, index_key
 from models.trained import TrainedModel
 from tasks.retrain import RetrainDecision
 from tasks.retrain import decide as retrain_decide
@@ -34,7 +34,8 @@ from trainkite.errors import UserInputError
 from trainkite.lineage import code_version
 from trainkite.run import Run
 from trainkite.snapshot import DatasetRef, local_snapshot
-from trainkite.store import open_store
+from trainkite.runfiles import METRICS, SNAPSHOT, WEIGHTS, run_key
+from trainkite.store import ArtifactStore, open_store
 
 
 def _not_user_error(task, task_run, state) -> bool:
@@ -101,6 +102,14 @@ def _track_key(context, p) -> str:
 _cached = {"persist_result": True, "result_serializer": "json"}
 
 
+def _reusable(step: Task, store: ArtifactStore, staged: str) -> Task:
+    """`step` where its staged output `staged` is in the store; else `step` ignoring, then replacing, its cache
+    entry. A cached result names store keys: after the store was emptied or `trainkite gc` removed a run's
+    scratch, the entry would hand on keys to nothing. The first run of a step has no output yet either; it
+    has no entry to ignore."""
+    return step if store.exists(staged) else step.with_options(refresh_cache=True)
+
+
 def start_tracking(params: Params) -> None:
     """Start W&B (import, service) in the background while the data is fetched. Deliberately not a task: it
     returns at once, and a task's round trips to the Prefect API would cost more than it saves."""
@@ -120,8 +129,12 @@ def check_code(build: BuildContext | None) -> dict:
     cache_key_fn=_fetch_key,
     **_cached,
 )
-def fetch_data(run: Run, params: Params) -> DatasetRef:
+def _fetch_data(run: Run, params: Params) -> DatasetRef:
     return data.fetch_dataset(params, run.workdir, run.store, run.prefix)
+
+
+def fetch_data(run: Run, params: Params) -> DatasetRef:
+    return _reusable(_fetch_data, run.store, run_key(run.prefix, SNAPSHOT))(run, params)
 
 
 @task(name="resolve_defaults", cache_policy=NONE)
@@ -144,23 +157,38 @@ def resolve_defaults(run: Run, params: Params, dataset: DatasetRef) -> Params:
 
 
 @task(name="preprocess", cache_key_fn=_preprocess_key, **_cached)
-def preprocess(run: Run, dataset: DatasetRef, params: Params) -> FeaturesRef:
+def _preprocess(run: Run, dataset: DatasetRef, params: Params) -> FeaturesRef:
     return registry.featurize(dataset, params, run.store, run.workdir)
 
 
+def preprocess(run: Run, dataset: DatasetRef, params: Params) -> FeaturesRef:
+    staged = index_key(registry.features_key(dataset.fingerprint, params))
+    return _reusable(_preprocess, run.store, staged)(run, dataset, params)
+
+
 @task(name="train", cache_key_fn=_train_key, **_cached)
-def train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel:
+def _train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel:
     # With fetch and preprocess served from the cache (another TRAINKITE_HOME or a cleared runs/ folder, same
     # Prefect server and store) nothing has made the workdir yet.
     run.workdir.mkdir(parents=True, exist_ok=True)
     return registry.train(features, params, run.store, run.ref, run.workdir)
 
 
+def train_model(run: Run, features: FeaturesRef, params: Params) -> TrainedModel:
+    return _reusable(_train_model, run.store, run_key(run.prefix, WEIGHTS))(run, features, params)
+
+
 @task(name="evaluate", cache_key_fn=_evaluate_key, **_cached)
-def evaluate(
+def _evaluate(
     run: Run, trained: TrainedModel, features: FeaturesRef, params: Params, dataset: DatasetRef | None = None
 ) -> tasks.evaluate.EvalReport:
     return tasks.evaluate.evaluate(trained, features, params, run.store, run.workdir, run.prefix, dataset)
+
+
+def evaluate(
+    run: Run, trained: TrainedModel, features: FeaturesRef, params: Params, dataset: DatasetRef | None = None
+) -> tasks.evaluate.EvalReport:
+    return _reusable(_evaluate, run.store, run_key(run.prefix, METRICS))(run, trained, features, params, dataset)
 
 
 @task(name="publish", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_user_error, cache_policy=NONE)

@@ -396,12 +396,17 @@ def kind_feature_config(model_type: str, params, labels: list[str]) -> dict:
     }
 
 
+def index_key(key: str) -> str:
+    """The store key of the index that features `key` are complete with."""
+    return f"_cache/features/{key}/index.json"
+
+
 def features_ref(key: str, dataset: DatasetRef) -> FeaturesRef:
     """Where the features for `key` live in the store's cache (any model type): one .npy per array, and an
     index.json written last that names them (no index = no features)."""
     return FeaturesRef(
         key=key,
-        store_key=f"_cache/features/{key}/index.json",
+        store_key=index_key(key),
         labels=dataset.labels,
         counts=dataset.counts,
         fingerprint=dataset.fingerprint,

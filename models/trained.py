@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from trainkite.errors import IntegrityError, TrainingDiverged
 from trainkite.manifest import ModelRef
-from trainkite.runfiles import local_copy, run_key, stage
+from trainkite.runfiles import WEIGHTS, local_copy, run_key, stage
 from trainkite.store import ArtifactStore, local_write
 
 
@@ -106,7 +106,7 @@ def finish_training(
             from safetensors.numpy import save_file
 
             save_file({k: np.ascontiguousarray(v) for k, v in best_state.items()}, str(weights))
-    weights_key = stage(store, weights, run_key(ref.prefix, "weights.safetensors"))
+    weights_key = stage(store, weights, run_key(ref.prefix, WEIGHTS))
     return TrainedModel(
         weights_path=str(weights),
         weights_key=weights_key,

@@ -18,7 +18,7 @@ from params.model import DataParams, Params
 from tasks.duckdb_signals import interrupt_on_signal, signals_kept
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
-from trainkite.runfiles import run_key, stage
+from trainkite.runfiles import SNAPSHOT, run_key, stage
 from trainkite.snapshot import SNAPSHOT_SCHEMA, SPLITS, DatasetRef, iter_snapshot, read_snapshot
 from trainkite.store import ArtifactStore
 
@@ -566,7 +566,7 @@ def fetch_dataset(
         # Arrow's allocator keeps the freed query batches (100+ MB at a million rows) for reuse; the next
         # steps allocate through numpy and torch, so give them back.
         pa.default_memory_pool().release_unused()
-    key = stage(store, snap, run_key(prefix, "snapshot.parquet")) if store is not None and prefix else None
+    key = stage(store, snap, run_key(prefix, SNAPSHOT)) if store is not None and prefix else None
     return DatasetRef(
         snapshot_path=str(snap),
         snapshot_key=key,

@@ -14,7 +14,7 @@ from models.metrics import score
 from models.features import FeaturesRef, load_features
 from models.registry import split_scorer
 from models.trained import TrainedModel
-from trainkite.runfiles import run_key, stage
+from trainkite.runfiles import METRICS, run_key, stage
 from trainkite.store import ArtifactStore
 
 
@@ -103,7 +103,7 @@ def evaluate(
             plots["champion"] = str(path)
     out = workdir / "metrics.json"
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    staged = {str(out): stage(store, out, run_key(prefix, "metrics.json"))}
+    staged = {str(out): stage(store, out, run_key(prefix, METRICS))}
     for path in plots.values():
         staged[path] = stage(store, Path(path), run_key(prefix, f"plots/{Path(path).name}"))
     return EvalReport(metrics=metrics, summary=summary, metrics_path=str(out), plots=plots, staged=staged)

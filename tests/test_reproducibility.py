@@ -160,3 +160,19 @@ def test_sigkill_mid_epoch_then_rerun_resumes_to_the_same_weights(prefect_api, h
     mc = json.loads(store.get_bytes("sentiment/clean-1/manifest.json"))
     assert m["files"]["weights.safetensors"]["sha256"] == mc["files"]["weights.safetensors"]["sha256"]
     assert resumed["model_id"] == "crash-1" and clean["model_id"] == "clean-1"
+
+
+def test_a_rerun_after_the_store_was_emptied_recomputes_instead_of_reusing_keys_to_nothing(prefect_api, tmp_path):
+    """Cache entries live in Prefect; the files they name live in the store. Emptying the store (or `trainkite gc`)
+    and re-running a model ID must rebuild the steps, not fail on a cached snapshot key that no longer exists."""
+    import shutil
+
+    env = {"TRAINKITE_HOME": str(tmp_path / "h")}
+    first = json.loads(tk("train", *SMALL, "--model-id", "gone-1", "--json", env=env).stdout)
+    shutil.rmtree(tmp_path / "h" / "artifacts")
+
+    again = json.loads(tk("train", *SMALL, "--model-id", "gone-1", "--json", env=env).stdout)
+    states = _task_states(_latest_flow_run("gone-1").id)
+    assert {states[s] for s in ("fetch_data", "preprocess", "train", "evaluate")} == {"Completed"}, states
+    assert (tmp_path / "h" / "artifacts" / "sentiment" / "gone-1" / "manifest.json").is_file()
+    assert again["metrics"] == first["metrics"]

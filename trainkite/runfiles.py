@@ -17,6 +17,10 @@ from trainkite.store import ArtifactStore, StoreError
 
 
 SCRATCH_ROOT = "_scratch"
+# The staged output of each cached step, by name under `run/`: the step writes it, its cache entry points at it.
+SNAPSHOT = "snapshot.parquet"
+WEIGHTS = "weights.safetensors"
+METRICS = "metrics.json"
 
 
 def scratch_prefix(prefix: str) -> str:
