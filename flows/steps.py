@@ -53,18 +53,9 @@ def _key(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, (*parts, code_version()))).encode()).hexdigest()[:32]
 
 
-def _published(run: Run) -> bool:
-    # A published model's scratch (the staged snapshot, weights, metrics) is removed after publish: a re-run of
-    # that model ID must not be handed cached results that point at it. It recomputes instead (deterministic:
-    # the same files, which publish accepts as the same model).
-    return run.store.exists(f"{run.prefix}/manifest.json")
-
-
 def _fetch_key(context, p) -> str:
     run, params = p["run"], p["params"]
-    return "fetch-" + _key(
-        run.store.root, run.model_id, _published(run), params.data.model_dump_json(), params.evaluation.query
-    )
+    return "fetch-" + _key(run.store.root, run.model_id, params.data.model_dump_json(), params.evaluation.query)
 
 
 def _preprocess_key(context, p) -> str:
@@ -73,7 +64,7 @@ def _preprocess_key(context, p) -> str:
 
 def _train_key(context, p) -> str:
     run = p["run"]
-    return "train-" + _key(run.store.root, run.model_id, _published(run), p["features"].key, p["params"].params_hash())
+    return "train-" + _key(run.store.root, run.model_id, p["features"].key, p["params"].params_hash())
 
 
 # Every key names the store: a step's outputs live there, so a hit for another store (same model ID and
@@ -87,7 +78,6 @@ def _evaluate_key(context, p) -> str:
     return "evaluate-" + _key(
         run.store.root,
         run.model_id,
-        _published(run),
         p["trained"].weights_key,
         params.params_hash(),
         champion,
@@ -104,9 +94,10 @@ _cached = {"persist_result": True, "result_serializer": "json"}
 
 def _reusable(step: Task, store: ArtifactStore, staged: str) -> Task:
     """`step` where its staged output `staged` is in the store; else `step` ignoring, then replacing, its cache
-    entry. A cached result names store keys: after the store was emptied or `trainkite gc` removed a run's
-    scratch, the entry would hand on keys to nothing. The first run of a step has no output yet either; it
-    has no entry to ignore."""
+    entry. A cached result names store keys: once the scratch is gone (removed after publish, by `trainkite gc`,
+    or the store emptied), the entry would hand on keys to nothing, and a re-run of that model ID recomputes
+    instead (deterministic: the same files, which publish accepts as the same model). The first run of a step
+    has no output yet either; it has no entry to ignore."""
     return step if store.exists(staged) else step.with_options(refresh_cache=True)
 
 
