@@ -5,10 +5,16 @@ are encoded identically. It works on whole Arrow arrays: texts are cut at spaces
 distinct space-free piece is normalised, tokenised and hashed once (the rule of `tokenize`: its tokens never
 hold a space, so cutting first changes nothing), and n-gram hashes are combined arithmetically in numpy:
 no Python code runs per row or per n-gram. No torch here: serving images without torch import it.
+
+Tokens (schema 3): a word is a run of letters, digits and combining marks (an apostrophe may join two runs),
+any other visible character is a token of its own, and so is each character of a script written without
+spaces between words (Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar), so that bigrams of those are
+character bigrams, the usual features for Chinese or Japanese text, rather than one token per sentence.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 from pydantic import BaseModel
 
 from params.model import PreprocessParams
@@ -30,14 +37,23 @@ from trainkite.store import ArtifactStore
 CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 # What `encode` produces for given params: 1 = blake2b of every n-gram's text (models made before the
 # streaming pipeline; `encode_v1` still encodes them, so they serve as trained), 2 = the same tokens, each
-# n-gram's hash combined from its tokens' blake2b. Recorded in features.json and the manifest.
-FEATURE_SCHEMA = 2
+# n-gram's hash combined from its tokens' blake2b, 3 = schema 2's hashing of the tokens above (schema 2 cut
+# Hindi words at every vowel sign and kept a Chinese sentence as one token; ASCII tokens are the same).
+# Recorded in features.json and the manifest; every schema still encodes, so older models serve as trained.
+FEATURE_SCHEMA = 3
 BATCH_ROWS = 16_384  # rows per encoded batch: 64 k rows x 2 threads held ~350 MB of temporaries at 1 M rows
 # From this many rows, preprocess tokenises ASCII in compiled code: ~4 us of Python per distinct piece
 # against numba's import and load (~1.5 s), which a table this size repays.
 NATIVE_MIN_ROWS = 250_000
 
-_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+_SPACELESS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_LETTER = rf"[\w\p{{M}}--[{_SPACELESS}]]"
+# \x1c-\x1f: the separators Python's str.isspace() counts as space, as schema 2 (and the native ASCII pass) did.
+TOKEN = regex.compile(
+    rf"[{_SPACELESS}]\p{{M}}*|{_LETTER}+(?:'{_LETTER}+)*|[^\w\s\x1c-\x1f\p{{M}}]\p{{M}}*|\p{{M}}+", regex.V1
+)
+_TOKEN_V2 = re.compile(r"\w+(?:'\w+)*|[^\w\s]")  # schemas 1 and 2
+_TOKENS = {1: _TOKEN_V2, 2: _TOKEN_V2, 3: TOKEN}
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GRAM = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier: token order matters in an n-gram's hash
@@ -75,12 +91,12 @@ def _as_arrow(texts) -> pa.Array:
         return pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in texts], type=pa.string())
 
 
-def _python_piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+def _python_piece_tokens(pieces: list[str], p: PreprocessParams, schema: int) -> tuple[np.ndarray, np.ndarray]:
     seen: dict[str, int] = {}
     flat: list[int] = []
     starts = np.zeros(len(pieces) + 1, dtype=np.int64)
     for i, piece in enumerate(pieces):
-        for tok in tokenize(piece, p):
+        for tok in tokenize(piece, p, schema):
             h = seen.get(tok)
             if h is None:
                 h = seen[tok] = _token_hash(tok)
@@ -89,17 +105,18 @@ def _python_piece_tokens(pieces: list[str], p: PreprocessParams) -> tuple[np.nda
     return np.asarray(flat, dtype=np.uint64), starts
 
 
-def _piece_tokens(pieces: pa.Array, p: PreprocessParams, native: bool) -> tuple[np.ndarray, np.ndarray]:
+def _piece_tokens(pieces: pa.Array, p: PreprocessParams, native: bool, schema: int) -> tuple[np.ndarray, np.ndarray]:
     """Token hashes of each distinct piece, flat, and where each piece's hashes start (len + 1). `native`:
-    ASCII pieces in one compiled pass (models/tokens_native.py, the same hashes), the rest in Python."""
+    ASCII pieces in one compiled pass (models/tokens_native.py, the same hashes: schemas 2 and 3 token ASCII
+    alike), the rest in Python."""
     if not native:
-        return _python_piece_tokens(pieces.to_pylist(), p)
+        return _python_piece_tokens(pieces.to_pylist(), p, schema)
     from models.tokens_native import ascii_tokens  # numba: training's preprocess only, never serving
 
     counts, fast = ascii_tokens(pieces, p.lowercase)
     is_fast = counts >= 0
     slow = np.flatnonzero(~is_fast)
-    slow_flat, slow_starts = _python_piece_tokens(pieces.take(pa.array(slow)).to_pylist(), p)
+    slow_flat, slow_starts = _python_piece_tokens(pieces.take(pa.array(slow)).to_pylist(), p, schema)
     counts[slow] = np.diff(slow_starts)
     starts = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=starts[1:])
@@ -144,20 +161,23 @@ def piece_tokens(texts, per_piece) -> tuple[np.ndarray, np.ndarray]:
     return values[ranges(start[occ], counts)[0]], np.repeat(piece_rows, counts)
 
 
-def encode(texts, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
+def encode(texts, p: PreprocessParams, schema: int = FEATURE_SCHEMA) -> tuple[np.ndarray, np.ndarray]:
     """EmbeddingBag input for `texts` (a list of str or an Arrow string array): flat bucket ids (int64) and
     the offset where each text's ids start (int64). Per text, per token in order: the 1..ngram_max-grams
     that start there."""
-    ids, offsets = encode_int32(texts, p)
+    ids, offsets = encode_int32(texts, p, schema=schema)
     return ids.astype(np.int64), offsets
 
 
-def encode_int32(texts, p: PreprocessParams, native: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def encode_int32(
+    texts, p: PreprocessParams, native: bool = False, schema: int = FEATURE_SCHEMA
+) -> tuple[np.ndarray, np.ndarray]:
     """`encode` with int32 ids (buckets are at most 2**24): the stored form. `native` tokenises ASCII in
-    compiled code: the same ids, worth numba's load on large tables only (`NATIVE_MIN_ROWS`)."""
+    compiled code: the same ids, worth numba's load on large tables only (`NATIVE_MIN_ROWS`). `schema` 2
+    encodes as models made before schema 3 were."""
     arr = _as_arrow(texts)
     n = len(arr)
-    h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p, native))
+    h, row = piece_tokens(arr, lambda pieces: _piece_tokens(pieces, p, native, schema))
     full = np.bincount(row, minlength=n).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
     text_start = np.zeros(n, dtype=np.int64)
     if n:
@@ -195,15 +215,15 @@ def featurize(text: str, p: PreprocessParams) -> list[int]:
     return encode([text], p)[0].tolist()
 
 
-# --- the tokens (both schemas), and schema 1's n-gram hashing: older models still serve as trained ---------
+# --- the tokens (every schema), and schema 1's n-gram hashing: older models still serve as trained ---------
 def normalize(text: str, p: PreprocessParams) -> str:
     if p.unicode_form != "none":
         text = unicodedata.normalize(p.unicode_form, text)
     return text.lower() if p.lowercase else text
 
 
-def tokenize(text: str, p: PreprocessParams) -> list[str]:
-    return _TOKEN.findall(normalize(text, p))[: p.max_tokens]
+def tokenize(text: str, p: PreprocessParams, schema: int = FEATURE_SCHEMA) -> list[str]:
+    return _TOKENS[schema].findall(normalize(text, p))[: p.max_tokens]
 
 
 def bucket(gram: str, buckets: int) -> int:
@@ -214,7 +234,7 @@ def bucket(gram: str, buckets: int) -> int:
 
 
 def featurize_v1(text: str, p: PreprocessParams) -> list[int]:
-    words = tokenize(text, p)
+    words = tokenize(text, p, 1)
     ids = []
     for n in range(1, p.ngram_max + 1):
         for i in range(len(words) - n + 1):
@@ -234,11 +254,11 @@ def encode_v1(texts: list[str], p: PreprocessParams) -> tuple[np.ndarray, np.nda
 def encoder_for(schema: int | None):
     """The `encode` of a model's feature schema (features.json `feature_schema`; absent = 1)."""
     schema = 1 if schema is None else schema
-    if schema == FEATURE_SCHEMA:
-        return encode
     if schema == 1:
         return encode_v1
-    raise ValueError(f"feature schema {schema} is unknown to this code (it knows 1 and {FEATURE_SCHEMA})")
+    if schema in _TOKENS:
+        return functools.partial(encode, schema=schema)
+    raise ValueError(f"feature schema {schema} is unknown to this code (it knows 1 to {max(_TOKENS)})")
 
 
 def cache_key(fingerprint: str, p: PreprocessParams, schema: int = FEATURE_SCHEMA) -> str:
@@ -279,20 +299,21 @@ def preprocess(
 
     The snapshot is read in batches, encoded on `threads` worker threads (Arrow and numpy release the
     GIL) and appended in order to one .npy file per array: the result is byte-identical whatever the batch
-    size or thread count, and memory holds a few batches, not the table. `schema` 1 rebuilds the features of
-    a model made before schema 2 (`trainkite verify`). `native` (default: from the table's size) changes the
-    speed, never the ids.
+    size or thread count, and memory holds a few batches, not the table. An older `schema` rebuilds the
+    features of a model made with it (`trainkite verify`). `native` (default: from the table's size) changes
+    the speed, never the ids.
     """
     ref = features_ref(cache_key(dataset.fingerprint, p, schema), dataset)
-    if schema == FEATURE_SCHEMA:
+    encoder_for(schema)  # an unknown schema is refused before any work
+    if schema != 1:
         if native is None:
             native = sum(dataset.counts.values()) >= NATIVE_MIN_ROWS
 
         def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-            return encode_int32(texts, p, native)
+            return encode_int32(texts, p, native, schema)
 
     else:
-        v1 = encoder_for(schema)
+        v1 = encode_v1
 
         def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
             return v1(texts.to_pylist(), p)

@@ -14,7 +14,6 @@ run resolves the same values). Plain code: no Prefect, no CLI.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from models.features import piece_tokens
+from models.features import TOKEN, piece_tokens
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
 from trainkite.snapshot import iter_snapshot, split_text_array
 
 # Statistics read at most this many training texts (a deterministic stride sample); beyond that the
 # vocabulary is extrapolated (Heaps' law), which is all the bucket rule needs.
 STATS_SAMPLE_ROWS = 50_000
-_WORD = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 
 class DataStats(BaseModel):
@@ -54,14 +52,14 @@ def _heaps(count: int, sampled: int, total: int) -> int:
 
 def _token_sequences(sample) -> tuple[np.ndarray, np.ndarray, int]:
     """Every sampled text's lowercased word tokens as dense ids, flat and in text order, the text each one
-    belongs to, and the count of distinct tokens: `_WORD.findall(text.lower())` per text."""
+    belongs to, and the count of distinct tokens: the features' `TOKEN.findall(text.lower())` per text."""
     vocab: dict[str, int] = {}
 
     def word_ids(pieces: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         flat: list[int] = []
         starts = [0]
         for piece in pieces.to_pylist():
-            flat.extend(vocab.setdefault(tok, len(vocab)) for tok in _WORD.findall(piece.lower()))
+            flat.extend(vocab.setdefault(tok, len(vocab)) for tok in TOKEN.findall(piece.lower()))
             starts.append(len(flat))
         return np.asarray(flat, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 

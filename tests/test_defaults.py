@@ -55,7 +55,7 @@ def _counted_per_text(texts: list[str], ngram_max: int) -> tuple[int, int, int]:
     """(distinct words, distinct 1..ngram_max-grams, tokens): the statistics' definition, one text at a time."""
     words, grams, tokens = set(), set(), 0
     for text in texts:
-        toks = defaults._WORD.findall(text.lower())
+        toks = defaults.TOKEN.findall(text.lower())
         tokens += len(toks)
         words.update(toks)
         for k in range(2, ngram_max + 1):
