@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from models.features import TOKEN, piece_tokens
+from models.features import piece_tokens, word_tokens
 from params.model import AUTO_KEYS, Params, ParamsError, validate_params
 from trainkite.snapshot import iter_snapshot, split_text_array
 
@@ -52,14 +52,14 @@ def _heaps(count: int, sampled: int, total: int) -> int:
 
 def _token_sequences(sample) -> tuple[np.ndarray, np.ndarray, int]:
     """Every sampled text's lowercased word tokens as dense ids, flat and in text order, the text each one
-    belongs to, and the count of distinct tokens: the features' `TOKEN.findall(text.lower())` per text."""
+    belongs to, and the count of distinct tokens: the features' `word_tokens(text.lower())` per text."""
     vocab: dict[str, int] = {}
 
     def word_ids(pieces: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         flat: list[int] = []
         starts = [0]
         for piece in pieces.to_pylist():
-            flat.extend(vocab.setdefault(tok, len(vocab)) for tok in TOKEN.findall(piece.lower()))
+            flat.extend(vocab.setdefault(tok, len(vocab)) for tok in word_tokens(piece.lower()))
             starts.append(len(flat))
         return np.asarray(flat, dtype=np.int64), np.asarray(starts, dtype=np.int64)
 

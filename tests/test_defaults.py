@@ -17,6 +17,7 @@ import pytest
 
 from tests.process_helpers import run_artifacts
 
+from models.features import word_tokens
 from params import load_params, validate_params
 from params.model import AUTO_KEYS, Params, ParamsError
 from tasks import defaults
@@ -55,7 +56,7 @@ def _counted_per_text(texts: list[str], ngram_max: int) -> tuple[int, int, int]:
     """(distinct words, distinct 1..ngram_max-grams, tokens): the statistics' definition, one text at a time."""
     words, grams, tokens = set(), set(), 0
     for text in texts:
-        toks = defaults.TOKEN.findall(text.lower())
+        toks = word_tokens(text.lower())
         tokens += len(toks)
         words.update(toks)
         for k in range(2, ngram_max + 1):

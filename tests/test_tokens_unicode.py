@@ -46,8 +46,8 @@ def test_ascii_is_tokenised_as_schema_2_did_so_the_compiled_pass_serves_both():
         texts += [ch, f"ab{ch}cd", f"x'{ch}y", f"{ch}{ch}", f"don{ch}t", f"{ch}'s"]
     rng = random.Random(3)
     texts += ["".join(chr(rng.randrange(128)) for _ in range(rng.randint(0, 40))) for _ in range(5_000)]
-    for t in texts:
-        assert pp.tokenize(t, P, 3) == pp.tokenize(t, P, 2), repr(t)
+    for t in texts:  # schema 3's own pattern, which word_tokens skips for ASCII because of this
+        assert pp._TOKENS[3].findall(t) == pp._TOKENS[2].findall(t), repr(t)
     mixed = texts + ["这个产品非常好", "हिन्दी भाषा", "café x²"]
     for schema in (2, 3):
         python = pp.encode_int32(mixed, P, native=False, schema=schema)
