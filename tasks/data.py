@@ -337,6 +337,8 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
                 f"{what}: label(s) {[b[0] for b in bad]} are not in data.labels {data.labels} "
                 f"(e.g. {_row(min(b[1] for b in bad))})"
             )
+    else:
+        _refuse_case_variants(con, view, what)
     warnings = []
     n_conf, example = con.execute(
         f"SELECT count(*), min(text) FROM (SELECT text FROM {view} GROUP BY text HAVING count(DISTINCT label) > 1)"
@@ -346,6 +348,24 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
         log.warning(msg)
         warnings.append(msg)
     return warnings
+
+
+def _refuse_case_variants(con, view: str, what: str) -> None:
+    """Labels taken from the data that differ only in letter case ('Positive', 'positive') are one class typed two
+    ways: trained as two, each gets half the rows and macro-F1 counts a class nobody meant. Listing both in
+    data.labels keeps them apart on purpose."""
+    clash = con.execute(
+        f"WITH c AS (SELECT label, lower(label) AS k, count(*) AS n, min(rn) AS first FROM {view} GROUP BY label) "
+        "SELECT label, n, first FROM c WHERE k = "
+        "(SELECT min(k) FROM c GROUP BY k HAVING count(*) > 1 ORDER BY 1 LIMIT 1) ORDER BY label"
+    ).fetchall()
+    if clash:
+        rarest = min(clash, key=lambda c: (c[1], c[2]))  # the odd spelling, where it first occurs
+        raise DataError(
+            f"{what}: labels {', '.join(repr(c[0]) for c in clash)} differ only in letter case "
+            f"(e.g. {_row(rarest[2])}: {rarest[0]!r}); normalise them in the SQL (e.g. lower(label)), "
+            "or list each in data.labels to keep them apart"
+        )
 
 
 # A class needs a row in each of train, validation and test to be learnt and measured at all.
@@ -544,7 +564,16 @@ def fetch_dataset(
         labels = list(data.labels) if data.labels is not None else seen
         unknown_eval = sorted(set(eval_labels) - set(labels))
         if unknown_eval:
-            raise DataError(f"evaluation.query: label(s) {unknown_eval} never occur in the training data {labels}")
+            by_case = {lab.lower(): lab for lab in labels}
+            hint = "; ".join(
+                f"{u!r} is {by_case[u.lower()]!r} there: labels are case-sensitive"
+                for u in unknown_eval
+                if u.lower() in by_case
+            )
+            raise DataError(
+                f"evaluation.query: label(s) {unknown_eval} never occur in the training data {labels}"
+                + (f" ({hint})" if hint else "")
+            )
         if counts["validation"] == 0:
             raise DataError(
                 "data.query: too few rows for a validation split; add rows or raise data.validation_fraction"

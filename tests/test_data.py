@@ -103,6 +103,34 @@ def test_folder_without_tables(params_factory, tmp_path):
         data.fetch_dataset(_params(params_factory, tmp_path / "nope"), tmp_path / "wd")
 
 
+def test_labels_from_the_data_that_differ_only_in_case_are_refused_unless_listed(params_factory, tmp_path):
+    rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
+    rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
+    rows[7]["label"] = "Positive "  # typed by hand: another case, and a space the fetch trims anyway
+    _write(tmp_path / "src", "t", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t", "data.labels": None})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match="labels 'Positive', 'positive' differ only in letter case") as e:
+        data.fetch_dataset(p, tmp_path / "wd")
+    assert "lower(label)" in str(e.value) and "row 7" in str(e.value)
+    assert not (tmp_path / "wd" / "data").exists()
+    p.data.labels = ["Positive", "negative", "positive"]  # listed: kept apart on purpose
+    assert data.fetch_dataset(p, tmp_path / "wd").labels == ["Positive", "negative", "positive"]
+
+
+def test_an_evaluation_label_in_another_case_is_refused_with_the_training_spelling(params_factory, tmp_path):
+    rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
+    rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
+    _write(tmp_path / "src", "t", rows)
+    _write(
+        tmp_path / "src", "h", [{"text": "held out good", "label": "POSITIVE"}, {"text": "bad", "label": "negative"}]
+    )
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t", "data.labels": None})
+    p.evaluation.query = "SELECT * FROM h"
+    with pytest.raises(DataError, match="'POSITIVE' is 'positive' there: labels are case-sensitive"):
+        data.fetch_dataset(p, tmp_path / "wd")
+
+
 def test_conflicting_duplicates_are_warned(params_factory, tmp_path):
     rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
     rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
