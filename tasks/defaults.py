@@ -216,6 +216,12 @@ LINEAR_MAX_IDS = 4_000_000
 # A linear fit's memory per n-gram id of its rows (ids, pairs, the CSR matrix, the solver's copy), measured: RSS
 # 800 MB at 3.3 M ids, 1.59 GB at 10 M (benchmarks/scale.py with model.type=linear).
 LINEAR_BYTES_PER_ID = 120
+# And per weight (classes x n-gram columns): the solver's coefficients and gradient sums in float64 and our copies,
+# measured: 1.32 GB more RSS for 500 classes x 60 k columns than for two classes of the same rows. Up to this many
+# weights (about 2 GiB) the default stays linear: on 500 intents of 18 rows each it scored 100 % where bow, at its
+# resolved rate, did not learn at all. None of the real labelled sets comes near (Glassdoor, 5 classes: 0.6 M).
+LINEAR_BYTES_PER_WEIGHT = 44
+LINEAR_MAX_WEIGHTS = 48_000_000
 # Keys only an epoch-trained model reads: a user who set one asked for epochs, so the unset type is bow.
 EPOCH_KEYS = ("model.embedding_dim", "train.epochs", "train.batch_size", "train.learning_rate", "train.patience")
 
@@ -227,7 +233,8 @@ def model_type(params: Params, st: DataStats) -> str:
         return params.model.type
     if any(getattr(getattr(params, sec), key) is not None for sec, key in (k.split(".") for k in EPOCH_KEYS)):
         return "bow"
-    return "linear" if linear_ids(params, st) <= LINEAR_MAX_IDS else "bow"
+    small = linear_ids(params, st) <= LINEAR_MAX_IDS and linear_weights(st) <= LINEAR_MAX_WEIGHTS
+    return "linear" if small else "bow"
 
 
 def linear_ids(params: Params, st: DataStats) -> float:
@@ -235,17 +242,23 @@ def linear_ids(params: Params, st: DataStats) -> float:
     return (st.train_rows + st.validation_rows) * st.mean_tokens * params.preprocess.ngram_max
 
 
+def linear_weights(st: DataStats) -> int:
+    """A linear fit's weights: one per class and distinct n-gram of the training rows (at most; hashing merges)."""
+    return st.labels * st.ngrams
+
+
 def check_linear_fits(params: Params, st: DataStats) -> None:
     """A linear model holds its whole TF-IDF matrix in memory: refuse one that would not fit in
     train.memory_limit_gib before any work, as the bow table's size is refused."""
     if params.model.type != "linear":
         return
-    need = linear_ids(params, st) * LINEAR_BYTES_PER_ID
+    need = linear_ids(params, st) * LINEAR_BYTES_PER_ID + linear_weights(st) * LINEAR_BYTES_PER_WEIGHT
     limit = params.train.memory_limit_gib * 2**30
     if need > limit:
         raise ParamsError(
-            f"model.type = 'linear' holds its whole TF-IDF matrix in memory: about {need / 2**30:.1f} GiB for "
-            f"{st.train_rows:,} training rows of {st.mean_tokens:.0f} words (more than train.memory_limit_gib = "
+            f"model.type = 'linear' holds its whole TF-IDF matrix and a weight per class and n-gram in memory: about "
+            f"{need / 2**30:.1f} GiB for {st.train_rows:,} training rows of {st.mean_tokens:.0f} words, "
+            f"{st.labels:,} classes and {st.ngrams:,} n-grams (more than train.memory_limit_gib = "
             f"{params.train.memory_limit_gib:g}); use model.type = 'bow', which streams, or raise the limit"
         )
 

@@ -27,6 +27,12 @@ class EvalReport(BaseModel):
     staged: dict[str, str] = {}
 
 
+# Up to this many classes each cell carries its count and each axis its labels; above it the figure keeps a
+# fixed size (a 500-class matrix at 0.9 inch per class was a 45,000-pixel-wide image: 7 GB, the run killed).
+ANNOTATED_CLASSES = 30
+MAX_FIGURE_INCHES = 14.0
+
+
 def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Path) -> None:
     import matplotlib
 
@@ -34,16 +40,22 @@ def plot_confusion(cm: list[list[int]], labels: list[str], title: str, path: Pat
     import matplotlib.pyplot as plt
 
     m = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)), dpi=100)
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    n = len(labels)
+    size = (min(1.2 + 0.9 * n, MAX_FIGURE_INCHES), min(1.0 + 0.8 * n, MAX_FIGURE_INCHES))
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    ax.imshow(m, cmap="Blues", interpolation="nearest")
+    if n <= ANNOTATED_CLASSES:
+        ax.set_xticks(range(n), labels, rotation=45, ha="right")
+        ax.set_yticks(range(n), labels)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                color = "white" if m[i, j] > m.max() / 2 else "black"
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", color=color)
+    else:  # counts and names are in metrics.json; the picture shows where the mass is
+        title = f"{title}, {n} classes in label order"
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fixed metadata keeps the PNG bytes stable for the same matrix.

@@ -75,6 +75,23 @@ def test_a_linear_fit_that_would_not_fit_in_memory_is_refused_by_name():
     assert defaults.resolve_params(load_params(None, []), huge)[0].model.type == "bow"
 
 
+def test_many_classes_resolve_to_bow_and_a_pinned_linear_fit_counts_its_weights():
+    """A weight per class and n-gram: 500 intents over 60 k n-grams are 30 M float64 weights, times the solver's
+    copies (1.3 GB, still linear); 2,000 of them are refused as the default and, pinned, by the memory limit. Few
+    rows, so the ids alone would have said linear."""
+    from params import ParamsError, load_params
+
+    intents = _stats(9_000).model_copy(update={"labels": 500, "ngrams": 60_000})
+    many = intents.model_copy(update={"labels": 2_000})
+    assert defaults.linear_ids(load_params(None, []), many) <= defaults.LINEAR_MAX_IDS
+    assert defaults.linear_weights(intents) <= defaults.LINEAR_MAX_WEIGHTS < defaults.linear_weights(many)
+    assert defaults.resolve_params(load_params(None, []), intents)[0].model.type == "linear"
+    assert defaults.resolve_params(load_params(None, []), many)[0].model.type == "bow"
+    tight = load_params(None, ["model.type='linear'", "train.memory_limit_gib=1"])
+    with pytest.raises(ParamsError, match=r"500 classes and 60,000 n-grams \(more than train.memory_limit_gib = 1\)"):
+        defaults.resolve_params(tight, intents)
+
+
 def test_the_transform_is_tfidfvectorizers_sublinear_smoothed_l2_tfidf():
     sk = pytest.importorskip("sklearn.feature_extraction.text")
     rng = np.random.default_rng(3)
@@ -172,3 +189,18 @@ def test_a_shipped_run_is_linear_verifies_bit_for_bit_and_serves_without_torch(p
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["backend"] == "numpy" and got["heavy"] == []
     assert got["out"][0]["model_id"] == "linear-1" and got["out"][0]["label"] in ("negative", "neutral", "positive")
+
+
+def test_a_confusion_plot_of_many_classes_keeps_a_bounded_size(tmp_path):
+    from PIL import Image
+
+    from tasks.evaluate import MAX_FIGURE_INCHES, plot_confusion
+
+    n = 500
+    cm = np.diag(np.full(n, 3)).tolist()
+    plot_confusion(cm, [f"intent_{i}" for i in range(n)], "test (n=1500)", tmp_path / "big.png")
+    with Image.open(tmp_path / "big.png") as img:
+        assert max(img.size) <= MAX_FIGURE_INCHES * 100  # 100 dpi; at 0.9 inch per class it was 45,000 pixels
+    plot_confusion([[5, 1], [2, 7]], ["neg", "pos"], "test (n=15)", tmp_path / "small.png")
+    with Image.open(tmp_path / "small.png") as img:
+        assert max(img.size) <= 300
