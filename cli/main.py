@@ -290,7 +290,7 @@ def train(
             for k, v in result["metrics"].items():
                 err.print(f"  {k:<22} {v:.4f}")
             if sample:
-                err.print(f"sample prediction: {json.dumps(sample)}")
+                err.print(f"sample prediction: {json.dumps(sample, ensure_ascii=False)}")
             print(result["model_id"])
 
         emit(result, as_json, human)
@@ -434,7 +434,7 @@ def predict(
             emit(
                 {"model_id": predictor.model_id, "predictions": preds},
                 as_json,
-                lambda: [print(json.dumps(p)) for p in preds],
+                lambda: [print(json.dumps(p, ensure_ascii=False)) for p in preds],
             )
             return
         done = cli_predict.score_csv(

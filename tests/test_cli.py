@@ -50,6 +50,9 @@ def test_predict_text_and_csv(trained, tmp_path):
     for p in out["predictions"]:
         assert p["model_id"] == mid and set(p["scores"]) == {"negative", "neutral", "positive"}
         assert abs(sum(p["scores"].values()) - 1) < 1e-4
+    # Printed for a person: one JSON line per text, the text as written, not as \u escapes.
+    human = tk("predict", mid, "--text", "Équipe géniale, 很好", env=env).stdout.strip()
+    assert '"text": "Équipe géniale, 很好"' in human and json.loads(human)["model_id"] == mid
     src = tmp_path / "in.csv"
     src.write_text('id,text\n1,Great team\n2,"Too much overtime, no thanks"\n')
     dst = tmp_path / "out.csv"
