@@ -57,45 +57,116 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _table_files(folder: Path) -> list[tuple[str, Path]]:
+# A table's file names, longest first, and how DuckDB reads them. Compressed CSV and JSON lines are read as they are.
+_READERS = {
+    ".csv.gz": "csv",
+    ".tsv.gz": "tsv",
+    ".jsonl.gz": "json",
+    ".ndjson.gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "json",
+    ".ndjson": "json",
+}
+TABLE_FILES = "*.csv, *.tsv, *.parquet or *.jsonl files (.gz too), or folders of them"
+
+
+def _reader_of(name: str) -> tuple[str, str] | None:
+    """(table name, reader) of a file name that is a table, else None."""
+    lower = name.lower()
+    for suffix, reader in _READERS.items():
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], reader
+    return None
+
+
+def _inside(f: Path, root: Path, folder: Path) -> Path:
+    real = f.resolve()
+    # A link out of the folder would make another host file a table.
+    if not real.is_relative_to(root):
+        raise DataError(
+            f"data.path: {f.relative_to(folder)} links outside {str(folder)!r}; copy the file into the folder"
+        )
+    return real
+
+
+def _folder_table(sub: Path, root: Path, folder: Path) -> tuple[str, list[Path]] | None:
+    """A subfolder of part files (Spark, Athena UNLOAD, awswrangler datasets; hive `key=value` folders too) is one
+    table named after it. Marker and hidden files (_SUCCESS, .crc) are skipped; parts of two kinds are refused."""
+    parts = [
+        f
+        for f in sorted(sub.rglob("*"))
+        if f.is_file() and not f.name.startswith((".", "_")) and _reader_of(f.name) is not None
+    ]
+    kinds = {_reader_of(f.name)[1] for f in parts}
+    if not parts:
+        return None
+    if len(kinds) > 1:
+        raise DataError(
+            f"data.path: folder {sub.name!r} mixes {' and '.join(sorted(kinds))} files; a folder table is one kind"
+        )
+    return kinds.pop(), [_inside(f, root, folder) for f in parts]
+
+
+def _table_files(folder: Path) -> list[tuple[str, str, list[Path]]]:
+    """(table name, reader, files) of every table in `folder`: each table file, and each subfolder of them."""
     if not folder.is_dir():
-        raise DataError(f"data.path {str(folder)!r} is not a folder (it should hold *.csv / *.parquet tables)")
+        raise DataError(f"data.path {str(folder)!r} is not a folder (it should hold {TABLE_FILES})")
     root = folder.resolve()
-    out = []
+    out: dict[str, tuple[str, list[Path]]] = {}
     for f in sorted(folder.iterdir()):
-        if f.suffix.lower() not in (".csv", ".parquet") or not f.is_file():
+        if f.name.startswith((".", "_")):
             continue
-        real = f.resolve()
-        # A link out of the folder would make another host file a table.
-        if real.parent != root:
-            raise DataError(f"data.path: {f.name} links outside {str(folder)!r}; copy the file into the folder")
-        out.append((f.stem, real))
+        if f.is_dir():
+            found = _folder_table(f, root, folder)
+            name = f.name
+        else:
+            named = _reader_of(f.name) if f.is_file() else None
+            found = (named[1], [_inside(f, root, folder)]) if named else None
+            name = named[0] if named else f.name
+        if found is None:
+            continue
+        if name in out:
+            raise DataError(f"data.path: two tables would be named {name!r}; rename one of the files or folders")
+        out[name] = found
     if not out:
-        raise DataError(f"data.path {str(folder)!r} holds no *.csv or *.parquet files")
-    return out
+        raise DataError(f"data.path {str(folder)!r} holds no {TABLE_FILES}")
+    return [(name, reader, files) for name, (reader, files) in out.items()]
+
+
+def _scan(reader: str, files: list[Path]) -> str:
+    paths = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+    if reader == "parquet":
+        hive = any("=" in part for f in files for part in f.parts[-3:-1])
+        return f"read_parquet({paths}, union_by_name=true{', hive_partitioning=true' if hive else ''})"
+    if reader == "json":
+        return f"read_json({paths}, format='newline_delimited')"
+    delim = ", delim='\t'" if reader == "tsv" else ""
+    return f"read_csv({paths}, header=true, all_varchar=true{delim})"
 
 
 def open_local(folder: Path):
-    """A DuckDB connection that can read the tables of `folder` and nothing else: a view per file, then file
+    """A DuckDB connection that can read the tables of `folder` and nothing else: a view per table, then file
     access limited to exactly those files, no extension loading or installing, and the configuration locked
     so the query cannot undo any of it."""
     import duckdb
 
-    files = _table_files(folder)
+    found = _table_files(folder)
     con = _connect()
     try:
         tables = []
-        for name, f in files:
-            reader = "read_parquet" if f.suffix.lower() == ".parquet" else "read_csv"
-            opts = "" if reader == "read_parquet" else ", header=true, all_varchar=true"
+        for name, reader, files in found:
             try:
-                con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {reader}({_literal(str(f))}{opts})")
+                con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {_scan(reader, files)}")
             except duckdb.Error as err:
                 # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
                 # not escape as a raw exception.
-                raise DataError(f"data.path: {f.name} cannot be read as a table: {_duckdb_message(err)}") from None
+                where = files[0].name if len(files) == 1 else f"{name}/ ({len(files)} files)"
+                raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
             tables.append(name)
-        con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for _, f in files)}]")
+        allowed = [f for _, _, files in found for f in files]
+        con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for f in allowed)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET allow_community_extensions = false")
         con.execute("SET lock_configuration = true")

@@ -97,10 +97,56 @@ def test_bad_data_is_refused(params_factory, tmp_path, name, rows, sql, needle):
 
 def test_folder_without_tables(params_factory, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no \\*.csv or \\*.parquet"):
+    with pytest.raises(DataError, match=r"holds no \*.csv, \*.tsv, \*.parquet or \*.jsonl files"):
         data.fetch_dataset(_params(params_factory, tmp_path / "empty"), tmp_path / "wd")
     with pytest.raises(DataError, match="is not a folder"):
         data.fetch_dataset(_params(params_factory, tmp_path / "nope"), tmp_path / "wd")
+
+
+def test_exported_tables_are_read_as_they_come(params_factory, tmp_path):
+    """What warehouses and notebooks write: gzipped CSV, TSV, JSON lines, and a folder of Parquet parts with hive
+    `key=value` folders and a _SUCCESS marker, each one table, all giving the same rows."""
+    rows = pd.DataFrame(
+        {"text": [f"row {i} {'good' if i % 2 else 'bad'}" for i in range(80)], "label": ["negative", "positive"] * 40}
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    rows.to_csv(src / "zipped.csv.gz", index=False, compression="gzip")
+    rows.to_csv(src / "tabbed.tsv", index=False, sep="\t")
+    rows.to_json(src / "lines.jsonl", orient="records", lines=True)
+    for half, part in ((0, rows.iloc[:40]), (1, rows.iloc[40:])):
+        (src / "parts" / f"half={half}").mkdir(parents=True)
+        part.to_parquet(src / "parts" / f"half={half}" / f"part-0000{half}.parquet", index=False)
+    (src / "parts" / "_SUCCESS").write_text("")
+    fingerprints = set()
+    for table in ("zipped", "tabbed", "lines", "parts"):
+        p = _params(params_factory, src, **{"data.query": f"SELECT text, label FROM {table}"})
+        p.evaluation.query = None
+        ds = data.fetch_dataset(p, tmp_path / table)
+        assert sum(ds.counts.values()) == 80, table
+        fingerprints.add(ds.fingerprint)
+    assert len(fingerprints) == 1  # the same rows, whatever the file
+    p = _params(params_factory, src, **{"data.query": "SELECT text, label FROM parts WHERE half = 1"})
+    p.evaluation.query = None
+    assert sum(data.fetch_dataset(p, tmp_path / "hive").counts.values()) == 40  # the partition is a column
+
+
+def test_a_folder_table_of_two_kinds_or_two_tables_of_one_name_are_refused(params_factory, tmp_path):
+    src = tmp_path / "src"
+    (src / "mixed").mkdir(parents=True)
+    pd.DataFrame({"text": ["a"], "label": ["x"]}).to_csv(src / "mixed" / "a.csv", index=False)
+    pd.DataFrame({"text": ["a"], "label": ["x"]}).to_parquet(src / "mixed" / "b.parquet", index=False)
+    with pytest.raises(DataError, match="folder 'mixed' mixes csv and parquet files"):
+        data.fetch_dataset(_params(params_factory, src), tmp_path / "wd")
+    (src / "mixed" / "b.parquet").unlink()
+    pd.DataFrame({"text": ["a"], "label": ["x"]}).to_csv(src / "mixed.csv", index=False)
+    with pytest.raises(DataError, match="two tables would be named 'mixed'"):
+        data.fetch_dataset(_params(params_factory, src), tmp_path / "wd")
+    (src / "mixed.csv").unlink()
+    (tmp_path / "secret.csv").write_text("text,label\nkey,x\n")
+    (src / "mixed" / "b.csv").symlink_to(tmp_path / "secret.csv")  # a part that is another host file
+    with pytest.raises(DataError, match=r"mixed/b.csv links outside"):
+        data.fetch_dataset(_params(params_factory, src), tmp_path / "wd")
 
 
 def test_labels_from_the_data_that_differ_only_in_case_are_refused_unless_listed(params_factory, tmp_path):
