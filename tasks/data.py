@@ -146,25 +146,34 @@ def _scan(reader: str, files: list[Path]) -> str:
     return f"read_csv({paths}, header=true, all_varchar=true{delim})"
 
 
-def open_local(folder: Path):
+def open_local(folder: Path, sql: str | None = None):
     """A DuckDB connection that can read the tables of `folder` and nothing else: a view per table, then file
     access limited to exactly those files, no extension loading or installing, and the configuration locked
-    so the query cannot undo any of it."""
+    so the query cannot undo any of it. With `sql`, only the tables it names are opened: a folder of other
+    files next to the table (an old export, a file DuckDB cannot read) does not stop the run."""
     import duckdb
 
     found = _table_files(folder)
     con = _connect()
     try:
-        tables = []
+        tables = [name for name, _, _ in found]
+        wanted = None
+        if sql is not None:
+            try:  # DuckDB's names are case-insensitive
+                wanted = {t.lower() for t in con.get_table_names(sql)}
+            except duckdb.Error:
+                pass  # not resolvable without the tables: open them all, and let the query say what is wrong
         for name, reader, files in found:
+            if wanted is not None and name.lower() not in wanted:
+                continue
             try:
                 con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {_scan(reader, files)}")
             except duckdb.Error as err:
                 # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
                 # not escape as a raw exception.
-                where = files[0].name if len(files) == 1 else f"{name}/ ({len(files)} files)"
+                first = files[0].relative_to(folder.resolve())
+                where = first if len(files) == 1 else f"{first.parent}/ (one of its {len(files)} files)"
                 raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
-            tables.append(name)
         allowed = [f for _, _, files in found for f in files]
         con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for f in allowed)}]")
         con.execute("SET enable_external_access = false")
@@ -198,7 +207,7 @@ def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query", 
     batch_rows = batch_rows or RAW_BATCH_ROWS
 
     one_select(sql, what)
-    con, tables = open_local(folder)
+    con, tables = open_local(folder, sql)
     try:
         try:
             reader = con.sql(sql).to_arrow_reader(batch_rows)

@@ -131,6 +131,26 @@ def test_exported_tables_are_read_as_they_come(params_factory, tmp_path):
     assert sum(data.fetch_dataset(p, tmp_path / "hive").counts.values()) == 40  # the partition is a column
 
 
+def test_only_the_tables_the_query_names_are_opened(params_factory, tmp_path):
+    src = tmp_path / "src"
+    _write(
+        src,
+        "t",
+        [
+            {"text": f"row {i} {'good' if i % 2 else 'bad'}", "label": ["negative", "positive"][i % 2]}
+            for i in range(80)
+        ],
+    )
+    (src / "old_export").mkdir()
+    (src / "old_export" / "part.csv").write_bytes("text,label\ncaf\xe9,x\n".encode("latin-1"))  # not UTF-8
+    p = _params(params_factory, src, **{"data.query": "SELECT text, label FROM T"})  # names are case-insensitive
+    p.evaluation.query = None
+    assert sum(data.fetch_dataset(p, tmp_path / "wd").counts.values()) == 80
+    p.data.query = "SELECT text, label FROM old_export"
+    with pytest.raises(DataError, match=r"data.path: old_export/part.csv cannot be read as a table: .*not utf-8"):
+        data.fetch_dataset(p, tmp_path / "wd2")
+
+
 def test_a_folder_table_of_two_kinds_or_two_tables_of_one_name_are_refused(params_factory, tmp_path):
     src = tmp_path / "src"
     (src / "mixed").mkdir(parents=True)
