@@ -92,17 +92,22 @@ def _as_arrow(texts) -> pa.Array:
 
 
 def _python_piece_tokens(pieces: list[str], p: PreprocessParams, schema: int) -> tuple[np.ndarray, np.ndarray]:
-    seen: dict[str, int] = {}
-    flat: list[int] = []
+    # Tokens in Python (a regex per piece), hashes per distinct token: Arrow finds the distinct ones, so no Python
+    # runs per token occurrence (a Chinese sentence is one piece of ~25 tokens).
+    flat: list[str] = []
+    lengths = []
+    for piece in pieces:
+        tokens = tokenize(piece, p, schema)
+        flat += tokens
+        lengths.append(len(tokens))
     starts = np.zeros(len(pieces) + 1, dtype=np.int64)
-    for i, piece in enumerate(pieces):
-        for tok in tokenize(piece, p, schema):
-            h = seen.get(tok)
-            if h is None:
-                h = seen[tok] = _token_hash(tok)
-            flat.append(h)
-        starts[i + 1] = len(flat)
-    return np.asarray(flat, dtype=np.uint64), starts
+    np.cumsum(lengths, out=starts[1:])
+    if not flat:
+        return np.zeros(0, dtype=np.uint64), starts
+    dic = pc.dictionary_encode(pa.array(flat, type=pa.string()))
+    distinct = dic.dictionary.to_pylist()
+    hashes = np.fromiter((_token_hash(t) for t in distinct), dtype=np.uint64, count=len(distinct))
+    return hashes[dic.indices.to_numpy(zero_copy_only=False)], starts
 
 
 def _piece_tokens(pieces: pa.Array, p: PreprocessParams, native: bool, schema: int) -> tuple[np.ndarray, np.ndarray]:
