@@ -41,8 +41,8 @@ class DataParams(_Section):
     path: str = Field(
         "data/demo",
         description="Local source: folder whose *.csv, *.tsv, *.parquet and *.jsonl files (.gz too) are tables named "
-        "after the file, and each subfolder of such part files one table named after it (relative paths are resolved "
-        "against the current directory, then the repo).",
+        "after the file, and each subfolder of such part files one table named after it; or one such file, the only "
+        "table (relative paths are resolved against the current directory, then the repo).",
     )
     query: str = Field("SELECT text, sentiment AS label FROM comments", description="SQL that returns the rows.")
     text_column: str = Field("text", description="Column holding the text.")

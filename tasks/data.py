@@ -110,9 +110,14 @@ def _folder_table(sub: Path, root: Path, folder: Path) -> tuple[str, list[Path]]
 
 
 def _table_files(folder: Path) -> list[tuple[str, str, list[Path]]]:
-    """(table name, reader, files) of every table in `folder`: each table file, and each subfolder of them."""
+    """(table name, reader, files) of every table in `folder`: each table file, and each subfolder of them. A
+    `folder` that is itself a table file is that one table."""
+    if folder.is_file() and _reader_of(folder.name):
+        name, reader = _reader_of(folder.name)
+        return [(name, reader, [folder.resolve()])]
     if not folder.is_dir():
-        raise DataError(f"data.path {str(folder)!r} is not a folder (it should hold {TABLE_FILES})")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"data.path {str(folder)!r} {what} (it should hold {TABLE_FILES}, or be one)")
     root = folder.resolve()
     out: dict[str, tuple[str, list[Path]]] = {}
     for f in sorted(folder.iterdir()):
@@ -171,7 +176,7 @@ def open_local(folder: Path, sql: str | None = None):
             except duckdb.Error as err:
                 # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
                 # not escape as a raw exception.
-                first = files[0].relative_to(folder.resolve())
+                first = files[0].relative_to(folder.resolve()) if folder.is_dir() else Path(files[0].name)
                 where = first if len(files) == 1 else f"{first.parent}/ (one of its {len(files)} files)"
                 raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
         allowed = [f for _, _, files in found for f in files]

@@ -99,8 +99,21 @@ def test_folder_without_tables(params_factory, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no \*.csv, \*.tsv, \*.parquet or \*.jsonl files"):
         data.fetch_dataset(_params(params_factory, tmp_path / "empty"), tmp_path / "wd")
-    with pytest.raises(DataError, match="is not a folder"):
+    with pytest.raises(DataError, match="'.*nope' does not exist"):
         data.fetch_dataset(_params(params_factory, tmp_path / "nope"), tmp_path / "wd")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="notes.txt' is not a folder .*, or be one"):
+        data.fetch_dataset(_params(params_factory, tmp_path / "notes.txt"), tmp_path / "wd")
+
+
+def test_data_path_may_be_the_table_file_itself(params_factory, tmp_path):
+    rows = [
+        {"text": f"row {i} {'good' if i % 2 else 'bad'}", "label": ["negative", "positive"][i % 2]} for i in range(80)
+    ]
+    _write(tmp_path / "src", "reviews", rows)
+    p = _params(params_factory, tmp_path / "src" / "reviews.csv", **{"data.query": "SELECT text, label FROM reviews"})
+    p.evaluation.query = None
+    assert sum(data.fetch_dataset(p, tmp_path / "wd").counts.values()) == 80
 
 
 def test_exported_tables_are_read_as_they_come(params_factory, tmp_path):
