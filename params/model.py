@@ -412,7 +412,11 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
 
 
 def _parse_value(raw: str) -> Any:
-    """`--set` values are TOML literals (42, 0.1, true, "x", [..]); anything else is a plain string."""
+    """`--set` values are TOML literals (42, 0.1, true, "x", [..]); a bare `null` unsets the key (TOML has no null:
+    a key the params file sets, such as data.labels or train.epochs, is then left to the data); anything else is a
+    plain string."""
+    if raw == "null":
+        return None
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -420,7 +420,8 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
         if bad:
             raise DataError(
                 f"{what}: label(s) {[b[0] for b in bad]} are not in data.labels {data.labels} "
-                f"(e.g. {_row(min(b[1] for b in bad))})"
+                f"(e.g. {_row(min(b[1] for b in bad))}); list them in data.labels, or unset it "
+                "(--set data.labels=null) to take the labels from the data"
             )
     else:
         _refuse_case_variants(con, view, what)

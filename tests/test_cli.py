@@ -107,3 +107,22 @@ def test_a_run_publishes_under_the_id_asked_for_else_its_builds_else_a_new_one()
     assert resolve_model_id("", None).startswith("local-")
     with pytest.raises(UserInputError, match="invalid model ID '../x'"):
         resolve_model_id("../x", build)
+
+
+def test_a_new_table_with_its_own_labels_trains_from_the_shipped_file(trained, tmp_path):
+    """A team's first run: the shipped params, their table, their labels. Refused with the fix named, then run."""
+    _, env = trained
+    src = tmp_path / "mine"
+    src.mkdir()
+    lines = ["text,label"] + [
+        f"ticket {i} {'refund please' if i % 2 else 'love it'},{'angry' if i % 2 else 'happy'}" for i in range(60)
+    ]
+    (src / "tickets.csv").write_text("\n".join(lines) + "\n")
+    args = ["train", "--set", f'data.path="{src}"', "--set", 'data.query="SELECT text, label FROM tickets"']
+    args += ["--set", 'evaluation.query=""', "--set", 'tracking.backend="none"']
+    refused = tk(*args, env=env, check=False)
+    assert refused.returncode == 2
+    assert "are not in data.labels" in refused.stderr and "--set data.labels=null" in refused.stderr
+    out = json.loads(tk(*args, "--set", "data.labels=null", "--json", env=env).stdout)
+    shown = json.loads(tk("show", out["model_id"], "--json", env=env).stdout)
+    assert shown["labels"] == ["angry", "happy"]

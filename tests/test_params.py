@@ -77,6 +77,18 @@ def test_override_values_are_toml_literals():
     }
 
 
+def test_a_bare_null_unsets_a_key_the_file_sets():
+    from params import load_params
+
+    assert parse_overrides(["data.labels=null", 'data.query="null"']) == {"data.labels": None, "data.query": "null"}
+    shipped = load_params(None, [])
+    assert shipped.data.labels == ["negative", "neutral", "positive"]
+    unset = load_params(None, ["data.labels=null", "train.seed=7"])
+    assert unset.data.labels is None and unset.train.seed == 7  # labels now come from the data
+    with pytest.raises(ParamsError, match="train.threads"):  # a key that must have a value says so by name
+        load_params(None, ["train.threads=null"])
+
+
 def test_params_hash_is_stable():
     assert load_params().params_hash() == load_params().params_hash()
     assert load_params().params_hash() != load_params(None, ["train.seed=1"]).params_hash()
