@@ -324,10 +324,9 @@ def preprocess(
             return encode_int32(texts, p, native, schema)
 
     else:
-        v1 = encode_v1
 
         def enc(texts: pa.Array, p: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-            return v1(texts.to_pylist(), p)
+            return encode_v1(texts.to_pylist(), p)
 
     if store.exists(ref.store_key):
         return ref

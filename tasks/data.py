@@ -94,14 +94,14 @@ def _inside(f: Path, root: Path, folder: Path) -> Path:
 def _folder_table(sub: Path, root: Path, folder: Path) -> tuple[str, list[Path]] | None:
     """A subfolder of part files (Spark, Athena UNLOAD, awswrangler datasets; hive `key=value` folders too) is one
     table named after it. Marker and hidden files (_SUCCESS, .crc) are skipped; parts of two kinds are refused."""
-    parts = [
-        f
+    parts = {
+        f: named[1]
         for f in sorted(sub.rglob("*"))
-        if f.is_file() and not f.name.startswith((".", "_")) and _reader_of(f.name) is not None
-    ]
-    kinds = {_reader_of(f.name)[1] for f in parts}
+        if f.is_file() and not f.name.startswith((".", "_")) and (named := _reader_of(f.name)) is not None
+    }
     if not parts:
         return None
+    kinds = set(parts.values())
     if len(kinds) > 1:
         raise DataError(
             f"data.path: folder {sub.name!r} mixes {' and '.join(sorted(kinds))} files; a folder table is one kind"
@@ -112,9 +112,8 @@ def _folder_table(sub: Path, root: Path, folder: Path) -> tuple[str, list[Path]]
 def _table_files(folder: Path) -> list[tuple[str, str, list[Path]]]:
     """(table name, reader, files) of every table in `folder`: each table file, and each subfolder of them. A
     `folder` that is itself a table file is that one table."""
-    if folder.is_file() and _reader_of(folder.name):
-        name, reader = _reader_of(folder.name)
-        return [(name, reader, [folder.resolve()])]
+    if folder.is_file() and (named := _reader_of(folder.name)):
+        return [(named[0], named[1], [folder.resolve()])]
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise DataError(f"data.path {str(folder)!r} {what} (it should hold {TABLE_FILES}, or be one)")
