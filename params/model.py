@@ -86,7 +86,7 @@ class DataParams(_Section):
         test = DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction
         if self.validation_fraction + test >= 0.8:
             raise ValueError("validation_fraction + test_fraction must leave at least 20% for training")
-        if self.text_column == self.label_column:
+        if self.text_column.lower() == self.label_column.lower():  # SQL names ignore case
             raise ValueError(
                 f"data.text_column and data.label_column are both {self.text_column!r}; "
                 "they must name two different columns"

@@ -358,14 +358,28 @@ def _row(n: int) -> str:
     return f"row {n:,}"
 
 
+def _result_column(names: list[str], key: str, wanted: str, what: str) -> str | None:
+    """The result's column for data.text_column / data.label_column (`key`), or None. SQL names ignore case (DuckDB,
+    Athena) while a result keeps the table's spelling: `SELECT text` over a CSV headed `Text` returns `Text`, and
+    Athena lowercases every name. Two columns that differ only in case are one name to the engine: refused."""
+    folded = [n for n in names if n.lower() == wanted.lower()]
+    if len(folded) > 1:
+        raise DataError(
+            f"{what}: the result has columns {', '.join(map(repr, folded))}, one name to SQL, which ignores case: "
+            f"{key} = {wanted!r} cannot tell them apart; alias one of them in the SQL"
+        )
+    return folded[0] if folded else None
+
+
 def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[str]:
     """Refuse rows that cannot be trained on, with a message that names the problem and a row (0-based, in
     the query's order). Creates the view `view` (rn, text, label) over the checked rows."""
     import duckdb
 
-    tc, lc = data.text_column, data.label_column
     schema = pq.read_schema(raw)
-    missing = [c for c in (tc, lc) if c not in schema.names]
+    tc = _result_column(schema.names, "data.text_column", data.text_column, what)
+    lc = _result_column(schema.names, "data.label_column", data.label_column, what)
+    missing = [c for c, found in ((data.text_column, tc), (data.label_column, lc)) if found is None]
     if missing:
         raise DataError(
             f"{what}: column(s) {', '.join(repr(c) for c in missing)} missing from the query result "

@@ -116,6 +116,26 @@ def test_data_path_may_be_the_table_file_itself(params_factory, tmp_path):
     assert sum(data.fetch_dataset(p, tmp_path / "wd").counts.values()) == 80
 
 
+def test_columns_are_found_whatever_their_letter_case_as_sql_names_are(params_factory, tmp_path):
+    """`SELECT text, label` over a CSV headed `Text,Label` is valid SQL, yet DuckDB returns the header's spelling
+    (and Athena lowercases every name): the columns are matched ignoring case; two that differ only in case are
+    refused."""
+    rows = [
+        {"Text": f"row {i} {'good' if i % 2 else 'bad'}", "Label": ["negative", "positive"][i % 2]} for i in range(80)
+    ]
+    _write(tmp_path / "src", "reviews", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM reviews"})
+    p.evaluation.query = None
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+    assert sum(ds.counts.values()) == 80
+    p = _params(
+        params_factory, tmp_path / "src", **{"data.query": 'SELECT "Text", upper("Text") AS text, label FROM reviews'}
+    )
+    p.evaluation.query = None
+    with pytest.raises(DataError, match="columns 'Text', 'text', one name to SQL.*data.text_column = 'text'"):
+        data.fetch_dataset(p, tmp_path / "wd2")
+
+
 def test_exported_tables_are_read_as_they_come(params_factory, tmp_path):
     """What warehouses and notebooks write: gzipped CSV, TSV, JSON lines, and a folder of Parquet parts with hive
     `key=value` folders and a _SUCCESS marker, each one table, all giving the same rows."""
