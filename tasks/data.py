@@ -170,14 +170,23 @@ def open_local(folder: Path, sql: str | None = None):
         for name, reader, files in found:
             if wanted is not None and name.lower() not in wanted:
                 continue
+            first = files[0].relative_to(folder.resolve()) if folder.is_dir() else Path(files[0].name)
+            where = first if len(files) == 1 else f"{first.parent}/ (one of its {len(files)} files)"
+            # An empty part (a writer's empty partition) holds no rows, and DuckDB would take its missing header
+            # for the table's; a table of nothing but empty files is refused as such.
+            nonempty = [f for f in files if f.stat().st_size > 0]
+            if not nonempty:
+                what = first if len(files) == 1 else f"{first.parent}/ (all {len(files)} files)"
+                raise DataError(f"data.path: {what} is empty (0 bytes): no header, no rows")
+            files = nonempty
             try:
                 con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {_scan(reader, files)}")
             except duckdb.Error as err:
                 # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
                 # not escape as a raw exception.
-                first = files[0].relative_to(folder.resolve()) if folder.is_dir() else Path(files[0].name)
-                where = first if len(files) == 1 else f"{first.parent}/ (one of its {len(files)} files)"
                 raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
+            if reader in ("csv", "tsv"):
+                _refuse_unsplit_csv(con, name, reader, files, where)
         allowed = [f for _, _, files in found for f in files]
         con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for f in allowed)}]")
         con.execute("SET enable_external_access = false")
@@ -187,6 +196,37 @@ def open_local(folder: Path, sql: str | None = None):
         con.close()
         raise
     return con, tables
+
+
+def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -> None:
+    """A CSV whose rows do not all have the header's field count (an unquoted comma in a text) defeats DuckDB's
+    sniffer, which then reads each whole line as one column named after the header line ('text,label'): the query
+    would fail on a missing column, or train on lines. Refused naming the first line that does not fit."""
+    import duckdb
+
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
+    delim = "\t" if reader == "tsv" else next((d for d in ",;|" if d in columns[0]), None)
+    if len(columns) != 1 or delim is None or delim not in columns[0]:
+        return
+    column = columns[0]
+    paths = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+    probe = (
+        f"SELECT count(*) FROM read_csv({paths}, header=true, all_varchar=true, delim={_literal(delim)}, quote='\"', "
+        "escape='\"', store_rejects=true)"
+    )
+    try:
+        con.execute(probe).fetchall()  # to the end: the rejects are stored when the scan finishes
+        bad = con.execute(
+            "SELECT f.file_path, e.line, e.error_message FROM reject_errors e JOIN reject_scans f USING (scan_id, "
+            "file_id) ORDER BY f.file_path, e.line LIMIT 1"
+        ).fetchone()
+    except duckdb.Error:
+        bad = None
+    found = f"line {bad[1]:,} of {Path(bad[0]).name}: {bad[2]}" if bad else "its rows have different field counts"
+    raise DataError(
+        f"data.path: {where} does not split into columns at {delim!r} ({found}); DuckDB read every line as one "
+        f"column {column[:80]!r}. Quote the texts that hold {delim!r}, or fix that line"
+    )
 
 
 def one_select(sql: str, what: str) -> None:
@@ -212,13 +252,29 @@ def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query", 
 
     one_select(sql, what)
     con, tables = open_local(folder, sql)
+
+    def failed(err: Exception) -> DataError:
+        return DataError(f"query failed in DuckDB: {_duckdb_message(err)} (tables available: {', '.join(tables)})")
+
+    def batches(reader):
+        # What DuckDB meets while streaming (a CSV line past the sniffed sample with a field too many, bytes that
+        # are not UTF-8) reaches Python through Arrow's stream as OSError / ArrowException, not duckdb.Error.
+        it = iter(reader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowException) as err:
+                raise failed(err) from None
+            yield batch
+
     try:
         try:
             reader = con.sql(sql).to_arrow_reader(batch_rows)
-            _write_batches(iter(reader), reader.schema, out)
+            _write_batches(batches(reader), reader.schema, out)
         except duckdb.Error as err:
-            msg = _duckdb_message(err)
-            raise DataError(f"query failed in DuckDB: {msg} (tables available: {', '.join(tables)})") from None
+            raise failed(err) from None
     finally:
         con.close()
 

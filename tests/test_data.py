@@ -95,6 +95,62 @@ def test_bad_data_is_refused(params_factory, tmp_path, name, rows, sql, needle):
     assert not (tmp_path / "wd" / "data").exists()
 
 
+def _csv_lines(folder, name, lines):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.csv").write_text("".join(line + "\n" for line in lines))
+
+
+GOOD_LINES = [f'"row {i} {"good" if i % 2 else "bad"}",{["negative", "positive"][i % 2]}' for i in range(60)]
+
+
+@pytest.mark.parametrize(
+    "lines, needle",
+    [
+        # a field too many or too few early on: DuckDB's sniffer falls back to one column named 'text,label'
+        (["text,label", *GOOD_LINES[:20], "a, b,positive", *GOOD_LINES[20:]], "line 22 of t.csv: Expected Number of "),
+        (["text,label", *GOOD_LINES[:20], "lonely", *GOOD_LINES[20:]], "line 22 of t.csv: Expected Number of "),
+    ],
+    ids=["field too many", "field too few"],
+)
+def test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line(params_factory, tmp_path, lines, needle):
+    _csv_lines(tmp_path / "src", "t", lines)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t"})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match="t.csv does not split into columns at ','") as e:
+        data.fetch_dataset(p, tmp_path / "wd")
+    assert needle in str(e.value) and "one column 'text,label'" in str(e.value)
+    assert not (tmp_path / "wd" / "data").exists()
+
+
+def test_a_bad_csv_line_past_the_sniffed_sample_is_a_data_error_not_a_raw_one(params_factory, tmp_path):
+    """DuckDB sniffs the first 20,480 lines; a bad line after them fails while the result streams, through Arrow."""
+    lines = [f'"row {i} {"good" if i % 2 else "bad"}",{["negative", "positive"][i % 2]}' for i in range(30_000)]
+    _csv_lines(tmp_path / "src", "t", ["text,label", *lines[:25_000], "a,b,c", *lines[25_000:]])
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t"})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match="query failed in DuckDB: .*Line: 25002 Expected Number of Columns: 2 Found: 3"):
+        data.fetch_dataset(p, tmp_path / "wd")
+
+
+def test_empty_files_are_refused_as_empty_and_empty_parts_are_skipped(params_factory, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "t.csv").write_bytes(b"")
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t"})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match=r"data.path: t.csv is empty \(0 bytes\)"):
+        data.fetch_dataset(p, tmp_path / "wd")
+    # A folder table whose first part is an empty partition: that part's missing header is not the table's.
+    parts = tmp_path / "src2" / "t"
+    _csv_lines(parts, "part-1", ["text,label", *GOOD_LINES])
+    (parts / "part-0.csv").write_bytes(b"")
+    p = _params(params_factory, tmp_path / "src2", **{"data.query": "SELECT text, label FROM t"})
+    p.evaluation.query = None
+    assert sum(data.fetch_dataset(p, tmp_path / "wd2").counts.values()) == 60
+    (parts / "part-1.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"data.path: t/ \(all 2 files\) is empty \(0 bytes\)"):
+        data.fetch_dataset(p, tmp_path / "wd3")
+
+
 def test_folder_without_tables(params_factory, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"holds no \*.csv, \*.tsv, \*.parquet or \*.jsonl files"):
