@@ -1,7 +1,8 @@
 """`trainkite predict`'s work: scoring texts or a CSV with a fetched, verified model.
 
-A scored CSV is streamed (bounded memory whatever the input's size), written to a temp file beside
-`--output` and renamed into place only when every row is scored, so `--output` may equal `--input`
+A scored CSV is streamed (bounded memory whatever the input's size) and read as training reads a table: its
+delimiter from the header line, the text column matched ignoring case. It is written in the input's delimiter to a
+temp file beside `--output` and renamed into place only when every row is scored, so `--output` may equal `--input`
 and a failure leaves whatever was there before. Where `--output` goes is checked before the model loads.
 """
 
@@ -46,33 +47,56 @@ def check_output(output: Path) -> None:
 
 def output_columns(input_columns: list[str], labels: list[str]) -> dict[str, str]:
     """Prediction field -> its column name; one that an input column already has becomes `predicted_<name>`,
-    so the input (a `label` column of ground truth, say) is written back untouched."""
-    taken = set(input_columns)
+    so the input (a `label` column of ground truth, say) is written back untouched. Names are compared ignoring case,
+    as SQL compares them: a `Label` column and a new `label` would be one column to whoever queries the output."""
+    taken = {c.lower() for c in input_columns}
     out = {}
     for name in ["label", "model_id", *(f"score_{lab}" for lab in labels)]:
         col = name
-        while col in taken:
+        while col.lower() in taken:
             col = PREDICTED_PREFIX + col
-        taken.add(col)
+        taken.add(col.lower())
         out[name] = col
     return out
 
 
-def _chunks(input_csv: Path, text_column: str) -> Iterator:
+# The delimiters DuckDB's sniffer finds in a training table, tried in this order on --input's header line.
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def _header(input_csv: Path, text_column: str) -> tuple[str, str]:
+    """(delimiter, column) of --input's text column, read from its header line as training reads a table: split at
+    ',' (else ';', tab or '|'), the column named `text_column` exactly, else the one that matches ignoring case
+    (the SQL that trained on the same file found it so)."""
+    import csv
+
+    with open(input_csv, encoding="utf-8-sig", newline="") as f:
+        line = f.readline()
+    if not line.strip():
+        raise UserInputError(f"--input {str(input_csv)!r} is empty: no header row")
+    for delim in DELIMITERS:
+        names = next(csv.reader([line], delimiter=delim))
+        if text_column in names:
+            return delim, text_column
+        folded = [n for n in names if n.lower() == text_column.lower()]
+        if len(folded) == 1:
+            return delim, folded[0]
+    names = next(csv.reader([line]))
+    raise UserInputError(f"--input has no column {text_column!r} (columns: {', '.join(names)}); use --text-column")
+
+
+def _chunks(input_csv: Path, text_column: str) -> Iterator[tuple[str, str, object]]:
+    """(delimiter, text column, chunk) of --input, CHUNK_ROWS rows at a time."""
     import pandas as pd
 
     try:
-        reader = pd.read_csv(input_csv, keep_default_na=False, dtype=str, chunksize=CHUNK_ROWS, encoding="utf-8-sig")
+        delim, column = _header(input_csv, text_column)
+        reader = pd.read_csv(
+            input_csv, sep=delim, keep_default_na=False, dtype=str, chunksize=CHUNK_ROWS, encoding="utf-8-sig"
+        )
         with reader:
-            first = True
             for chunk in reader:
-                if first and text_column not in chunk.columns:
-                    raise UserInputError(
-                        f"--input has no column {text_column!r} (columns: "
-                        f"{', '.join(map(str, chunk.columns))}); use --text-column"
-                    )
-                first = False
-                yield chunk
+                yield delim, column, chunk
     except pd.errors.EmptyDataError:
         raise UserInputError(f"--input {str(input_csv)!r} is empty: no header row") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -89,16 +113,16 @@ def score_csv(
     rows, cols = 0, None
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
-            for chunk in _chunks(input_csv, text_column):
+            for delim, column, chunk in _chunks(input_csv, text_column):
                 if cols is None:
                     cols = output_columns([str(c) for c in chunk.columns], predictor.labels)
-                preds = predictor.predict(chunk[text_column].tolist()) if len(chunk) else []
+                preds = predictor.predict(chunk[column].tolist()) if len(chunk) else []
                 check_finite_predictions(preds, predictor.model_id)
                 chunk[cols["label"]] = [p["label"] for p in preds]
                 chunk[cols["model_id"]] = predictor.model_id
                 for lab in predictor.labels:
                     chunk[cols[f"score_{lab}"]] = [p["scores"][lab] for p in preds]
-                chunk.to_csv(out, index=False, header=rows == 0)
+                chunk.to_csv(out, index=False, header=rows == 0, sep=delim)  # the input's own layout, extended
                 rows += len(chunk)
                 if on_progress:
                     on_progress(rows)

@@ -44,6 +44,26 @@ def test_prediction_columns_never_overwrite_input_columns():
     }
 
 
+def test_prediction_columns_differ_from_input_columns_ignoring_case_as_sql_does():
+    assert output_columns(["Text", "Label", "Model_ID"], ["a"])["label"] == "predicted_label"
+    assert output_columns(["Text", "Label", "Model_ID"], ["a"])["model_id"] == "predicted_model_id"
+
+
+def test_a_table_that_trains_is_scored_in_its_own_layout(store, tmp_path):
+    """A semicolon CSV headed `Text;Label` trains (DuckDB sniffs the delimiter; `SELECT text` finds `Text`): scored
+    with the default --text-column, it is read and written back with its semicolons."""
+    src, dst = tmp_path / "eu.csv", tmp_path / "eu-out.csv"
+    src.write_text('Text;Label\n"Great team; fair pay";positive\nAwful hours, no breaks;negative\n')
+    out = _predict(store, "--input", str(src), "--output", str(dst), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = pd.read_csv(dst, sep=";", keep_default_na=False, dtype=str)
+    assert list(df.columns[:4]) == ["Text", "Label", "predicted_label", "model_id"]
+    assert list(df["Text"]) == ["Great team; fair pay", "Awful hours, no breaks"]
+    assert set(df["predicted_label"]) <= {"negative", "neutral", "positive"}
+    missing = _predict(store, "--input", str(src), "--output", str(dst), "--text-column", "comment")
+    assert missing.returncode == 2 and "--input has no column 'comment' (columns: Text;Label)" in missing.stderr
+
+
 def test_ground_truth_survives_scoring_in_place(store, tmp_path):
     src = tmp_path / "truth.csv"
     pd.DataFrame(
