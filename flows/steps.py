@@ -284,11 +284,12 @@ def _report_evidence(
     if split not in report.metrics:
         return
     cm = report.metrics[split]["confusion"]
-    create_table_artifact(
-        key="confusion-matrix",
-        table=tasks.compare.confusion_table(cm, labels),
-        description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)",
-    )
+    if cm is not None:  # None above CONFUSION_MAX_CLASSES classes: per-class F1 is the evidence then
+        create_table_artifact(
+            key="confusion-matrix",
+            table=tasks.compare.confusion_table(cm, labels),
+            description=f"{published.model_id} on the {split} split (rows: true, columns: predicted)",
+        )
     images = {"challenger": report.plots.get(split), "champion": report.plots.get("champion")}
     md = [
         f"### Confusion matrices on the {split} split",

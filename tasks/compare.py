@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from models.metrics import CONFUSION_MAX_CLASSES
+
 BETTER, SAME, WORSE = "better", "no significant difference", "worse"
 NO_CHAMPION, NOT_COMPARED = "no champion", "not compared"
 VERDICTS = (BETTER, SAME, WORSE, NO_CHAMPION, NOT_COMPARED)
@@ -109,7 +111,9 @@ def _per_class_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
     return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)[0]
 
 
-def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
+def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]] | None:
+    if n_classes > CONFUSION_MAX_CLASSES:
+        return None
     m = np.zeros((n_classes, n_classes), dtype=np.int64)
     valid = (pred >= 0) & (pred < n_classes)
     np.add.at(m, (y[valid], pred[valid]), 1)

@@ -527,16 +527,39 @@ def _refuse_case_variants(con, view: str, what: str) -> None:
 MIN_CLASS_ROWS = 3
 
 
-def thin_class_warnings(label_counts: dict[str, int], what: str) -> list[str]:
-    """Warn (not refuse) about a class with fewer rows than splits: its F1, likely 0, still counts in macro-F1."""
-    out = []
-    for label, n in sorted((lab, n) for lab, n in label_counts.items() if n < MIN_CLASS_ROWS):
-        msg = (
-            f"{what}: class {label!r} has only {int(n)} row(s), too few to be in the train, validation and test "
-            "splits; its F1 (likely 0) is averaged into macro-F1"
+# Rare classes are warned one by one up to this many, then in one line.
+RARE_CLASSES_NAMED = 5
+# Labels taken from the data of which most are rare, this many or more: an ID or free-text column picked as the label
+# by mistake, refused before a model with a class per row is trained (20,000 such "classes" ran out of 24 GB).
+MANY_RARE_CLASSES = 20
+
+
+def thin_class_warnings(label_counts: dict[str, int], data: DataParams, what: str) -> list[str]:
+    """Warn (not refuse) about classes with fewer rows than splits: their F1, likely 0, still counts in macro-F1.
+    Refuse labels from the data that are mostly such classes: that column does not hold classes."""
+    rare = sorted((lab, int(n)) for lab, n in label_counts.items() if n < MIN_CLASS_ROWS)
+    if not rare:
+        return []
+    some = ", ".join(f"{lab!r} ({n})" for lab, n in rare[:RARE_CLASSES_NAMED])
+    if data.labels is None and len(rare) >= MANY_RARE_CLASSES and 2 * len(rare) > len(label_counts):
+        raise DataError(
+            f"{what}: {len(rare):,} of the {len(label_counts):,} labels taken from the data have fewer than "
+            f"{MIN_CLASS_ROWS} rows each (e.g. {some}): is the label column an ID or free text? Select the column of "
+            "classes in the SQL (or data.label_column), or list the classes in data.labels to train on them anyway"
         )
+    tail = "too few to be in the train, validation and test splits"
+    if len(rare) <= RARE_CLASSES_NAMED:
+        out = [
+            f"{what}: class {lab!r} has only {n} row(s), {tail}; its F1 (likely 0) is averaged into macro-F1"
+            for lab, n in rare
+        ]
+    else:
+        out = [
+            f"{what}: {len(rare):,} classes have fewer than {MIN_CLASS_ROWS} rows each (e.g. {some}), {tail}; their "
+            "F1 (likely 0) is averaged into macro-F1"
+        ]
+    for msg in out:
         log.warning(msg)
-        out.append(msg)
     return out
 
 
@@ -669,7 +692,7 @@ def fetch_dataset(
         warnings = check_raw(con, raw, data, "data.query", "q0")
         # The training rows only: they are what gets split.
         warnings += thin_class_warnings(
-            dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()), "data.query"
+            dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()), data, "data.query"
         )
         seed, test = data.split_seed, data.test_fraction
         upto_validation = data.test_fraction + data.validation_fraction

@@ -93,7 +93,7 @@ def evaluate(
             continue
         probs = split_probs[split] = probs_of(split)
         metrics[split] = score(y, probs, features.labels)
-        if split != "validation":
+        if split != "validation" and metrics[split]["confusion"] is not None:
             path = workdir / "plots" / f"confusion_{split}.png"
             plot_confusion(metrics[split]["confusion"], features.labels, f"{split} (n={len(y)})", path)
             plots[split] = str(path)

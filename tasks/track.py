@@ -203,7 +203,7 @@ def run_request(
 def confusion_request(report: EvalReport, labels: list[str]) -> dict | None:
     """The scored split's confusion matrix as W&B's plot takes it (one true and one predicted index per row)."""
     split = "evaluation" if "evaluation" in report.metrics else "test"
-    if split not in report.metrics:
+    if split not in report.metrics or report.metrics[split]["confusion"] is None:
         return None
     y_true, y_pred = [], []
     for i, row in enumerate(report.metrics[split]["confusion"]):

@@ -42,6 +42,28 @@ def test_macro_f1_is_the_metrics_modules_macro_f1():
     assert cp.macro_f1(y, champ, 3) == pytest.approx(score(y, probs, LABELS)["macro_f1"], abs=1e-12)
 
 
+def test_scores_count_per_class_without_a_matrix_and_carry_one_only_for_a_readable_number_of_classes():
+    from models.metrics import CONFUSION_MAX_CLASSES, confusion
+
+    rng = np.random.Generator(np.random.PCG64(5))
+    for n in (3, CONFUSION_MAX_CLASSES + 1):
+        labels = [f"c{i}" for i in range(n)]
+        y, pred = rng.integers(0, n, 2_000), rng.integers(0, n, 2_000)
+        pred[:1_000] = y[:1_000]
+        got = score(y, np.eye(n)[pred], labels)
+        cm = confusion(y, pred, n)  # the matrix's own precision and recall, by hand
+        for i in rng.choice(n, 3, replace=False):
+            tp, col, row = cm[i, i], cm[:, i].sum(), cm[i].sum()
+            assert got["per_class"][labels[i]]["precision"] == (tp / col if col else 0.0)
+            assert got["per_class"][labels[i]]["recall"] == (tp / row if row else 0.0)
+            assert got["per_class"][labels[i]]["support"] == row
+        assert got["accuracy"] == np.trace(cm) / 2_000
+        assert got["confusion"] == (cm.tolist() if n <= CONFUSION_MAX_CLASSES else None)
+    y, champ, _ = _case()
+    many = [f"c{i}" for i in range(CONFUSION_MAX_CLASSES + 1)]
+    assert cp.compare(y, champ, champ.copy(), many, primary_metric="accuracy")["confusion"]["champion"] is None
+
+
 def test_identical_models_show_no_difference():
     y, champ, _ = _case()
     for metric in ("macro_f1", "accuracy"):

@@ -286,6 +286,33 @@ def test_an_evaluation_label_in_another_case_is_refused_with_the_training_spelli
         data.fetch_dataset(p, tmp_path / "wd")
 
 
+def test_a_label_column_of_ids_is_refused_and_many_rare_classes_are_warned_in_one_line(params_factory, tmp_path):
+    """`SELECT text, comment_id AS label`: a class per row. Labels from the data that are mostly rare are refused
+    before anything trains; listed in data.labels they are meant, and their warning is one line, not one per class."""
+    rows = [{"text": f"comment {i} on pay", "label": f"id{i:03d}"} for i in range(200)]
+    rows += [{"text": f"more words {i}", "label": ["negative", "positive"][i % 2]} for i in range(100)]
+    _write(tmp_path / "src", "t", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t", "data.labels": None})
+    p.evaluation.query = None
+    with pytest.raises(
+        DataError,
+        match=r"200 of the 202 labels taken from the data have fewer than 3 rows each "
+        r"\(e.g. 'id000' \(1\), 'id001' \(1\), .*is the label column an ID or free text\?",
+    ):
+        data.fetch_dataset(p, tmp_path / "wd")
+    assert not (tmp_path / "wd" / "data").exists()
+    labels = ["negative", "positive", *(f"id{i:03d}" for i in range(200))]
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t", "data.labels": labels})
+    p.evaluation.query = None
+    ds = data.fetch_dataset(p, tmp_path / "wd2")
+    rare = [w for w in ds.warnings if "fewer than 3 rows" in w or "has only" in w]
+    assert rare == [
+        "data.query: 200 classes have fewer than 3 rows each (e.g. 'id000' (1), 'id001' (1), 'id002' (1), 'id003' "
+        "(1), 'id004' (1)), too few to be in the train, validation and test splits; their F1 (likely 0) is averaged "
+        "into macro-F1"
+    ]
+
+
 def test_conflicting_duplicates_are_warned(params_factory, tmp_path):
     rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
     rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]

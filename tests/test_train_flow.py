@@ -72,6 +72,48 @@ def test_train_flow_publishes_a_verified_model(prefect_api, tk_home, params_fact
     assert {"model-card", "model-metrics"} <= keys
 
 
+def test_a_model_of_more_classes_than_a_matrix_can_show_publishes_per_class_evidence(
+    prefect_api, tk_home, params_factory, tmp_path
+):
+    """Above CONFUSION_MAX_CLASSES classes no confusion matrix is built (a dense one is classes^2 cells: it ran a
+    20,000-class run out of memory); every step still runs, tracked, with per-class figures as the evidence."""
+    import pandas as pd
+
+    from models.metrics import CONFUSION_MAX_CLASSES
+
+    n = CONFUSION_MAX_CLASSES + 20
+    rows = [
+        {"text": f"please {w} the thing {w}{i}", "label": f"intent_{c}"}
+        for c in range(n)
+        for i in range(6)
+        for w in [f"verb{c}"]
+    ]
+    (tmp_path / "src").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "src" / "intents.csv", index=False)
+    params = params_factory(
+        **{
+            "tracking.backend": "wandb",
+            "data.path": str(tmp_path / "src"),
+            "data.query": "SELECT * FROM intents",
+            "model.type": "linear",
+            "data.labels": None,
+            "evaluation.query": None,
+        }
+    )
+    result, run_id = _run(params, "many-1")
+    folder = Path(open_store().local_path("sentiment/many-1"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(manifest["labels"]) == n and metrics["test"]["confusion"] is None
+    assert len(metrics["test"]["per_class"]) == n and metrics["test"]["accuracy"] > 0.9
+    assert not [f for f in manifest["files"] if f.startswith("plots/")]
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        keys = {a.key for a in run_artifacts(c, run_id)}
+    assert {"model-card", "model-metrics"} <= keys and "confusion-matrix" not in keys
+
+
 def test_same_inputs_give_identical_weights_and_reuse_preprocessing(prefect_api, tk_home, params_factory):
     params = params_factory()
     _, run_a = _run(params, "det-a")
