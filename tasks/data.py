@@ -662,6 +662,25 @@ def fingerprint(df: pd.DataFrame) -> str:
     return fp.hexdigest()
 
 
+def _hold_out(con) -> list[str]:
+    """The evaluation set is held out: training rows (q0) whose text it also holds (q1) are left out of the split,
+    with a warning, so a table that holds its own labelled sample cannot score the model on rows it trained on."""
+    shared, total = con.execute("SELECT count(*) FILTER (text IN (SELECT text FROM q1)), count(*) FROM q0").fetchone()
+    if not shared:
+        return []
+    if shared == total:
+        raise DataError(
+            f"evaluation.query: every one of data.query's {total:,} rows has a text the evaluation set also holds: "
+            "nothing is left to train on that the evaluation would not score; point the two queries at different rows"
+        )
+    msg = (
+        f"evaluation.query: {shared:,} of data.query's {total:,} rows have a text the evaluation set also holds; "
+        "they are left out of training, validation and test so that the evaluation stays held out"
+    )
+    log.warning(msg)
+    return [msg]
+
+
 def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
     seen = sorted(set(df.loc[df["split"] != "evaluation", "label"]))
     if data.labels is not None:
@@ -701,15 +720,20 @@ def fetch_dataset(
             f"(('0x' || left(sha256({_literal(str(seed))} || chr(31) || text), 16))::UBIGINT::DOUBLE "
             "/ 18446744073709551616.0)"
         )
-        parts = [
-            f"SELECT CASE WHEN {h} < {test!r} THEN 'test' WHEN {h} < {upto_validation!r} THEN 'validation' "
-            "ELSE 'train' END AS split, text, label FROM q0"
-        ]
+        pool = "q0"
+        evaluation = []
         if params.evaluation.query:
             eraw = tmp / "eval.parquet"
             run_query_to(data, params.evaluation.query, eraw, "evaluation.query")
             warnings += check_raw(con, eraw, data, "evaluation.query", "q1")
-            parts.append("SELECT 'evaluation' AS split, text, label FROM q1")
+            warnings += _hold_out(con)
+            pool = "q0 WHERE text NOT IN (SELECT text FROM q1)"
+            evaluation.append("SELECT 'evaluation' AS split, text, label FROM q1")
+        parts = [
+            f"SELECT CASE WHEN {h} < {test!r} THEN 'test' WHEN {h} < {upto_validation!r} THEN 'validation' "
+            f"ELSE 'train' END AS split, text, label FROM {pool}",
+            *evaluation,
+        ]
         snap_tmp = tmp / "snapshot.parquet"
         write_ordered(con, f"({' UNION ALL '.join(parts)})", snap_tmp, SNAPSHOT_SCHEMA)
         snap_sql = f"read_parquet({_literal(str(snap_tmp))})"

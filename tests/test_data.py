@@ -313,6 +313,30 @@ def test_a_label_column_of_ids_is_refused_and_many_rare_classes_are_warned_in_on
     ]
 
 
+def test_training_rows_the_evaluation_set_also_holds_are_left_out_so_it_stays_held_out(params_factory, tmp_path):
+    """A team's table often holds its own human-labelled sample: evaluated on rows it trained on, a model would look
+    better than it is, and the champion gate would trust that."""
+    rows = [
+        {"text": f"row {i} {'good' if i % 2 else 'bad'}", "label": ["negative", "positive"][i % 2]} for i in range(300)
+    ]
+    _write(tmp_path / "src", "t", rows)
+    _write(tmp_path / "src", "labelled", rows[:40])
+    p = _params(
+        params_factory,
+        tmp_path / "src",
+        **{"data.query": "SELECT text, label FROM t", "evaluation.query": "SELECT text, label FROM labelled"},
+    )
+    ds = data.fetch_dataset(p, tmp_path / "wd")
+    assert ds.counts["evaluation"] == 40 and sum(ds.counts.values()) == 300
+    assert "evaluation.query: 40 of data.query's 300 rows have a text the evaluation set also holds" in ds.warnings[0]
+    snap = data.read_snapshot(ds.snapshot_path)
+    held = set(snap.loc[snap["split"] == "evaluation", "text"])
+    assert not held & set(snap.loc[snap["split"] != "evaluation", "text"])
+    p.evaluation.query = "SELECT text, label FROM t"
+    with pytest.raises(DataError, match="every one of data.query's 300 rows has a text the evaluation set also holds"):
+        data.fetch_dataset(p, tmp_path / "wd2")
+
+
 def test_conflicting_duplicates_are_warned(params_factory, tmp_path):
     rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
     rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
