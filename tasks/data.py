@@ -681,13 +681,6 @@ def _hold_out(con) -> list[str]:
     return [msg]
 
 
-def labels_of(df: pd.DataFrame, data: DataParams) -> list[str]:
-    seen = sorted(set(df.loc[df["split"] != "evaluation", "label"]))
-    if data.labels is not None:
-        return list(data.labels)
-    return seen
-
-
 SNAPSHOT_ROW_GROUP = 131_072
 
 
