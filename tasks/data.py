@@ -545,7 +545,9 @@ def thin_class_warnings(label_counts: dict[str, int], data: DataParams, what: st
         raise DataError(
             f"{what}: {len(rare):,} of the {len(label_counts):,} labels taken from the data have fewer than "
             f"{MIN_CLASS_ROWS} rows each (e.g. {some}): is the label column an ID or free text? Select the column of "
-            "classes in the SQL (or data.label_column), or list the classes in data.labels to train on them anyway"
+            "classes in the SQL (or data.label_column); keep the classes with rows to learn from (... WHERE label IN "
+            f"(SELECT label FROM <table> GROUP BY label HAVING count(*) >= {MIN_CLASS_ROWS})); or list the classes in "
+            "data.labels to train on them anyway"
         )
     tail = "too few to be in the train, validation and test splits"
     if len(rare) <= RARE_CLASSES_NAMED:
