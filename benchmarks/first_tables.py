@@ -4,7 +4,8 @@
 
 Each table is generated (seeded, nothing typed by hand) to stand for a kind of data a team brings: Chinese
 reviews (no spaces between words), Hindi reviews (vowel signs inside words), 500 intents of 18 rows each,
-a rare class (1 %), labels typed in two letter cases. Each runs as a user would run it: the shipped
+a rare class (1 %), labels typed in two letter cases, a label column that is an ID, a semicolon CSV headed
+`Text;Label`, a CSV with one unquoted comma in a text. Each runs as a user would run it: the shipped
 `params/sentiment.toml` with only `data.path`, `data.query` and `data.labels` (unset) changed, no evaluation set,
 tracking off, its own TRAINKITE_HOME. Printed per table: exit code, wall time, peak RSS of the process, the
 resolved model type, test accuracy / macro-F1, or the refusal's message. A probe's polarity words are planted
@@ -76,6 +77,30 @@ def tables(root: Path) -> dict[str, Path]:
     ]  # fmt: skip
     _write(root / "label_case", rows)
     out["label_case"] = root / "label_case"
+    rows = [
+        (" ".join(rng.choice(words) for _ in range(10)) + (" good" if i % 2 else " bad"), f"c{i:05d}")
+        for i in range(5_000)
+    ]
+    _write(root / "label_is_an_id", rows)  # SELECT text, comment_id AS label: a class per row
+    out["label_is_an_id"] = root / "label_is_an_id"
+    polar = [
+        (
+            " ".join(rng.choice(words) for _ in range(10)) + (" good" if i % 2 else " bad"),
+            ["negative", "positive"][i % 2],
+        )
+        for i in range(2_000)
+    ]
+    (root / "semicolon_headed_Text").mkdir(parents=True)  # a European spreadsheet's export: ';', a capitalised header
+    with open(root / "semicolon_headed_Text" / "t.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter=";")
+        w.writerow(("Text", "Label"))
+        w.writerows(polar)
+    out["semicolon_headed_Text"] = root / "semicolon_headed_Text"
+    (root / "ragged_line").mkdir(parents=True)  # an export that did not quote a text holding a comma, at line 302
+    lines = ["text,label", *(f"{t},{lab}" for t, lab in polar)]
+    lines.insert(301, "fine, but slow,positive")
+    (root / "ragged_line" / "t.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out["ragged_line"] = root / "ragged_line"
     return out
 
 

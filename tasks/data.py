@@ -222,10 +222,12 @@ def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -
         ).fetchone()
     except duckdb.Error:
         bad = None
-    found = f"line {bad[1]:,} of {Path(bad[0]).name}: {bad[2]}" if bad else "its rows have different field counts"
+    if bad is None:  # every line splits alike: a one-column table whose quoted header holds the delimiter
+        return
     raise DataError(
-        f"data.path: {where} does not split into columns at {delim!r} ({found}); DuckDB read every line as one "
-        f"column {column[:80]!r}. Quote the texts that hold {delim!r}, or fix that line"
+        f"data.path: {where} does not split into columns at {delim!r} (line {bad[1]:,} of {Path(bad[0]).name}: "
+        f"{bad[2]}); DuckDB read every line as one column {column[:80]!r}. Quote the texts that hold {delim!r}, "
+        "or fix that line"
     )
 
 

@@ -122,6 +122,15 @@ def test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line(params_
     assert not (tmp_path / "wd" / "data").exists()
 
 
+def test_a_one_column_csv_whose_quoted_header_holds_a_comma_is_read_as_it_is(tmp_path):
+    _csv_lines(tmp_path / "src", "t", ['"text, as typed"', '"great pay, kind team"', '"awful hours, no breaks"'])
+    con, _ = data.open_local(tmp_path / "src", "SELECT * FROM t")
+    try:
+        assert con.execute("SELECT * FROM t").fetchall() == [("great pay, kind team",), ("awful hours, no breaks",)]
+    finally:
+        con.close()
+
+
 def test_a_bad_csv_line_past_the_sniffed_sample_is_a_data_error_not_a_raw_one(params_factory, tmp_path):
     """DuckDB sniffs the first 20,480 lines; a bad line after them fails while the result streams, through Arrow."""
     lines = [f'"row {i} {"good" if i % 2 else "bad"}",{["negative", "positive"][i % 2]}' for i in range(30_000)]
