@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -135,8 +136,21 @@ def _table_files(folder: Path) -> list[tuple[str, str, list[Path]]]:
             raise DataError(f"data.path: two tables would be named {name!r}; rename one of the files or folders")
         out[name] = found
     if not out:
-        raise DataError(f"data.path {str(folder)!r} holds no {TABLE_FILES}")
+        raise DataError(f"data.path {str(folder)!r} holds no {TABLE_FILES}{_not_tables(folder)}")
     return [(name, reader, files) for name, (reader, files) in out.items()]
+
+
+def _not_tables(folder: Path) -> str:
+    """For a message: the files in `folder` that are not tables (an .xlsx the team meant, say), or ''."""
+    if not folder.is_dir():
+        return ""
+    names = sorted(
+        f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith((".", "_")) and not _reader_of(f.name)
+    )
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"; not read as tables: {shown} (save a spreadsheet as CSV or Parquet)"
 
 
 def _scan(reader: str, files: list[Path]) -> str:
@@ -256,7 +270,10 @@ def query_local_to(folder: Path, sql: str, out: Path, what: str = "data.query", 
     con, tables = open_local(folder, sql)
 
     def failed(err: Exception) -> DataError:
-        return DataError(f"query failed in DuckDB: {_duckdb_message(err)} (tables available: {', '.join(tables)})")
+        return DataError(
+            f"query failed in DuckDB: {_duckdb_message(err)} (tables available: {', '.join(tables)}"
+            f"{_not_tables(folder)})"
+        )
 
     def batches(reader):
         # What DuckDB meets while streaming (a CSV line past the sniffed sample with a field too many, bytes that
@@ -296,10 +313,15 @@ def _write_batches(batches, schema: pa.Schema, out: Path) -> None:
                 writer.write_batch(batch)
 
 
+_SYSTEM_SUGGESTION = re.compile(r'\s*Did you mean "(?:duckdb_|pg_|pragma_|sqlite_|information_schema)[^"]*"\?')
+
+
 def _duckdb_message(err: Exception) -> str:
     """DuckDB's first line plus the one that says what is wrong; not the quoted row (it may be a 10 MB text,
-    or data that has no place in a log), the reader settings or the SQL caret."""
-    lines = [line.strip() for line in str(err).splitlines()]
+    or data that has no place in a log), the reader settings, the SQL caret, or a catalog name DuckDB offers in
+    place of a missing table that is its own ("Did you mean "duckdb_views"?"), never the user's."""
+    text = _SYSTEM_SUGGESTION.sub("", str(err))
+    lines = [line.strip() for line in text.splitlines()]
     detail = next(
         (
             line

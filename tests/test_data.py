@@ -171,6 +171,21 @@ def test_folder_without_tables(params_factory, tmp_path):
         data.fetch_dataset(_params(params_factory, tmp_path / "notes.txt"), tmp_path / "wd")
 
 
+def test_files_that_are_not_tables_are_named_when_the_query_finds_no_table(params_factory, tmp_path):
+    """A team's first guess is often the spreadsheet itself: the refusal names it, and DuckDB's offer of one of its own
+    catalog names ('Did you mean "duckdb_views"?') is left out."""
+    (tmp_path / "sheets").mkdir()
+    (tmp_path / "sheets" / "survey.xlsx").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"holds no .*; not read as tables: survey.xlsx \(save a spreadsheet as CSV"):
+        data.fetch_dataset(_params(params_factory, tmp_path / "sheets"), tmp_path / "wd")
+    _write(tmp_path / "sheets", "reviews", [{"text": "a", "label": "positive"}])
+    p = _params(params_factory, tmp_path / "sheets", **{"data.query": "SELECT text, label FROM survey"})
+    with pytest.raises(DataError) as e:
+        data.fetch_dataset(p, tmp_path / "wd")
+    assert "(tables available: reviews; not read as tables: survey.xlsx" in str(e.value)
+    assert "Did you mean" not in str(e.value)
+
+
 def test_data_path_may_be_the_table_file_itself(params_factory, tmp_path):
     rows = [
         {"text": f"row {i} {'good' if i % 2 else 'bad'}", "label": ["negative", "positive"][i % 2]} for i in range(80)
