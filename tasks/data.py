@@ -488,9 +488,10 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
         )
     con.execute(f"CREATE VIEW {view} AS SELECT rn, {text_expr} AS text, trim({label_expr}) AS label FROM {view}_in")
     try:
-        empty, first_empty, long, first_long = con.execute(
-            f"SELECT count(*) FILTER (e), min(rn) FILTER (e), count(*) FILTER (g), min(rn) FILTER (g) FROM "
-            f"(SELECT rn, regexp_full_match(text, '[\\s\\p{{Z}}\\x{{85}}\\x{{1c}}-\\x{{1f}}]*') AS e, "
+        empty, first_empty, long, first_long, no_label, first_no_label = con.execute(
+            f"SELECT count(*) FILTER (e), min(rn) FILTER (e), count(*) FILTER (g), min(rn) FILTER (g), "
+            f"count(*) FILTER (label = ''), min(rn) FILTER (label = '') FROM "
+            f"(SELECT rn, label, regexp_full_match(text, '[\\s\\p{{Z}}\\x{{85}}\\x{{1c}}-\\x{{1f}}]*') AS e, "
             f"length(text) > {MAX_TEXT_CHARS} AS g FROM {view})"
         ).fetchone()
     except duckdb.Error as err:
@@ -504,6 +505,10 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
     if long:
         raise DataError(
             f"{what}: {long:,} text(s) are longer than {MAX_TEXT_CHARS:,} characters (e.g. {_row(first_long)})"
+        )
+    if no_label:
+        raise DataError(
+            f"{what}: {no_label:,} row(s) have an empty label (e.g. {_row(first_no_label)}); filter them in the SQL"
         )
     if data.labels is not None:
         allowed = ", ".join(_literal(v) for v in data.labels)
@@ -530,19 +535,21 @@ def check_raw(con, raw: Path, data: DataParams, what: str, view: str) -> list[st
 
 
 def _refuse_case_variants(con, view: str, what: str) -> None:
-    """Labels taken from the data that differ only in letter case ('Positive', 'positive') are one class typed two
-    ways: trained as two, each gets half the rows and macro-F1 counts a class nobody meant. Listing both in
-    data.labels keeps them apart on purpose."""
+    """Labels taken from the data that differ only in letter case or surrounding space ('Positive', 'positive', and
+    'positive' with a no-break space) are one class typed two ways: trained as two, each gets half the rows and
+    macro-F1 counts a class nobody meant. Listing both in data.labels keeps them apart on purpose."""
+    # Per distinct label, so the regex costs nothing per row: trim() took the spaces, not a tab or a spreadsheet's NBSP.
+    key = "lower(regexp_replace(label, '^[\\s\\p{Z}]+|[\\s\\p{Z}]+$', '', 'g'))"
     clash = con.execute(
-        f"WITH c AS (SELECT label, lower(label) AS k, count(*) AS n, min(rn) AS first FROM {view} GROUP BY label) "
+        f"WITH c AS (SELECT label, {key} AS k, count(*) AS n, min(rn) AS first FROM {view} GROUP BY label) "
         "SELECT label, n, first FROM c WHERE k = "
         "(SELECT min(k) FROM c GROUP BY k HAVING count(*) > 1 ORDER BY 1 LIMIT 1) ORDER BY label"
     ).fetchall()
     if clash:
         rarest = min(clash, key=lambda c: (c[1], c[2]))  # the odd spelling, where it first occurs
         raise DataError(
-            f"{what}: labels {', '.join(repr(c[0]) for c in clash)} differ only in letter case "
-            f"(e.g. {_row(rarest[2])}: {rarest[0]!r}); normalise them in the SQL (e.g. lower(label)), "
+            f"{what}: labels {', '.join(repr(c[0]) for c in clash)} differ only in letter case or surrounding "
+            f"space (e.g. {_row(rarest[2])}: {rarest[0]!r}); normalise them in the SQL (e.g. lower(label)), "
             "or list each in data.labels to keep them apart"
         )
 

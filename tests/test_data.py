@@ -289,12 +289,33 @@ def test_labels_from_the_data_that_differ_only_in_case_are_refused_unless_listed
     _write(tmp_path / "src", "t", rows)
     p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t", "data.labels": None})
     p.evaluation.query = None
-    with pytest.raises(DataError, match="labels 'Positive', 'positive' differ only in letter case") as e:
+    with pytest.raises(
+        DataError, match="labels 'Positive', 'positive' differ only in letter case or surrounding space"
+    ) as e:
         data.fetch_dataset(p, tmp_path / "wd")
     assert "lower(label)" in str(e.value) and "row 7" in str(e.value)
     assert not (tmp_path / "wd" / "data").exists()
     p.data.labels = ["Positive", "negative", "positive"]  # listed: kept apart on purpose
     assert data.fetch_dataset(p, tmp_path / "wd").labels == ["Positive", "negative", "positive"]
+
+
+def test_a_label_with_a_spreadsheets_space_around_it_or_none_at_all_is_refused(params_factory, tmp_path):
+    rows = [{"text": f"row {i} good", "label": "positive"} for i in range(40)]
+    rows += [{"text": f"row {i} bad", "label": "negative"} for i in range(40)]
+    rows[9]["label"] = "positive\u00a0"  # a no-break space from a spreadsheet cell: trim() keeps it
+    rows[11]["label"] = "negative\t"
+    _write(tmp_path / "src", "t", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT * FROM t", "data.labels": None})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match=r"labels 'negative', 'negative\\t' differ only in letter case or surrounding"):
+        data.fetch_dataset(p, tmp_path / "wd")
+    rows[9]["label"] = rows[11]["label"] = "positive"
+    rows[13]["label"] = '"  "'
+    _write(tmp_path / "src", "t", rows)
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, trim(label, '\"') AS label FROM t"})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match=r"1 row\(s\) have an empty label \(e.g. row 13\); filter them in the SQL"):
+        data.fetch_dataset(p, tmp_path / "wd")
 
 
 def test_an_evaluation_label_in_another_case_is_refused_with_the_training_spelling(params_factory, tmp_path):
