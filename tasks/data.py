@@ -197,7 +197,10 @@ def open_local(folder: Path, sql: str | None = None):
                 con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {_scan(reader, files)}")
             except duckdb.Error as err:
                 # DuckDB reads (sniffs) the file here; a CSV that is not UTF-8 or has an over-long line must
-                # not escape as a raw exception.
+                # not escape as a raw exception. A TSV's sniff fails outright on a ragged line: name it.
+                bad = _first_rejected_line(con, files, "\t") if reader == "tsv" else None
+                if bad is not None:
+                    raise _ragged(where, "\t", bad, "DuckDB could not read it as a table") from None
                 raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
             if reader in ("csv", "tsv"):
                 _refuse_unsplit_csv(con, name, reader, files, where)
@@ -212,17 +215,11 @@ def open_local(folder: Path, sql: str | None = None):
     return con, tables
 
 
-def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -> None:
-    """A CSV whose rows do not all have the header's field count (an unquoted comma in a text) defeats DuckDB's
-    sniffer, which then reads each whole line as one column named after the header line ('text,label'): the query
-    would fail on a missing column, or train on lines. Refused naming the first line that does not fit."""
+def _first_rejected_line(con, files: list[Path], delim: str) -> tuple[str, int, str] | None:
+    """(file name, line, DuckDB's reason) of the first line that does not split into the header's fields at `delim`,
+    from DuckDB's own reject store; None if every line does. Only on a failure's path: it reads the files once."""
     import duckdb
 
-    columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
-    delim = "\t" if reader == "tsv" else next((d for d in ",;|" if d in columns[0]), None)
-    if len(columns) != 1 or delim is None or delim not in columns[0]:
-        return
-    column = columns[0]
     paths = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
     probe = (
         f"SELECT count(*) FROM read_csv({paths}, header=true, all_varchar=true, delim={_literal(delim)}, quote='\"', "
@@ -235,14 +232,28 @@ def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -
             "file_id) ORDER BY f.file_path, e.line LIMIT 1"
         ).fetchone()
     except duckdb.Error:
-        bad = None
-    if bad is None:  # every line splits alike: a one-column table whose quoted header holds the delimiter
-        return
-    raise DataError(
-        f"data.path: {where} does not split into columns at {delim!r} (line {bad[1]:,} of {Path(bad[0]).name}: "
-        f"{bad[2]}); DuckDB read every line as one column {column[:80]!r}. Quote the texts that hold {delim!r}, "
-        "or fix that line"
+        return None
+    return (Path(bad[0]).name, int(bad[1]), bad[2]) if bad else None
+
+
+def _ragged(where, delim: str, bad: tuple[str, int, str], how: str) -> DataError:
+    return DataError(
+        f"data.path: {where} does not split into columns at {delim!r} (line {bad[1]:,} of {bad[0]}: {bad[2]}); "
+        f"{how}. Quote the texts that hold {delim!r}, or fix that line"
     )
+
+
+def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -> None:
+    """A CSV whose rows do not all have the header's field count (an unquoted comma in a text) defeats DuckDB's
+    sniffer, which then reads each whole line as one column named after the header line ('text,label'): the query
+    would fail on a missing column, or train on lines. Refused naming the first line that does not fit."""
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
+    delim = "\t" if reader == "tsv" else next((d for d in ",;|" if d in columns[0]), None)
+    if len(columns) != 1 or delim is None or delim not in columns[0]:
+        return
+    bad = _first_rejected_line(con, files, delim)
+    if bad is not None:  # else every line splits alike: a one-column table whose quoted header holds the delimiter
+        raise _ragged(where, delim, bad, f"DuckDB read every line as one column {columns[0][:80]!r}")
 
 
 def one_select(sql: str, what: str) -> None:

@@ -122,6 +122,20 @@ def test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line(params_
     assert not (tmp_path / "wd" / "data").exists()
 
 
+def test_a_tsv_with_a_field_too_many_is_refused_naming_the_line(params_factory, tmp_path):
+    (tmp_path / "src").mkdir()
+    lines = [
+        "text\tlabel",
+        *(f"row {i} {'good' if i % 2 else 'bad'}\t{['negative', 'positive'][i % 2]}" for i in range(60)),
+    ]
+    lines.insert(30, "a\tb\tc")
+    (tmp_path / "src" / "t.tsv").write_text("\n".join(lines) + "\n")
+    p = _params(params_factory, tmp_path / "src", **{"data.query": "SELECT text, label FROM t"})
+    p.evaluation.query = None
+    with pytest.raises(DataError, match=r"t.tsv does not split into columns at '\\t' \(line 31 of t.tsv: Expected"):
+        data.fetch_dataset(p, tmp_path / "wd")
+
+
 def test_a_one_column_csv_whose_quoted_header_holds_a_comma_is_read_as_it_is(tmp_path):
     _csv_lines(tmp_path / "src", "t", ['"text, as typed"', '"great pay, kind team"', '"awful hours, no breaks"'])
     con, _ = data.open_local(tmp_path / "src", "SELECT * FROM t")
