@@ -113,7 +113,9 @@ def run_trainkite(
     store = LocalStore(work / "store")
     ds = data.fetch_dataset(params, work)
     t0 = time.perf_counter()
-    st = defaults.dataset_stats(ds.snapshot_path, params.preprocess.ngram_max, len(ds.labels))
+    st = defaults.dataset_stats(
+        ds.snapshot_path, params.preprocess.ngram_max, len(ds.labels), max_tokens=params.preprocess.max_tokens
+    )
     params, table = defaults.resolve_params(params, st)
     t1 = time.perf_counter()
     feats = model_types.featurize(ds, params, store, work)

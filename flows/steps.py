@@ -132,7 +132,12 @@ def fetch_data(run: Run, params: Params) -> DatasetRef:
 def resolve_defaults(run: Run, params: Params, dataset: DatasetRef) -> Params:
     # Cheap (one read of the snapshot's text column) and a pure function of params + rows, so a re-run or a
     # resumed run resolves the same values without a cache.
-    stats = defaults.dataset_stats(local_snapshot(dataset, run.store), params.preprocess.ngram_max, len(dataset.labels))
+    stats = defaults.dataset_stats(
+        local_snapshot(dataset, run.store),
+        params.preprocess.ngram_max,
+        len(dataset.labels),
+        max_tokens=params.preprocess.max_tokens,
+    )
     resolved, table = defaults.resolve_params(params, stats)
     create_table_artifact(
         key="resolved-params",

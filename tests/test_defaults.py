@@ -79,6 +79,31 @@ def test_vectorised_statistics_count_what_a_per_text_tokenizer_counts(ngram_max)
     assert (st.vocabulary, st.ngrams, st.mean_tokens) == (words, grams, round(tokens / len(texts), 3))
 
 
+@pytest.mark.parametrize("ngram_max", [1, 2, 3])
+def test_statistics_count_texts_as_the_features_cut_them(ngram_max):
+    """preprocess.max_tokens cuts every text before its n-grams: the statistics of long texts under the cut are
+    those of the texts cut by hand (words after the cut add no n-gram and no length)."""
+    rng = random.Random(ngram_max)
+    words = [f"w{i}" for i in range(500)] + ["don't", "日本語", "!!"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 90))) for _ in range(300)] + ["", "x"]
+    cut = [" ".join(word_tokens(t.lower())[:40]) for t in texts]
+    assert defaults._stats(texts, 302, 0, 2, ngram_max, max_tokens=40) == defaults._stats(cut, 302, 0, 2, ngram_max)
+    assert (
+        defaults._stats(texts, 302, 0, 2, ngram_max).mean_tokens
+        > defaults._stats(cut, 302, 0, 2, ngram_max).mean_tokens
+    )
+
+
+def test_long_documents_resolve_to_the_model_their_cut_features_fit():
+    """3,000 documents of 1,500 words, counted whole, came to 9 M n-gram ids: over the linear limit, so bow, which
+    learnt nothing (24.9 % on four topics, where linear scored 97.3 %). Cut at max_tokens = 256 they are 1.5 M."""
+    base = dict(train_rows=2_700, validation_rows=300, labels=4, vocabulary=20_000, ngrams=600_000, sampled_rows=2_700)
+    whole = defaults.DataStats(**base, mean_tokens=1_500.0)
+    cut = defaults.DataStats(**base, mean_tokens=256.0)
+    assert defaults.model_type(_all_unset(), whole) == "bow"
+    assert defaults.model_type(_all_unset(), cut) == "linear"
+
+
 def _all_unset() -> Params:
     p = load_params(None)
     assert p.unresolved() == [f"{s}.{k}" for s, k in AUTO_KEYS]  # the shipped file leaves every one to the data
