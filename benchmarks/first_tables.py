@@ -5,11 +5,12 @@
 Each table is generated (seeded, nothing typed by hand) to stand for a kind of data a team brings: Chinese
 reviews (no spaces between words), Hindi reviews (vowel signs inside words), 500 intents of 18 rows each,
 a rare class (1 %), labels typed in two letter cases, a label column that is an ID, a semicolon CSV headed
-`Text;Label`, a CSV with one unquoted comma in a text. Each runs as a user would run it: the shipped
-`params/sentiment.toml` with only `data.path`, `data.query` and `data.labels` (unset) changed, no evaluation set,
-tracking off, its own TRAINKITE_HOME. Printed per table: exit code, wall time, peak RSS of the process, the
-resolved model type, test accuracy / macro-F1, or the refusal's message. A probe's polarity words are planted
-in random filler, so a model that reads the text the right way scores near 100 %; one that does not, near chance.
+`Text;Label`, a CSV with one unquoted comma in a text, long documents (3,000 of 1,500 words; 20,000 of 400).
+Each runs as a user would run it: the shipped `params/sentiment.toml` with only `data.path`, `data.query` and
+`data.labels` (unset) changed, no evaluation set, tracking off, its own TRAINKITE_HOME. Printed per table: exit
+code, wall time, peak RSS of the process, the resolved model type, test accuracy / macro-F1, or the refusal's
+message. A probe's class words are planted in random filler, so a model that reads the text the right way scores
+near 100 %; one that does not, near chance.
 """
 
 from __future__ import annotations
@@ -101,6 +102,18 @@ def tables(root: Path) -> dict[str, Path]:
     lines.insert(301, "fine, but slow,positive")
     (root / "ragged_line" / "t.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     out["ragged_line"] = root / "ragged_line"
+    # Long documents, four topics, 2 % of their words the topic's own: few (linear once the statistics cut them at
+    # preprocess.max_tokens) and many (bow, whose batch then holds a bounded number of ids).
+    vocab = [f"w{i}" for i in range(20_000)]
+    topics = [[f"t{c}_{j}" for j in range(40)] for c in range(4)]
+    for name, n, length in (("long_documents_3k", 3_000, 1_500), ("long_documents_20k", 20_000, 400)):
+        rows = []
+        for i in range(n):
+            c = i % 4
+            words = [rng.choice(topics[c]) if rng.random() < 0.02 else rng.choice(vocab) for _ in range(length)]
+            rows.append((" ".join(words), f"topic{c}"))
+        _write(root / name, rows)
+        out[name] = root / name
     return out
 
 

@@ -168,7 +168,15 @@ ENCODER_EXAMPLES = 600_000
 REFIT_MAX_ROWS = 100_000
 
 
-def bow_rules(st: DataStats) -> dict[str, int | float | bool]:
+# At most about this many n-gram ids per batch. bow steps each embedding row by the mean of its occurrences in the
+# batch, so a row that recurs within it learns at a fraction of the rate: long texts share their n-grams across a
+# batch far more than short ones. Measured on 20,000 documents of 400 words (511 ids each, four topics): batch 8, 16
+# and 32 learn (99.1-99.2 %), 64 and the 128 that the row count alone gave learn nothing (24.5 %); 20-word texts
+# (41 ids) learn at 256 (BENCHMARKS.md, First runs).
+BOW_IDS_PER_BATCH = 16_384
+
+
+def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool]:
     n = st.train_rows
     # Embedding rows: eight times the distinct n-grams (about 6 % of them then share a row), a power of two.
     buckets = _clip(_pow2_at_least(8 * st.ngrams), 2**14, 2**21)
@@ -176,8 +184,9 @@ def bow_rules(st: DataStats) -> dict[str, int | float | bool]:
     dim = _clip(_pow2_at_least(8 * st.labels), 16, 64)
     # At most 2^24 table entries (64 MiB of float32): each epoch reads, updates and checkpoints the table.
     buckets = max(2**14, min(buckets, 2**24 // dim))
-    # At least about 100 steps per epoch: small data gets small batches.
-    batch = _clip(_pow2_at_most(n / 100), 8, 256)
+    # At least about 100 steps per epoch: small data gets small batches; long texts too (BOW_IDS_PER_BATCH).
+    ids_per_text = max(1.0, st.mean_tokens * ngram_max)
+    batch = _clip(_pow2_at_most(min(n / 100, BOW_IDS_PER_BATCH / ids_per_text)), 8, 256)
     epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
     # The embedding rows' per-example rate, whatever the batch (bow's update: each row steps by the mean of its
     # own occurrences, the linear layer at this rate x sqrt(batch)); one value across 600 to 100 k rows
@@ -290,7 +299,7 @@ def rules(params: Params, st: DataStats) -> dict[str, int | float | bool | str]:
             "model.embedding_dim": 16,
             **encoder_rules(st, params.model.encoder_mode),
         }
-    return {"model.type": kind, **bow_rules(st)}
+    return {"model.type": kind, **bow_rules(st, params.preprocess.ngram_max)}
 
 
 def resolve_params(params: Params, st: DataStats) -> tuple[Params, dict[str, dict]]:
