@@ -3,7 +3,7 @@
     flock /tmp/trainkite-bench.lock .venv/bin/python benchmarks/first_tables.py [--out first_tables.json]
 
 Each table is generated (seeded, nothing typed by hand) to stand for a kind of data a team brings: Chinese
-reviews (no spaces between words), Hindi reviews (vowel signs inside words), 500 intents of 18 rows each,
+reviews (no spaces between words), Hindi reviews (vowel signs inside words), 500 intents of 18 rows each, 1,000 of 20,
 a rare class (1 %), labels typed in two letter cases, a label column that is an ID, a semicolon CSV headed
 `Text;Label`, a CSV with one unquoted comma in a text, long documents (3,000 of 1,500 words; 20,000 of 400).
 Each runs as a user would run it: the shipped `params/sentiment.toml` with only `data.path`, `data.query` and
@@ -64,6 +64,12 @@ def tables(root: Path) -> dict[str, Path]:
         rows.append((" ".join(rng.choice(words) for _ in range(8)) + f" topic{c} about{c}", f"intent_{c}"))
     _write(root / "intents_500", rows)
     out["intents_500"] = root / "intents_500"
+    rows = []  # twice the classes, a few more rows each: linear's weights (classes x n-grams) no longer fit: bow
+    for i in range(20_000):
+        c = i % 1_000
+        rows.append((" ".join(rng.choice(words) for _ in range(8)) + f" topic{c} about{c}", f"intent_{c}"))
+    _write(root / "intents_1000", rows)
+    out["intents_1000"] = root / "intents_1000"
     rows = [
         (" ".join(rng.choice(words) for _ in range(10)) + (" outage down" if i % 100 == 0 else " fine"),
          "incident" if i % 100 == 0 else "routine")

@@ -174,6 +174,7 @@ REFIT_MAX_ROWS = 100_000
 # and 32 learn (99.1-99.2 %), 64 and the 128 that the row count alone gave learn nothing (24.5 %); 20-word texts
 # (41 ids) learn at 256 (BENCHMARKS.md, First runs).
 BOW_IDS_PER_BATCH = 16_384
+BOW_RATE_CLASSES = 100
 
 
 def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool]:
@@ -190,8 +191,10 @@ def bow_rules(st: DataStats, ngram_max: int = 2) -> dict[str, int | float | bool
     epochs = _clip(math.ceil(BOW_EXAMPLES / max(1, n)), 5, 50)
     # The embedding rows' per-example rate, whatever the batch (bow's update: each row steps by the mean of its
     # own occurrences, the linear layer at this rate x sqrt(batch)); one value across 600 to 100 k rows
-    # (BENCHMARKS.md, quality matrix).
-    lr = 0.5
+    # (BENCHMARKS.md, quality matrix). Past BOW_RATE_CLASSES classes it grows with them: the linear layer's batch-mean
+    # gradient gives each class row about 1/classes of a step, so 500 and 1,000 intents of 18-20 rows learnt nothing
+    # at 0.5 and everything at 2.5 and 5 (200 still learnt at 0.5; BENCHMARKS.md, First runs).
+    lr = 0.5 * _clip(st.labels / BOW_RATE_CLASSES, 1.0, 10.0)
     patience = 0 if epochs <= 5 else _clip(epochs // 3, 3, 10)
     return {
         "preprocess.buckets": buckets,
