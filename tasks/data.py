@@ -229,7 +229,7 @@ def _first_rejected_line(con, files: list[Path], delim: str) -> tuple[str, int, 
         con.execute(probe).fetchall()  # to the end: the rejects are stored when the scan finishes
         bad = con.execute(
             "SELECT f.file_path, e.line, e.error_message FROM reject_errors e JOIN reject_scans f USING (scan_id, "
-            "file_id) ORDER BY f.file_path, e.line LIMIT 1"
+            "file_id) WHERE e.line IS NOT NULL ORDER BY f.file_path, e.line LIMIT 1"
         ).fetchone()
     except duckdb.Error:
         return None
@@ -248,8 +248,10 @@ def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -
     sniffer, which then reads each whole line as one column named after the header line ('text,label'): the query
     would fail on a missing column, or train on lines. Refused naming the first line that does not fit."""
     columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
+    if len(columns) != 1:
+        return
     delim = "\t" if reader == "tsv" else next((d for d in ",;|" if d in columns[0]), None)
-    if len(columns) != 1 or delim is None or delim not in columns[0]:
+    if delim is None or delim not in columns[0]:
         return
     bad = _first_rejected_line(con, files, delim)
     if bad is not None:  # else every line splits alike: a one-column table whose quoted header holds the delimiter
