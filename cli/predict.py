@@ -62,6 +62,9 @@ def output_columns(input_columns: list[str], labels: list[str]) -> dict[str, str
 
 # The delimiters DuckDB's sniffer finds in a training table, tried in this order on --input's header line.
 DELIMITERS = (",", ";", "\t", "|")
+# Table files training reads that --input does not, by name: refused as what they are, not as a CSV without a header.
+NOT_CSV = {".parquet": "Parquet", ".jsonl": "JSON lines", ".ndjson": "JSON lines", ".jsonl.gz": "JSON lines",
+           ".ndjson.gz": "JSON lines", ".json": "JSON"}  # fmt: skip
 
 
 def _header(input_csv: Path, text_column: str) -> tuple[str, str]:
@@ -70,6 +73,12 @@ def _header(input_csv: Path, text_column: str) -> tuple[str, str]:
     (the SQL that trained on the same file found it so)."""
     import csv
 
+    kind = next((name for suffix, name in NOT_CSV.items() if input_csv.name.lower().endswith(suffix)), None)
+    if kind is not None:
+        raise UserInputError(
+            f"--input {input_csv.name!r} is a {kind} file: --input reads CSV or TSV (a header line, then a row per "
+            "line); write the texts to a CSV first (e.g. duckdb -c \"COPY (SELECT * FROM 'x') TO 'x.csv'\")"
+        )
     with open(input_csv, encoding="utf-8-sig", newline="") as f:
         line = f.readline()
     if not line.strip():

@@ -62,6 +62,11 @@ def test_a_table_that_trains_is_scored_in_its_own_layout(store, tmp_path):
     assert set(df["predicted_label"]) <= {"negative", "neutral", "positive"}
     missing = _predict(store, "--input", str(src), "--output", str(dst), "--text-column", "comment")
     assert missing.returncode == 2 and "--input has no column 'comment' (columns: Text;Label)" in missing.stderr
+    (tmp_path / "eu.parquet").write_bytes(b"PAR1")
+    parquet = _predict(store, "--input", str(tmp_path / "eu.parquet"), "--output", str(dst))
+    assert (
+        parquet.returncode == 2 and "--input 'eu.parquet' is a Parquet file: --input reads CSV or TSV" in parquet.stderr
+    )
 
 
 def test_ground_truth_survives_scoring_in_place(store, tmp_path):
