@@ -203,7 +203,7 @@ def open_local(folder: Path, sql: str | None = None):
                     raise _ragged(where, "\t", bad, "DuckDB could not read it as a table") from None
                 raise DataError(f"data.path: {where} cannot be read as a table: {_duckdb_message(err)}") from None
             if reader in ("csv", "tsv"):
-                _refuse_unsplit_csv(con, name, reader, files, where)
+                _refuse_misread_csv(con, name, reader, files, where)
         allowed = [f for _, _, files in found for f in files]
         con.execute(f"SET allowed_paths = [{', '.join(_literal(str(f)) for f in allowed)}]")
         con.execute("SET enable_external_access = false")
@@ -243,19 +243,37 @@ def _ragged(where, delim: str, bad: tuple[str, int, str], how: str) -> DataError
     )
 
 
-def _refuse_unsplit_csv(con, name: str, reader: str, files: list[Path], where) -> None:
-    """A CSV whose rows do not all have the header's field count (an unquoted comma in a text) defeats DuckDB's
-    sniffer, which then reads each whole line as one column named after the header line ('text,label'): the query
-    would fail on a missing column, or train on lines. Refused naming the first line that does not fit."""
-    columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
-    if len(columns) != 1:
+def _header_fields(path: Path, reader: str) -> tuple[str, list[str]] | None:
+    """(delimiter, fields) of a CSV's first line, the header, split as a standard CSV line at the first delimiter that
+    gives two or more fields (a TSV: at tabs); None for a one-field line (one column, or a title above the table)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+        line = f.readline(1 << 20)
+    for delim in ("\t",) if reader == "tsv" else (",", ";", "|", "\t"):
+        fields = next(csv.reader([line], delimiter=delim), [])
+        if len(fields) >= 2:
+            return delim, fields
+    return None
+
+
+def _refuse_misread_csv(con, name: str, reader: str, files: list[Path], where) -> None:
+    """A CSV with a line that does not split like its header (an unquoted comma in a text) defeats DuckDB's sniffer,
+    which then finds some dialect every line fits: each whole line as one column named 'text,label', or no quotes and
+    a data row taken for the header. The query fails on a missing column, or trains on the wrong cells. Where DuckDB's
+    columns are not the first line's fields, the first line that does not split like it is named."""
+    header = _header_fields(files[0], reader)
+    if header is None:
         return
-    delim = "\t" if reader == "tsv" else next((d for d in ",;|" if d in columns[0]), None)
-    if delim is None or delim not in columns[0]:
+    delim, fields = header
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {_ident(name)} LIMIT 0").description]
+    if len(columns) == len(fields):
         return
     bad = _first_rejected_line(con, files, delim)
-    if bad is not None:  # else every line splits alike: a one-column table whose quoted header holds the delimiter
-        raise _ragged(where, delim, bad, f"DuckDB read every line as one column {columns[0][:80]!r}")
+    if bad is not None:  # else every line splits alike under another quoting (backslash escapes): DuckDB's reading
+        raise _ragged(where, delim, bad, f"DuckDB read it as {len(columns)} column(s) ({', '.join(columns)[:80]!r})")
 
 
 def one_select(sql: str, what: str) -> None:

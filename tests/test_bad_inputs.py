@@ -255,6 +255,30 @@ CLI_CASES = [
     ),
     Cli("csv-not-utf8", D, data_args("latin1"), 2, "This file is not utf-8 encoded"),
     Cli(
+        "csv-unquoted-comma",
+        D,
+        data_args("ragged"),
+        2,
+        "t.csv does not split into columns at ',' (line 5 of t.csv: Expected Number of Columns: 2 Found: 3)",
+        unit="test_data.py::test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line",
+    ),
+    Cli(
+        "blank-label",
+        D,
+        data_args("blank-label", "SELECT text, trim(label, '~') AS label FROM t"),
+        2,
+        "1 row(s) have an empty label",
+        unit="test_data.py::test_a_label_with_a_spreadsheets_space_around_it_or_none_at_all_is_refused",
+    ),
+    Cli(
+        "label-column-of-ids",
+        D,
+        data_args("ids", "SELECT text, id AS label FROM t", "--set", "data.labels=null"),
+        2,
+        "labels taken from the data have fewer than 3 rows each",
+        unit="test_data.py::test_a_label_column_of_ids_is_refused_and_many_rare_classes_are_warned_in_one_line",
+    ),
+    Cli(
         "10mb-text-parquet",
         D,
         data_args("huge-parquet"),
@@ -509,6 +533,17 @@ def _make_inputs(base: Path, trained: Path) -> None:
         nested / "t.parquet", index=False
     )
     table("one-row-class", [*good, ("an entirely neutral remark about the canteen", "neutral")])
+    table("blank-label", [*good, ("a remark nobody labelled", "~ ~")])
+    ids = base / "data" / "ids"
+    ids.mkdir(parents=True)
+    pd.DataFrame({"id": [f"c{i:04d}" for i in range(len(good))], "text": [t for t, _ in good]}).to_csv(
+        ids / "t.csv", index=False
+    )
+    ragged = base / "data" / "ragged"
+    ragged.mkdir(parents=True)
+    lines = ["text,label", *(f'"{t}",{lab}' for t, lab in good)]
+    lines.insert(4, "fine, but slow,positive")  # line 5: an export that did not quote a text holding a comma
+    (ragged / "t.csv").write_text("\n".join(lines) + "\n")
     latin = base / "data" / "latin1"
     latin.mkdir(parents=True)
     (latin / "t.csv").write_bytes(

@@ -100,6 +100,10 @@ def _csv_lines(folder, name, lines):
     (folder / f"{name}.csv").write_text("".join(line + "\n" for line in lines))
 
 
+QUOTED_COMMAS = [
+    f'"row {i}: {"great team, fair pay" if i % 2 else "awful hours, no help"}",{["negative", "positive"][i % 2]}'
+    for i in range(60)
+]
 GOOD_LINES = [f'"row {i} {"good" if i % 2 else "bad"}",{["negative", "positive"][i % 2]}' for i in range(60)]
 
 
@@ -109,8 +113,13 @@ GOOD_LINES = [f'"row {i} {"good" if i % 2 else "bad"}",{["negative", "positive"]
         # a field too many or too few early on: DuckDB's sniffer falls back to one column named 'text,label'
         (["text,label", *GOOD_LINES[:20], "a, b,positive", *GOOD_LINES[20:]], "line 22 of t.csv: Expected Number of "),
         (["text,label", *GOOD_LINES[:20], "lonely", *GOOD_LINES[20:]], "line 22 of t.csv: Expected Number of "),
+        # quoted texts holding commas and one that is not: the sniffer drops quoting, takes a data row for header
+        (
+            ["text,label", *QUOTED_COMMAS[:3], "fine, but slow,positive", *QUOTED_COMMAS[3:]],
+            "line 5 of t.csv: Expected",
+        ),
     ],
-    ids=["field too many", "field too few"],
+    ids=["field too many", "field too few", "quoted commas and one unquoted"],
 )
 def test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line(params_factory, tmp_path, lines, needle):
     _csv_lines(tmp_path / "src", "t", lines)
@@ -118,7 +127,7 @@ def test_a_csv_whose_lines_do_not_split_alike_is_refused_naming_the_line(params_
     p.evaluation.query = None
     with pytest.raises(DataError, match="t.csv does not split into columns at ','") as e:
         data.fetch_dataset(p, tmp_path / "wd")
-    assert needle in str(e.value) and "one column 'text,label'" in str(e.value)
+    assert needle in str(e.value) and "Quote the texts that hold ','" in str(e.value)
     assert not (tmp_path / "wd" / "data").exists()
 
 
@@ -143,6 +152,21 @@ def test_a_one_column_csv_whose_quoted_header_holds_a_comma_is_read_as_it_is(tmp
         assert con.execute("SELECT * FROM t").fetchall() == [("great pay, kind team",), ("awful hours, no breaks",)]
     finally:
         con.close()
+
+
+def test_csvs_duckdb_reads_with_other_quoting_or_a_title_line_are_read_as_it_reads_them(tmp_path):
+    """The first line is compared with DuckDB's columns only to find a misread: backslash-escaped quotes (a MySQL
+    export) and a title above the header are DuckDB's to read, and are not refused."""
+    _csv_lines(tmp_path / "a", "t", ["text,label", '"he said \\"hi\\", ok",positive', '"plain, text",negative'])
+    _csv_lines(tmp_path / "b", "t", ["Survey export 2026", "", "text,label", '"a, b",positive', '"c d",negative'])
+    assert data.query_local(tmp_path / "a", "SELECT * FROM t").values.tolist() == [
+        ['he said "hi", ok', "positive"],
+        ["plain, text", "negative"],
+    ]
+    assert data.query_local(tmp_path / "b", "SELECT * FROM t").values.tolist() == [
+        ["a, b", "positive"],
+        ["c d", "negative"],
+    ]
 
 
 def test_a_bad_csv_line_past_the_sniffed_sample_is_a_data_error_not_a_raw_one(params_factory, tmp_path):
