@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from models.metrics import CONFUSION_MAX_CLASSES
+from models.metrics import CONFUSION_MAX_CLASSES, confusion
 
 BETTER, SAME, WORSE = "better", "no significant difference", "worse"
 NO_CHAMPION, NOT_COMPARED = "no champion", "not compared"
@@ -112,12 +112,11 @@ def _per_class_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]] | None:
+    """The score's matrix (models.metrics.confusion) over the rows whose prediction is a label this model has."""
     if n_classes > CONFUSION_MAX_CLASSES:
         return None
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
     valid = (pred >= 0) & (pred < n_classes)
-    np.add.at(m, (y[valid], pred[valid]), 1)
-    return m.tolist()
+    return confusion(y[valid], pred[valid], n_classes).tolist()
 
 
 def _label(labels: list[str], i: int, unknown: dict[int, str] | None) -> str:
