@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trainkite.columns import header_splits, same_name
 from trainkite.errors import IntegrityError, TrainkiteError, UserInputError
 
 # Rows scored per chunk: the memory bound of a streamed --input (the texts, their features, their scores).
@@ -60,8 +61,6 @@ def output_columns(input_columns: list[str], labels: list[str]) -> dict[str, str
     return out
 
 
-# The delimiters DuckDB's sniffer finds in a training table, tried in this order on --input's header line.
-DELIMITERS = (",", ";", "\t", "|")
 # Table files training reads that --input does not, by name: refused as what they are, not as a CSV without a header.
 NOT_CSV = {".parquet": "Parquet", ".jsonl": "JSON lines", ".ndjson": "JSON lines", ".jsonl.gz": "JSON lines",
            ".ndjson.gz": "JSON lines", ".json": "JSON"}  # fmt: skip
@@ -71,8 +70,6 @@ def _header(input_csv: Path, text_column: str) -> tuple[str, str]:
     """(delimiter, column) of --input's text column, read from its header line as training reads a table: split at
     ',' (else ';', tab or '|'), the column named `text_column` exactly, else the one that matches ignoring case
     (the SQL that trained on the same file found it so)."""
-    import csv
-
     kind = next((name for suffix, name in NOT_CSV.items() if input_csv.name.lower().endswith(suffix)), None)
     if kind is not None:
         raise UserInputError(
@@ -83,14 +80,13 @@ def _header(input_csv: Path, text_column: str) -> tuple[str, str]:
         line = f.readline()
     if not line.strip():
         raise UserInputError(f"--input {str(input_csv)!r} is empty: no header row")
-    for delim in DELIMITERS:
-        names = next(csv.reader([line], delimiter=delim))
+    for delim, names in header_splits(line):
         if text_column in names:
             return delim, text_column
-        folded = [n for n in names if n.lower() == text_column.lower()]
+        folded = same_name(names, text_column)
         if len(folded) == 1:
             return delim, folded[0]
-    names = next(csv.reader([line]))
+    names = next(header_splits(line))[1]
     raise UserInputError(f"--input has no column {text_column!r} (columns: {', '.join(names)}); use --text-column")
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from params.model import DataParams, Params
 from tasks.duckdb_signals import interrupt_on_signal, signals_kept
+from trainkite.columns import DELIMITERS, header_splits, same_name
 from trainkite.errors import DataError, UserInputError
 from trainkite.home import REPO_ROOT
 from trainkite.runfiles import SNAPSHOT, run_key, stage
@@ -246,17 +247,13 @@ def _ragged(where, delim: str, bad: tuple[str, int, str], how: str) -> DataError
 def _header_fields(path: Path, reader: str) -> tuple[str, list[str]] | None:
     """(delimiter, fields) of a CSV's first line, the header, split as a standard CSV line at the first delimiter that
     gives two or more fields (a TSV: at tabs); None for a one-field line (one column, or a title above the table)."""
-    import csv
     import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
         line = f.readline(1 << 20)
-    for delim in ("\t",) if reader == "tsv" else (",", ";", "|", "\t"):
-        fields = next(csv.reader([line], delimiter=delim), [])
-        if len(fields) >= 2:
-            return delim, fields
-    return None
+    splits = header_splits(line, ("\t",) if reader == "tsv" else DELIMITERS)
+    return next(((delim, fields) for delim, fields in splits if len(fields) >= 2), None)
 
 
 def _refuse_misread_csv(con, name: str, reader: str, files: list[Path], where) -> None:
@@ -473,7 +470,7 @@ def _result_column(names: list[str], key: str, wanted: str, what: str) -> str | 
     """The result's column for data.text_column / data.label_column (`key`), or None. SQL names ignore case (DuckDB,
     Athena) while a result keeps the table's spelling: `SELECT text` over a CSV headed `Text` returns `Text`, and
     Athena lowercases every name. Two columns that differ only in case are one name to the engine: refused."""
-    folded = [n for n in names if n.lower() == wanted.lower()]
+    folded = same_name(names, wanted)
     if len(folded) > 1:
         raise DataError(
             f"{what}: the result has columns {', '.join(map(repr, folded))}, one name to SQL, which ignores case: "
