@@ -593,7 +593,7 @@ RARE_CLASSES_NAMED = 5
 MANY_RARE_CLASSES = 20
 
 
-def thin_class_warnings(label_counts: dict[str, int], data: DataParams, what: str) -> list[str]:
+def check_class_rows(label_counts: dict[str, int], data: DataParams, what: str) -> list[str]:
     """Warn (not refuse) about classes with fewer rows than splits: their F1, likely 0, still counts in macro-F1.
     Refuse labels from the data that are mostly such classes: that column does not hold classes."""
     rare = sorted((lab, int(n)) for lab, n in label_counts.items() if n < MIN_CLASS_ROWS)
@@ -764,7 +764,7 @@ def fetch_dataset(
         con = _engine(tmp)
         warnings = check_raw(con, raw, data, "data.query", "q0")
         # The training rows only: they are what gets split.
-        warnings += thin_class_warnings(
+        warnings += check_class_rows(
             dict(con.execute("SELECT label, count(*) FROM q0 GROUP BY label").fetchall()), data, "data.query"
         )
         seed, test = data.split_seed, data.test_fraction
